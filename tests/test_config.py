@@ -1,0 +1,67 @@
+"""Config: presets, strict overrides, round trip, stable hashes."""
+import subprocess
+import sys
+
+import pytest
+
+from thrlab.config import PRESETS, Config, from_preset, parse_overrides
+
+
+def test_json_round_trip_every_preset():
+    for name in PRESETS:
+        c = from_preset(name)
+        assert Config.from_json(c.to_json()) == c
+        assert Config.from_json(c.to_json()).config_hash() == c.config_hash()
+
+
+def test_unknown_keys_rejected_with_suggestion():
+    with pytest.raises(ValueError, match="'lrr' \\(did you mean 'lr'"):
+        from_preset("tiny", lrr=1e-3)
+    with pytest.raises(ValueError, match="unknown config key"):
+        Config.from_dict({"nope": 1})
+    with pytest.raises(ValueError, match="unknown preset"):
+        from_preset("gpt5")
+
+
+@pytest.mark.parametrize("override,msg", [
+    (dict(group_size=1), "group_size"), (dict(temperature=0.0), "temperature"),
+    (dict(objective="ppo"), "objective"), (dict(tiny_hidden=100), "multiple of 64"),
+    (dict(mini_batches=3), "divisible"), (dict(top_p=1.5), "top_p"),
+])
+def test_bad_values_rejected(override, msg):
+    with pytest.raises(ValueError, match=msg):
+        from_preset("tiny", **override)
+
+
+def test_wrong_types_rejected_and_strings_coerced():
+    with pytest.raises(TypeError, match="steps"):
+        Config(steps="ten")
+    with pytest.raises(ValueError, match="expects int"):
+        from_preset("tiny", steps="ten")
+    c = from_preset("tiny", **parse_overrides(["lr=3e-4", "steps=7", "dynamic_sampling=true",
+                                              "eval_sets=math500,aime24"]))
+    assert (c.lr, c.steps, c.dynamic_sampling, c.eval_sets) == (3e-4, 7, True,
+                                                                ("math500", "aime24"))
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+def test_hash_changes_with_results_not_with_threads():
+    c = from_preset("tiny")
+    assert c.replace(lr=c.lr * 2).run_id() != c.run_id()
+    assert c.replace(threads=1).run_id() == c.run_id()
+    assert c.run_id().startswith("tiny-")
+
+
+def test_hash_is_stable_across_processes():
+    code = "from thrlab.config import from_preset; print(from_preset('tiny').run_id())"
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONHASHSEED": s, "PATH": ""}, cwd=".").stdout for s in "12"}
+    assert len(out) == 1 and out.pop().strip() == from_preset("tiny").run_id()
+
+
+def test_paper_presets_are_explicit():
+    c = from_preset("qwen2.5-math-1.5b")
+    assert c.model == "Qwen/Qwen2.5-Math-1.5B" and c.train_levels == (3, 4, 5)
+    assert c.load_in_4bit and c.grader == "math_verify" and c.template == "qwen25-math-cot"
+    assert from_preset("llama-3.2-3b-instruct").template == "chat"

@@ -1,0 +1,94 @@
+"""Checkpoints of a training run: LoRA adapter + optimizer + RNG + loop position.
+
+A checkpoint folder is written beside the old one and swapped in with renames, so a kill at any
+moment leaves either the previous or the new checkpoint whole, never a mixture.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def adapter_state(model) -> dict:
+    """The trainable (LoRA) tensors only; never the base model."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model, path: Path) -> None:
+    """Save the adapter in peft's format (loadable with PeftModel.from_pretrained)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    _swap(tmp, path)
+
+
+def save_checkpoint(trainer, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file(adapter_state(trainer.model), str(tmp / "adapter.safetensors"))
+    torch.save({"optimizer": trainer.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "py_rng": random.getstate()}, tmp / "state.pt")
+    (tmp / "trainer.json").write_text(json.dumps({"step": trainer.step, "cursor": trainer.cursor}))
+    (tmp / "COMPLETE").write_text("ok\n")
+    _swap(tmp, path)
+
+
+def load_checkpoint(trainer, path: Path) -> bool:
+    """Restore trainer state from a complete checkpoint; False if there is none."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not (path / "COMPLETE").exists() and (old / "COMPLETE").exists():
+        path = old  # killed between the two renames of _swap
+    if not (path / "COMPLETE").exists():
+        return False
+    from safetensors.torch import load_file
+
+    state = load_file(str(path / "adapter.safetensors"))
+    params = dict(trainer.model.named_parameters())
+    missing = set(state) ^ {n for n, p in params.items() if p.requires_grad}
+    if missing:
+        raise RuntimeError(f"checkpoint {path} does not match the model's adapters "
+                           f"(differs in {sorted(missing)[:3]}...); was the config changed?")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+    s = torch.load(path / "state.pt", weights_only=False)
+    trainer.opt.load_state_dict(s["optimizer"])
+    torch.set_rng_state(s["torch_rng"])
+    if s["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda_rng"])
+    random.setstate(s["py_rng"])
+    meta = json.loads((path / "trainer.json").read_text())
+    trainer.step, trainer.cursor = meta["step"], meta["cursor"]
+    return True
+
+
+def _swap(tmp: Path, path: Path) -> None:
+    """Replace `path` by `tmp`: path -> path.old, tmp -> path, drop path.old."""
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_adapter_weights(model, path) -> None:
+    """Load a saved peft adapter folder's weights into a model with the same LoRA config."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    f = Path(path) / "adapter_model.safetensors"
+    if not f.exists():
+        raise FileNotFoundError(f"{f} not found; pass a run's adapter/ folder")
+    set_peft_model_state_dict(model, load_file(str(f)))

@@ -1,0 +1,284 @@
+"""Typed configuration: one frozen dataclass, named presets, strict overrides, a stable hash.
+
+Every knob that changes results lives here explicitly (never inherited from a library default).
+Field name = notebook parameter name = logged key (STYLE.md). No torch import: run folders and
+figures can be read on any laptop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one thrlab run. Field docs are the CLI's --help."""
+
+    preset: str = "tiny"
+    # -- model ---------------------------------------------------------------
+    model: str = "tiny"  # "tiny" = the embedded cold-started model; else an HF id or local path
+    load_in_4bit: bool = True  # NF4 base weights (bitsandbytes), LoRA adapters on top
+    compute_dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU (bf16 is slower on CPU)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0  # dropout makes the old-policy pass differ from the update pass
+    lora_targets: str = "all-linear"  # peft target_modules; "all-linear" leaves lm_head alone
+    bnb_double_quant: bool = True  # QLoRA's double quantisation of the NF4 scales
+    gradient_checkpointing: bool = False  # trade compute for memory on long GPU rollouts
+    # -- data ----------------------------------------------------------------
+    task: str = "arithmetic"  # "arithmetic" or a benchmark name / JSONL path for training prompts
+    train_levels: tuple[int, ...] = ()  # MATH level filter, e.g. (3, 4, 5); () = all
+    template: str = "plain"  # prompt template (thrlab.tasks.TEMPLATES)
+    answer_style: str = "plain"  # how the answer is read from a completion: plain | boxed | gsm8k
+    grader: str = "exact_int"  # exact_int (arithmetic) | math_verify
+    grader_timeout_s: float = 5.0  # per-item wall-clock limit of the verifier
+    eval_sets: tuple[str, ...] = ("arithmetic",)  # benchmark names or JSONL paths
+    eval_limit: int = 500  # problems per eval set (0 = all)
+    data_dir: str = ""  # local folder holding benchmark JSONL files ("" = hub or $THRLAB_DATA_DIR)
+    # -- GRPO ----------------------------------------------------------------
+    seed: int = 0
+    steps: int = 60
+    prompts_per_step: int = 16  # P
+    group_size: int = 8  # G
+    temperature: float = 1.0  # rollout sampling temperature (also divides the training logits)
+    top_p: float = 1.0
+    max_new_tokens: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    epochs: int = 1  # optimisation passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per epoch
+    micro_batch_size: int = 0  # sequences per forward/backward (0 = whole mini-batch)
+    objective: str = "grpo"  # grpo | gspo_token
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2  # > clip_eps_low = DAPO clip-higher
+    kl_coef: float = 1e-4  # k3 KL to the reference (= base model, adapters disabled); 0 skips the pass
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    adv_eps: float = 1e-6  # A = (r - mean) / (std + adv_eps), population std
+    adv_std_norm: bool = True  # False = Dr. GRPO (no division by std)
+    dynamic_sampling: bool = False  # drop all-equal groups and draw new prompts (DAPO)
+    max_sampling_rounds: int = 4  # generation rounds per step when dynamic_sampling is on
+    save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
+    # -- evaluation ----------------------------------------------------------
+    eval_samples: int = 8  # n samples per problem for pass@k
+    eval_temperature: float = 0.6
+    eval_top_p: float = 0.95
+    eval_max_new_tokens: int = 8
+    eval_batch_size: int = 256  # prompts per generate() call
+    # -- embedded tiny model cold start (used only when model == "tiny") -----
+    tiny_arch: str = "qwen2"  # qwen2 | llama
+    tiny_hidden: int = 128  # multiples of 64: bitsandbytes' CPU kernels need them
+    tiny_layers: int = 4
+    tiny_heads: int = 4
+    tiny_ffn: int = 512
+    sft_steps: int = 1700
+    sft_batch: int = 64
+    sft_lr: float = 2e-3
+    sft_seed: int = 0  # the cold start has its own seed so GRPO seeds share one starting model
+    sft_control: bool = True  # also train an equal-compute SFT control (LoRA, same steps/sequences)
+    # -- system --------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0 = torch default)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_values(self)
+
+    # -- serialisation -----------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        _reject_unknown(d)
+        return cls(**{k: _coerce(cls, k, v) for k, v in d.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **overrides) -> Config:
+        _reject_unknown(overrides)
+        return dataclasses.replace(self, **{k: _coerce(Config, k, v) for k, v in overrides.items()})
+
+    def config_hash(self) -> str:
+        """Hash of every field that changes results (stable across field order and Python runs)."""
+        d = self.to_dict()
+        for k in _NOT_HASHED:
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def run_id(self) -> str:
+        return f"{self.preset}-{self.config_hash()}"
+
+
+# Fields that do not change results (where or how fast it runs), so they do not change the run id.
+_NOT_HASHED = ("threads", "eval_batch_size")
+
+_CHOICES = {
+    "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "answer_style": ("plain", "boxed", "gsm8k"),
+    "grader": ("exact_int", "math_verify"),
+    "objective": ("grpo", "gspo_token"),
+    "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
+    "tiny_arch": ("qwen2", "llama"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+def _reject_unknown(d: dict) -> None:
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        import difflib
+
+        hints = [f"{u!r} (did you mean {difflib.get_close_matches(u, known, 1)[0]!r}?)"
+                 if difflib.get_close_matches(u, known, 1) else repr(u) for u in unknown]
+        raise ValueError(f"unknown config key(s): {', '.join(hints)}. "
+                         f"Known keys are the fields of thrlab.config.Config.")
+
+
+def _coerce(cls, key: str, value):
+    """Convert CLI/JSON values (strings, lists) to the field's declared type."""
+    tp = typing.get_type_hints(cls)[key]
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        inner = typing.get_args(tp)[0]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
+        return tuple(inner(v) if isinstance(v, str) else v for v in value)
+    if isinstance(value, str) and tp is not str:
+        if tp is bool:
+            low = value.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"config key {key!r} expects a bool (true/false), got {value!r}")
+            return low in ("true", "1", "yes")
+        try:
+            return tp(value)
+        except ValueError:
+            raise ValueError(f"config key {key!r} expects {tp.__name__}, got {value!r}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_types(cfg: Config) -> None:
+    hints = typing.get_type_hints(Config)
+    for f in fields(cfg):
+        v, tp = getattr(cfg, f.name), hints[f.name]
+        if typing.get_origin(tp) is tuple:
+            inner = typing.get_args(tp)[0]
+            ok = isinstance(v, tuple) and all(isinstance(x, inner) for x in v)
+        elif tp is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif tp is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, tp)
+        if not ok:
+            raise TypeError(f"config key {f.name!r} must be {getattr(tp, '__name__', tp)}, "
+                            f"got {type(v).__name__} {v!r}")
+
+
+def _check_values(c: Config) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(f"bad config: {msg}")
+
+    for key, choices in _CHOICES.items():
+        need(getattr(c, key) in choices, f"{key}={getattr(c, key)!r}; choose one of {choices}")
+    need(c.group_size >= 2, f"group_size={c.group_size}; GRPO needs at least 2 responses per prompt")
+    need(c.prompts_per_step >= 1, "prompts_per_step must be >= 1")
+    need(c.steps >= 0, "steps must be >= 0")
+    need(c.max_new_tokens >= 1 and c.eval_max_new_tokens >= 1, "max_new_tokens must be >= 1")
+    need(c.temperature > 0, "temperature must be > 0 (sampling); greedy is only used for evaluation")
+    need(0 < c.top_p <= 1 and 0 < c.eval_top_p <= 1, "top_p must be in (0, 1]")
+    need(c.lr > 0, "lr must be > 0")
+    need(c.epochs >= 1 and c.mini_batches >= 1, "epochs and mini_batches must be >= 1")
+    need(c.micro_batch_size >= 0, "micro_batch_size must be >= 0 (0 = whole mini-batch)")
+    need(c.clip_eps_low >= 0 and c.clip_eps_high >= 0, "clip eps must be >= 0")
+    need(c.kl_coef >= 0, "kl_coef must be >= 0")
+    need(c.lora_r >= 1, "lora_r must be >= 1")
+    need(c.eval_samples >= 1, "eval_samples must be >= 1")
+    need(c.eval_limit >= 0, "eval_limit must be >= 0")
+    need(c.grader_timeout_s > 0, "grader_timeout_s must be > 0")
+    need(c.save_every >= 1, "save_every must be >= 1")
+    need(c.prompts_per_step * c.group_size % c.mini_batches == 0,
+         f"prompts_per_step*group_size={c.prompts_per_step * c.group_size} is not divisible by "
+         f"mini_batches={c.mini_batches}")
+    need(all(1 <= lv <= 5 for lv in c.train_levels), "train_levels must be MATH levels 1..5")
+    for w in ("tiny_hidden", "tiny_ffn"):
+        need(getattr(c, w) % 64 == 0, f"{w}={getattr(c, w)} must be a multiple of 64 "
+             "(bitsandbytes' 4-bit CPU kernels fail or go wrong on other widths)")
+    need(c.tiny_hidden % c.tiny_heads == 0, "tiny_hidden must be divisible by tiny_heads")
+
+
+# -- presets -------------------------------------------------------------------------------------
+# The paper trains full-parameter at lr 1e-6 on 4 x A100 with 256 prompts x 8 rollouts, ~40 steps,
+# 3072 new tokens. One GPU with a 4-bit base and LoRA needs a larger lr (LoRA updates a low-rank
+# delta; 1e-5..2e-5 is the usual QLoRA-RL range), fewer prompts per step with gradient
+# accumulation, and a shorter response budget. Every such change is written out here.
+_PAPER_COMMON = dict(
+    task="math_train", train_levels=(3, 4, 5), template="qwen25-math-cot", answer_style="boxed",
+    grader="math_verify", eval_sets=("aime24", "aime25", "amc23", "math500", "minerva_math",
+                                     "olympiadbench"),
+    eval_limit=0, group_size=8, prompts_per_step=32, temperature=1.0, top_p=1.0,
+    max_new_tokens=1024, eval_max_new_tokens=3072, eval_samples=16, eval_temperature=0.6,
+    eval_top_p=0.95, lora_r=64, lora_alpha=128, lr=1e-5, steps=200, epochs=1, mini_batches=2,
+    micro_batch_size=8, gradient_checkpointing=True, sft_control=False, kl_coef=1e-4, clip_eps_low=0.2, clip_eps_high=0.2,
+    loss_agg="token_mean", dynamic_sampling=True, save_every=10, eval_batch_size=64,
+    device="cuda", compute_dtype="bfloat16",
+)
+
+PRESETS: dict[str, dict] = {
+    # The embedded default: a 1M-parameter model cold-started on synthetic arithmetic, CPU, minutes.
+    "tiny": dict(),
+    "qwen2.5-math-1.5b": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-Math-1.5B"),
+    "qwen2.5-math-7b": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-Math-7B", lora_r=32, lora_alpha=64,
+                            micro_batch_size=4, eval_batch_size=32),
+    "qwen2.5-0.5b-instruct": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-0.5B-Instruct",
+                                  template="chat", micro_batch_size=16),
+    "llama-3.2-3b-instruct": dict(_PAPER_COMMON, model="meta-llama/Llama-3.2-3B-Instruct",
+                                  template="chat", micro_batch_size=8),
+}
+# Qwen2.5-Math models have a 4k context: 1024 new tokens in training keeps a step on one GPU
+# within minutes; evaluation uses the paper's 3072.
+
+
+def from_preset(name: str, **overrides) -> Config:
+    """Build the config of a named preset with overrides (unknown keys raise)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    _reject_unknown(overrides)
+    base = Config(preset=name).replace(**PRESETS[name])
+    return base.replace(**overrides)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """Turn CLI `key=value` strings into a dict (values are coerced by Config.replace)."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ValueError(f"override {p!r} is not key=value (e.g. --set lr=1e-4)")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def field_docs() -> dict[str, str]:
+    """Return {field: comment} parsed from this module's source, for --help."""
+    import inspect
+    import re
+
+    src = inspect.getsource(Config)
+    return {m.group(1): m.group(2).strip()
+            for m in re.finditer(r"^\s+(\w+): [^=]+=[^#\n]*#\s*(.+)$", src, re.M)}
+

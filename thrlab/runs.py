@@ -1,0 +1,129 @@
+"""Run folders: self-describing, atomic, resumable. No torch import (figures re-plot anywhere).
+
+Layout of `runs/<run_id>/`:
+  config.json        resolved Config
+  env.json           package versions, git sha, device, thread count
+  metrics.jsonl      one JSON object per training step (namespaced keys, see README glossary)
+  eval_<phase>.json  evaluation results (per set and averaged)
+  checkpoint/        LoRA adapter + optimizer + RNG state of the latest saved step
+  adapter/           final LoRA adapter (never the base model)
+  summary.json       headline numbers
+  COMPLETE           written last: a folder without it is unfinished and will be resumed
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MARKER = "COMPLETE"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text so a reader never sees a partial file (write to a temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, (set, tuple)):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+class RunDir:
+    """One run's folder. Cheap to construct; creates nothing until written to."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / MARKER).exists()
+
+    def mark_complete(self) -> None:
+        atomic_write_text(self.path / MARKER, "ok\n")
+
+    def append_metrics(self, row: dict) -> None:
+        """Append one step's metrics (a line is written whole or, if killed, dropped on read)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True, default=_jsonable) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def metrics(self, upto_step: int | None = None) -> list[dict]:
+        """Read metrics.jsonl, dropping a torn last line and rows past `upto_step`."""
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        rows = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # torn write from a killed process
+        if upto_step is not None:
+            rows = [r for r in rows if r.get("step", 0) <= upto_step]
+        return rows
+
+    def truncate_metrics(self, upto_step: int) -> None:
+        """Keep only rows up to a checkpointed step, so a resumed run does not log steps twice."""
+        rows = self.metrics(upto_step)
+        atomic_write_text(self.path / "metrics.jsonl",
+                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def environment_info() -> dict:
+    """Package versions, git revision and platform, for env.json."""
+    from importlib import metadata
+
+    pkgs = {}
+    for name in ("thrlab", "torch", "transformers", "peft", "bitsandbytes", "accelerate",
+                 "math-verify", "datasets", "papermill", "numpy"):
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pkgs[name] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "packages": pkgs, "git_sha": git_sha(), "cpu_count": os.cpu_count()}
+
+
+def git_sha() -> str | None:
+    """The repository's HEAD sha (with -dirty), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) or None

@@ -1,0 +1,220 @@
+"""The GRPO loop, sequencing the pure pieces of `loss` like the paper's algorithm box:
+
+  for each step:
+    1. sample P prompts, G completions each (old policy)          -> rollout.generate
+    2. grade completions, group advantages                        -> rewards.grade, loss.group_advantages
+       (dynamic sampling: drop all-equal groups, draw more prompts)
+    3. old-policy pass (log-probs, hidden states) unless on-policy -> model.completion_forward
+       reference pass (adapters disabled) when kl_coef > 0
+    4. per-token advantages (THR reweighting plugs in here)       -> token_advantages
+    5. epochs x mini-batches of clipped-surrogate updates          -> loss.policy_loss, loss.aggregate
+  checkpoint adapter + optimizer + RNG every save_every steps; metrics.jsonl every step.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from .config import Config
+from .loss import aggregate, group_advantages, policy_loss
+from .model import completion_forward, reference_policy
+from .rollout import cat_rollouts, generate
+from .runs import RunDir
+from .tasks import format_prompt
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: Config, model, tok, problems: list, run: RunDir, grade_fn):
+        self.cfg, self.model, self.tok, self.problems, self.run = cfg, model, tok, problems, run
+        self.grade_fn = grade_fn
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters (expected LoRA adapters)")
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                     weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.cursor = 0  # position in the seeded prompt order (saved with checkpoints)
+        self.device = next(model.parameters()).device
+
+    # -- 1-2. rollouts and rewards -------------------------------------------------------------
+    def next_prompts(self, n: int) -> list:
+        """Next n prompts of a seeded order that is reshuffled every pass over the data."""
+        out = []
+        while len(out) < n:
+            epoch, pos = divmod(self.cursor, len(self.problems))
+            order = list(range(len(self.problems)))
+            random.Random(self.cfg.seed * 100_003 + epoch).shuffle(order)
+            out.append(self.problems[order[pos]])
+            self.cursor += 1
+        return out
+
+    def rollout(self):
+        """Generate and grade P groups (with dynamic sampling, only groups of mixed rewards)."""
+        cfg, G = self.cfg, self.cfg.group_size
+        kept, timers, rounds, grading = [], {"time/generate": 0.0, "time/reward": 0.0}, 0, {}
+        n_kept = 0
+        while True:
+            rounds += 1
+            probs = self.next_prompts(cfg.prompts_per_step)
+            t0 = time.perf_counter()
+            r = generate(self.model, self.tok,
+                         [format_prompt(p.question, cfg.template, self.tok) for p in probs],
+                         n=G, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                         max_new_tokens=cfg.max_new_tokens)
+            t1 = time.perf_counter()
+            res = self.grade_fn(r.texts, [probs[i].answer for i in r.problem_index])
+            timers["time/generate"] += t1 - t0
+            timers["time/reward"] += time.perf_counter() - t1
+            for k, v in res.as_metrics().items():
+                grading[k] = grading.get(k, 0) + v if k != "reward/mean" else v
+            r.rewards = torch.tensor(res.rewards, dtype=torch.float32, device=r.tokens.device)
+            r.problem_index = [probs[i].id for i in r.problem_index]
+            if not cfg.dynamic_sampling:
+                kept, first = [r], r
+                break
+            if rounds == 1:
+                first = r
+            grp = r.rewards.view(-1, G)
+            mixed = (grp.max(-1).values != grp.min(-1).values).nonzero().flatten().tolist()
+            take = mixed[:cfg.prompts_per_step - n_kept]
+            if take:
+                kept.append(r.select([g * G + j for g in take for j in range(G)]))
+                n_kept += len(take)
+            if n_kept == cfg.prompts_per_step or rounds >= cfg.max_sampling_rounds:
+                break
+        stats = dict(timers, **grading)
+        stats["train/sampling_rounds"] = rounds
+        # Rollout statistics describe what the policy produced before any filtering.
+        grp = first.rewards.view(-1, G)
+        stats["train/reward_mean"] = float(first.rewards.mean())
+        stats["train/reward_std"] = float(grp.std(-1, unbiased=False).mean())
+        stats["train/frac_zero_std_groups"] = float((grp.max(-1).values == grp.min(-1).values)
+                                                    .float().mean())
+        stats["train/completion_len"] = float(first.lengths.float().mean())
+        stats["train/truncated_frac"] = float(first.truncated.float().mean())
+        if not kept:
+            return None, stats
+        return cat_rollouts(kept, self.tok.pad_token_id) if len(kept) > 1 else kept[0], stats
+
+    # -- 3. old-policy and reference passes ----------------------------------------------------
+    def _micro_batches(self, rows: torch.Tensor):
+        mb = self.cfg.micro_batch_size or len(rows)
+        return [rows[i:i + mb] for i in range(0, len(rows), mb)]
+
+    @torch.no_grad()
+    def frozen_pass(self, r, reference: bool) -> dict:
+        """Log-probs (and hidden states of the old policy) without grad, in micro-batches."""
+        outs = []
+        for idx in self._micro_batches(torch.arange(len(r.tokens))):
+            if reference:
+                with reference_policy(self.model):
+                    o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
+                                           r.prompt_len, self.cfg.temperature, need_entropy=False)
+            else:
+                o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
+                                       r.prompt_len, self.cfg.temperature, need_hidden=True)
+            outs.append(o)
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+    # -- 4. per-token advantages ---------------------------------------------------------------
+    def token_advantages(self, r, adv: torch.Tensor, old: dict | None) -> tuple[torch.Tensor, dict]:
+        """Broadcast each response's advantage to its tokens, (B, T); 0 on padding."""
+        return adv.unsqueeze(-1) * r.mask.float(), {}
+
+    # -- 5. the update -------------------------------------------------------------------------
+    def update(self, r, adv: torch.Tensor) -> dict:
+        cfg = self.cfg
+        B = len(r.tokens)
+        on_policy = cfg.epochs == 1 and cfg.mini_batches == 1
+        timers = {"time/old_logp": 0.0, "time/ref_logp": 0.0}
+        self.model.train()
+        old = None
+        if not on_policy:
+            t0 = time.perf_counter()
+            old = self.frozen_pass(r, reference=False)
+            timers["time/old_logp"] = time.perf_counter() - t0
+        ref_logp = None
+        if cfg.kl_coef > 0:
+            t0 = time.perf_counter()
+            ref_logp = self.frozen_pass(r, reference=True)["logp"]
+            timers["time/ref_logp"] = time.perf_counter() - t0
+        adv_tok, adv_stats = self.token_advantages(r, adv, old)
+        t0 = time.perf_counter()
+        acc = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ent": 0.0, "tok": 0.0, "gn": 0.0}
+        mb_size = B // cfg.mini_batches
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(B, generator=gen) if cfg.mini_batches > 1 else torch.arange(B)
+            for m in range(cfg.mini_batches):
+                rows = perm[m * mb_size:(m + 1) * mb_size]
+                n_tok = float(r.mask[rows].sum())
+                self.opt.zero_grad(set_to_none=True)
+                for idx in self._micro_batches(rows):
+                    mask = r.mask[idx]
+                    o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
+                                           r.prompt_len, cfg.temperature)
+                    old_logp = o["logp"].detach() if old is None else old["logp"][idx]
+                    loss_tok, st = policy_loss(
+                        o["logp"], old_logp, adv_tok[idx], mask, objective=cfg.objective,
+                        eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
+                        ref_logp=None if ref_logp is None else ref_logp[idx], kl_coef=cfg.kl_coef)
+                    loss = aggregate(loss_tok, mask, cfg.loss_agg, n_tokens=n_tok,
+                                     n_seqs=float(len(rows)), max_len=cfg.max_new_tokens)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss at step {self.step}; "
+                                                 "lower lr or check the rollout for inf logits")
+                    loss.backward()
+                    mf = mask.float()
+                    acc["loss"] += float(loss)
+                    acc["clip"] += float((st["clipped"].float() * mf).sum())
+                    acc["kl"] += float((st.get("kl", torch.zeros_like(mf)) * mf).sum())
+                    acc["ent"] += float((o["entropy"] * mf).sum())
+                    acc["tok"] += float(mf.sum())
+                params = [p for g in self.opt.param_groups for p in g["params"]]
+                gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                acc["gn"] += float(gn)
+                self.opt.step()
+        n_opt = cfg.epochs * cfg.mini_batches
+        ntok = max(acc["tok"], 1.0)
+        return dict(timers, **adv_stats, **{
+            "time/update": time.perf_counter() - t0, "train/loss": acc["loss"] / n_opt,
+            "train/clip_frac": acc["clip"] / ntok, "train/kl": acc["kl"] / ntok,
+            "train/entropy": acc["ent"] / ntok, "train/grad_norm": acc["gn"] / n_opt,
+            "train/adv_abs_mean": float(adv.abs().mean())})
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        r, stats = self.rollout()
+        if r is None:  # dynamic sampling found no group with mixed rewards
+            stats["train/skipped"] = 1
+        else:
+            adv = group_advantages(r.rewards, self.cfg.group_size, self.cfg.adv_eps,
+                                   self.cfg.adv_std_norm)
+            stats.update(self.update(r, adv))
+            stats["train/skipped"] = 0
+        self.step += 1
+        stats.update({"step": self.step, "time/step": time.perf_counter() - t0,
+                      "train/lr": self.cfg.lr})
+        return stats
+
+    def train(self, progress: bool = True) -> list[dict]:
+        """Run (or resume) cfg.steps steps, logging and checkpointing; return all metric rows."""
+        from tqdm.auto import tqdm
+
+        from .checkpoint import load_checkpoint, save_checkpoint
+
+        if load_checkpoint(self, self.run / "checkpoint"):
+            self.run.truncate_metrics(self.step)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", disable=not progress)
+        while self.step < self.cfg.steps:
+            row = self.train_step()
+            self.run.append_metrics(row)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['train/reward_mean']:.2f}")
+            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                save_checkpoint(self, self.run / "checkpoint")
+        bar.close()
+        return self.run.metrics()
