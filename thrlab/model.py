@@ -50,9 +50,21 @@ def guard_cpu_4bit(model) -> int:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    """Load the tokenizer, left-padded, with a pad token.
 
-    tok = AutoTokenizer.from_pretrained(path)
+    A local folder whose tokenizer_config declares a generic fast tokenizer (the embedded tiny
+    model's) is loaded as exactly that: AutoTokenizer would pick the class from the model type
+    (Qwen2Tokenizer) and rebuild a pre-tokenizer that drops the character tokenizer's spaces.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg_file = Path(path) / "tokenizer_config.json"
+    generic = cfg_file.exists() and json.loads(cfg_file.read_text()).get("tokenizer_class") in (
+        "PreTrainedTokenizerFast", "TokenizersBackend")
+    tok = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(path)
     tok.padding_side = "left"  # generation appends on the right
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
