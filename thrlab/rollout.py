@@ -75,7 +75,7 @@ def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Ten
     return mask, ~is_eos.any(-1)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the tensors feed the autograd update later
 def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, temperature: float,
              top_p: float, max_new_tokens: int, batch_size: int = 0) -> Rollout:
     """Sample n completions per prompt (greedy when do_sample is False).
