@@ -167,7 +167,7 @@ class GRPOTrainer:
                                                  "lower lr or check the rollout for inf logits")
                     loss.backward()
                     mf = mask.float()
-                    acc["loss"] += float(loss)
+                    acc["loss"] += loss.item()
                     acc["clip"] += float((st["clipped"].float() * mf).sum())
                     acc["kl"] += float((st.get("kl", torch.zeros_like(mf)) * mf).sum())
                     acc["ent"] += float((o["entropy"] * mf).sum())

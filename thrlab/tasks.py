@@ -1,0 +1,338 @@
+"""Training and evaluation problems: synthetic arithmetic for the embedded tiny model, math
+benchmarks from local JSONL files or the Hugging Face hub, and prompt templates.
+
+Every benchmark row becomes a `Problem` whose `answer` is the gold string the grader receives, read
+per benchmark as in Qwen2.5-Math's `parse_ground_truth` (see BENCHMARKS). Bad data fails here,
+before training, with the file, line and field in the message.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import re
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .rewards import extract_boxed, extract_gsm8k
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question with its gold answer."""
+
+    id: str  # stable, e.g. "math500/test/precalculus/807.json" or "arith/train/12*7+35"
+    question: str  # raw question text, not templated
+    answer: str  # gold answer string, as the grader receives it
+    source: str  # benchmark name, file stem, or "arithmetic"
+    level: int | None = None
+
+
+# -- synthetic arithmetic --------------------------------------------------------------------------
+# a*b+c with two-digit a, c and one-digit b: 90*8*90 = 64,800 problems. The split rule is a stable
+# hash of the question text: crc32("a*b+c") % 10 == 0 is held out (6,450 problems, ~10%); the rest
+# are train. It depends on nothing but the triple, so no seed or sample size can mix the splits.
+ARITH_A, ARITH_B, ARITH_C = range(10, 100), range(2, 10), range(10, 100)
+SPLITS = ("train", "heldout")
+
+
+def _arith_split(a: int, b: int, c: int) -> str:
+    return "heldout" if zlib.crc32(f"{a}*{b}+{c}".encode()) % 10 == 0 else "train"
+
+
+@functools.lru_cache(maxsize=None)
+def _arith_triples(split: str) -> tuple[tuple[int, int, int], ...]:
+    return tuple((a, b, c) for a in ARITH_A for b in ARITH_B for c in ARITH_C
+                 if _arith_split(a, b, c) == split)
+
+
+def arithmetic_problems(n: int, split: str, seed: int) -> list[Problem]:
+    """Sample n distinct `a*b+c` problems of one split with random.Random(seed)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown arithmetic split {split!r}; use one of {SPLITS}")
+    pool = _arith_triples(split)
+    if not 0 <= n <= len(pool):
+        raise ValueError(f"asked for {n} arithmetic problems but the {split!r} split holds "
+                         f"{len(pool)}; ask for at most {len(pool)}")
+    return [Problem(id=f"arith/{split}/{a}*{b}+{c}", question=f"{a}*{b}+{c}", answer=str(a * b + c),
+                    source="arithmetic")
+            for a, b, c in random.Random(seed).sample(pool, n)]
+
+
+# -- benchmark rows ----------------------------------------------------------------------------------
+class RowError(Exception):
+    """A row lacks a usable field; the loader adds where (file and line, or hub row)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"field {field!r}: {problem}")
+        self.field = field
+
+
+Row = tuple[str, str, object, "int | None"]  # (question, answer, row id or None, level)
+
+
+def _question(row: dict) -> str:
+    key = "problem" if "problem" in row else "question"  # Qwen's files carry one or both
+    if key not in row:
+        raise RowError("problem", "missing; each row needs a 'problem' or 'question' string")
+    q = row[key]
+    if not isinstance(q, str) or not q.strip():
+        raise RowError(key, f"empty or not a string ({q!r}); give the question text")
+    return q
+
+
+def _field(row: dict, key: str):
+    if key not in row or row[key] is None:
+        raise RowError(key, f"missing; this benchmark reads its gold answer from '{key}'")
+    return row[key]
+
+
+def _number(x) -> str:
+    """Render a gold answer; integral floats (AIME25/AMC23 store 70.0) lose the ".0"."""
+    if isinstance(x, bool) or not isinstance(x, (str, int, float)):
+        raise RowError("answer", f"expected a string or number, got {type(x).__name__} {x!r}")
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x).strip()
+
+
+def _boxed_of(row: dict, key: str = "solution") -> str:
+    box = extract_boxed(str(_field(row, key)))
+    if box is None:
+        raise RowError(key, "has no \\boxed{...} answer; add one or give an 'answer' field")
+    return box
+
+
+def _level(x) -> int | None:
+    """Parse a MATH level: 3 or "Level 3" -> 3; "Level ?" or absent -> None."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x
+    m = re.fullmatch(r"\s*(?:Level\s*)?(\d+)\s*", str(x)) if x is not None else None
+    return int(m.group(1)) if m else None
+
+
+def _rowid(row: dict, *keys: str):
+    return next((row[k] for k in keys if row.get(k) is not None), None)
+
+
+def read_math500(row: dict) -> Row:
+    """MATH-500: `problem`, `answer` (equals the last \\boxed{} of `solution`)."""
+    return _question(row), _number(_field(row, "answer")), _rowid(row, "unique_id"), \
+        _level(row.get("level"))
+
+
+def read_answer_field(row: dict) -> Row:
+    """AIME24/AIME25/AMC23: `problem`|`question`, `answer` as given ("025" stays; 70.0 -> "70")."""
+    return _question(row), _number(_field(row, "answer")), _rowid(row, "id"), None
+
+
+def read_minerva(row: dict) -> Row:
+    """Minerva: the last \\boxed{} of `solution` (hub copies may carry `answer` instead)."""
+    ans = _boxed_of(row) if "solution" in row or "answer" not in row else _number(row["answer"])
+    return _question(row), ans, _rowid(row, "idx", "id"), None
+
+
+def read_olympiadbench(row: dict) -> Row:
+    """OlympiadBench: `final_answer[0]` with its surrounding `$` (and a period after it) stripped."""
+    fa = _field(row, "final_answer")
+    if isinstance(fa, list):
+        if not fa:
+            raise RowError("final_answer", "empty list; it must hold one answer string")
+        fa = fa[0]
+    ans = _number(fa)
+    ans = ans[:-1] if ans.endswith("$.") else ans  # one row reads "$(-\\infty, 0) \\cup\\{1\\}$."
+    return _question(row), ans.strip("$").strip(), _rowid(row, "id"), None
+
+
+def read_gsm8k(row: dict) -> Row:
+    """GSM8K: the text after `####` in `answer`, commas removed ("999,000" -> "999000")."""
+    ans = extract_gsm8k(str(_field(row, "answer")))
+    if ans is None:
+        raise RowError("answer", "has no '#### <number>' line; GSM8K answers end with one")
+    return _question(row), ans, _rowid(row, "idx", "id"), None
+
+
+def read_math_train(row: dict) -> Row:
+    """MATH train: `answer` (the last \\boxed{} of `solution`, derived if absent); level 1-5."""
+    ans = _number(row["answer"]) if row.get("answer") is not None else _boxed_of(row)
+    return _question(row), ans, _rowid(row, "id", "unique_id"), _level(row.get("level"))
+
+
+def read_generic(row: dict) -> Row:
+    """Any JSONL: `question`|`problem`, and `answer` or else the last \\boxed{} of `solution`."""
+    if row.get("answer") is None and "solution" not in row:
+        raise RowError("answer", "missing; give an 'answer' field or a 'solution' with \\boxed{}")
+    ans = _number(row["answer"]) if row.get("answer") is not None else _boxed_of(row)
+    return _question(row), ans, _rowid(row, "id", "unique_id", "idx"), _level(row.get("level"))
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Where a benchmark lives (local file name, hub id) and how to read one row."""
+
+    filename: str
+    hub_id: str
+    split: str
+    read: Callable[[dict], Row]
+    configs: tuple[str | None, ...] = (None,)  # several configs are concatenated in order
+
+
+# Hub copies are the usual ones; only the local files (/work/shared/data/README.md) are checked by
+# tests. AIME25 uses opencompass/AIME2025 (parts I then II), whose text the local file matches.
+# math_train uses EleutherAI/hendrycks_math: the original 7,500-problem MATH train split, one
+# config per subject, with `solution` only, so the answer is derived from its last \boxed{}.
+BENCHMARKS: dict[str, Benchmark] = {
+    "math500": Benchmark("math500.jsonl", "HuggingFaceH4/MATH-500", "test", read_math500),
+    "aime24": Benchmark("aime24.jsonl", "HuggingFaceH4/aime_2024", "train", read_answer_field),
+    "aime25": Benchmark("aime25.jsonl", "opencompass/AIME2025", "test", read_answer_field,
+                        ("AIME2025-I", "AIME2025-II")),
+    "amc23": Benchmark("amc23.jsonl", "math-ai/amc23", "test", read_answer_field),
+    "minerva_math": Benchmark("minerva_math.jsonl", "math-ai/minervamath", "test", read_minerva),
+    "olympiadbench": Benchmark("olympiadbench.jsonl", "Hothan/OlympiadBench", "train",
+                               read_olympiadbench, ("OE_TO_maths_en_COMP",)),
+    "gsm8k": Benchmark("gsm8k_test.jsonl", "openai/gsm8k", "test", read_gsm8k, ("main",)),
+    "gsm8k_train": Benchmark("gsm8k_train.jsonl", "openai/gsm8k", "train", read_gsm8k, ("main",)),
+    "math_train": Benchmark("math_train.jsonl", "EleutherAI/hendrycks_math", "train",
+                            read_math_train, ("algebra", "counting_and_probability", "geometry",
+                                              "intermediate_algebra", "number_theory",
+                                              "prealgebra", "precalculus")),
+}
+_BY_FILENAME = {b.filename: name for name, b in BENCHMARKS.items()}
+
+
+def _jsonl_rows(path: Path):
+    """Yield (line number, dict) from a JSONL file, decoding each line on its own."""
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}, line {lineno}: byte {raw[e.start:e.start + 1]!r} at column "
+                             f"{e.start + 1} is not UTF-8; re-save the file as UTF-8") from None
+        text = text.lstrip("\ufeff") if lineno == 1 else text  # tolerate a byte-order mark
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                             "each line must be one complete JSON object") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {lineno}: expected a JSON object, got "
+                             f"{type(row).__name__}; write one {{...}} object per line")
+        yield lineno, row
+
+
+def _problems(rows, read, source: str, where: str, unit: str = "line") -> list[Problem]:
+    """Read (position, row) pairs into Problems; skip, and warn about, rows with empty gold."""
+    out, empty = [], []
+    for pos, row in rows:
+        try:
+            q, ans, rid, level = read(row)
+        except RowError as e:
+            raise ValueError(f"{where}, {unit} {pos}: {e}") from None
+        if not ans:
+            empty.append(pos)  # e.g. MATH train/number_theory/7115.json has an empty \boxed{}
+            continue
+        out.append(Problem(id=f"{source}/{pos if rid is None else rid}", question=q, answer=ans,
+                           source=source, level=level))
+    if empty:
+        # Skipped, not failed: an empty gold can never be graded correct, so it only adds noise.
+        warnings.warn(f"{where}: skipped {len(empty)} rows with an empty gold answer "
+                      f"({unit}s {empty[:10]}); they cannot be graded", stacklevel=3)
+    return out
+
+
+def _load_hub(name: str, bench: Benchmark) -> list[Problem]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError(f"loading {name!r} from the hub needs `datasets` (pip install datasets); "
+                          "or pass data_dir= a folder holding the JSONL files") from e
+    rows = []
+    for config in bench.configs:
+        try:
+            rows.extend(datasets.load_dataset(bench.hub_id, config, split=bench.split))
+        except Exception as e:
+            raise RuntimeError(f"could not load {name!r} from the hub ({bench.hub_id}, config "
+                               f"{config}, split {bench.split}): {e}. Offline? Pass data_dir= a "
+                               f"folder holding {bench.filename}, or set THRLAB_DATA_DIR") from e
+    return _problems(enumerate(rows), bench.read, name, f"hub dataset {bench.hub_id}", "row")
+
+
+def load_benchmark(name_or_path: str, *, data_dir: str | None = None, limit: int | None = None,
+                   levels: tuple[int, ...] | None = None) -> list[Problem]:
+    """Load a benchmark by JSONL path, or by name from data_dir/$THRLAB_DATA_DIR, else the hub.
+
+    A path's row format follows its file name when that is a known benchmark file (e.g.
+    gsm8k_test.jsonl), else a generic reader. `levels` keeps only problems of those MATH levels;
+    `limit` keeps the first `limit` problems after filtering, in file order.
+    """
+    known = ", ".join(BENCHMARKS)
+    if str(name_or_path).endswith(".jsonl"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"benchmark file {path} does not exist; check the path, or name a "
+                             f"known benchmark ({known})")
+        name = _BY_FILENAME.get(path.name)
+        read, source = (BENCHMARKS[name].read, name) if name else (read_generic, path.stem)
+        problems = _problems(_jsonl_rows(path), read, source, str(path))
+    elif name_or_path in BENCHMARKS:
+        bench, env = BENCHMARKS[name_or_path], os.environ.get("THRLAB_DATA_DIR")
+        folder = data_dir or env
+        if folder:
+            path = Path(folder) / bench.filename
+            if not path.is_file():
+                origin = "data_dir" if data_dir else "$THRLAB_DATA_DIR"
+                raise ValueError(f"{origin} is {folder}, which has no {bench.filename}; put the "
+                                 f"file there, or unset {origin} to load {bench.hub_id} from the hub")
+            problems = _problems(_jsonl_rows(path), bench.read, name_or_path, str(path))
+        else:
+            problems = _load_hub(name_or_path, bench)
+    else:
+        raise ValueError(f"unknown benchmark {name_or_path!r}; use one of {known}, or a path to a "
+                         "JSONL file (name ending in .jsonl)")
+    if levels:
+        keep = set(levels)
+        problems = [p for p in problems if p.level in keep]
+        if not problems:
+            raise ValueError(f"no problem in {name_or_path} has a level in {tuple(levels)}; only "
+                             "MATH-style sets carry levels, so drop `levels` for this one")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        problems = problems[:limit]
+    return problems
+
+
+# -- prompt templates -----------------------------------------------------------------------------
+TEMPLATES = ("plain", "qwen25-math-cot", "qwen-boxed", "chat", "base")
+SYSTEM_BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def format_prompt(question: str, template: str, tokenizer=None) -> str:
+    """Render one question as the prompt text of `template` (chat needs the model's tokenizer)."""
+    if template == "plain":  # the tiny model's format; it answers " 119" then eos
+        return f"Q: {question}=? A:"
+    if template == "qwen25-math-cot":  # Qwen2.5-Math evaluation/utils.py, and Dr. GRPO's qwen_math
+        return (f"<|im_start|>system\n{SYSTEM_BOXED}<|im_end|>\n"
+                f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    if template == "qwen-boxed":  # Qwen2-Math-Instruct: the instruction goes in the user turn
+        return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                f"<|im_start|>user\n{question}\n{SYSTEM_BOXED}<|im_end|>\n<|im_start|>assistant\n")
+    if template == "base":  # base models without a chat template
+        return f"{question}\n{SYSTEM_BOXED}\n"
+    if template == "chat":
+        if tokenizer is None:
+            raise ValueError("template 'chat' needs the model's tokenizer: pass tokenizer=..., or "
+                             "use 'base' for a model without a chat template")
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{type(tokenizer).__name__} has no chat_template, so template "
+                             "'chat' cannot be rendered; use 'base' (or 'qwen25-math-cot') instead")
+        return tokenizer.apply_chat_template(
+            [{"role": "system", "content": SYSTEM_BOXED}, {"role": "user", "content": question}],
+            tokenize=False, add_generation_prompt=True)
+    raise ValueError(f"unknown prompt template {template!r}; use one of {TEMPLATES}")
