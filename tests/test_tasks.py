@@ -14,7 +14,6 @@ from thrlab.tasks import (BENCHMARKS, SYSTEM_BOXED, TEMPLATES, arithmetic_proble
                           load_benchmark)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-N_HELDOUT, N_TRAIN = 6450, 58350  # the documented rule's sizes; a change reshuffles every split
 
 
 @pytest.fixture
@@ -30,28 +29,37 @@ def _raw(name: str) -> list[dict]:
 
 
 # -- arithmetic ----------------------------------------------------------------------------------
-def test_arithmetic_splits_partition_the_space():
-    space = {f"{a}*{b}+{c}" for a in range(10, 100) for b in range(2, 10) for c in range(10, 100)}
-    held = {p.question for p in arithmetic_problems(N_HELDOUT, "heldout", seed=0)}
-    train = {p.question for p in arithmetic_problems(N_TRAIN, "train", seed=1)}
-    assert len(held) == N_HELDOUT and len(train) == N_TRAIN
-    assert held.isdisjoint(train)
-    assert held | train == space
-    assert held == {q for q in space if zlib.crc32(q.encode()) % 10 == 0}  # the documented rule
-    for split, n in (("heldout", N_HELDOUT), ("train", N_TRAIN)):
+SPACES = {  # each family's full question space, enumerated independently of thrlab
+    "mul": {f"{a}*{b}" for a in range(100, 1000) for b in range(2, 10)},
+    "mul_add": {f"{a}*{b}+{c}" for a in range(10, 100) for b in range(2, 10) for c in range(10, 100)},
+}
+
+
+@pytest.mark.parametrize("op", sorted(SPACES))
+def test_arithmetic_splits_partition_the_space(op):
+    space = SPACES[op]
+    want_held = {q for q in space if zlib.crc32(q.encode()) % 10 == 0}  # the documented rule
+    n_held, n_train = len(want_held), len(space) - len(want_held)
+    held = {p.question for p in arithmetic_problems(n_held, "heldout", seed=0, op=op)}
+    train = {p.question for p in arithmetic_problems(n_train, "train", seed=1, op=op)}
+    assert held == want_held and held.isdisjoint(train) and held | train == space
+    assert 0.08 < n_held / len(space) < 0.12
+    for split, n in (("heldout", n_held), ("train", n_train)):
         with pytest.raises(ValueError, match=f"holds {n}; ask for at most {n}"):
-            arithmetic_problems(n + 1, split, seed=0)
+            arithmetic_problems(n + 1, split, seed=0, op=op)
 
 
-def test_arithmetic_is_deterministic_distinct_and_correct():
-    a = arithmetic_problems(300, "train", seed=7)
-    assert a == arithmetic_problems(300, "train", seed=7)
-    assert [p.question for p in a] != [p.question for p in arithmetic_problems(300, "train", seed=8)]
+@pytest.mark.parametrize("op,pattern", [("mul", r"(\d+)\*(\d+)"), ("mul_add", r"(\d+)\*(\d+)\+(\d+)")])
+def test_arithmetic_is_deterministic_distinct_and_correct(op, pattern):
+    a = arithmetic_problems(300, "train", seed=7, op=op)
+    assert a == arithmetic_problems(300, "train", seed=7, op=op)
+    assert [p.question for p in a] != [p.question
+                                       for p in arithmetic_problems(300, "train", seed=8, op=op)]
     assert len({p.question for p in a}) == 300 and len({p.id for p in a}) == 300
-    for p in a + arithmetic_problems(100, "heldout", seed=0):
-        x, y, z = map(int, re.fullmatch(r"(\d+)\*(\d+)\+(\d+)", p.question).groups())
-        assert 10 <= x <= 99 and 2 <= y <= 9 and 10 <= z <= 99
-        assert p.answer == str(x * y + z)
+    for p in a + arithmetic_problems(100, "heldout", seed=0, op=op):
+        xs = list(map(int, re.fullmatch(pattern, p.question).groups()))
+        want = xs[0] * xs[1] + (xs[2] if len(xs) == 3 else 0)
+        assert p.answer == str(want)
         assert p.source == "arithmetic" and p.level is None
         assert p.id == f"arith/{'train' if p in a else 'heldout'}/{p.question}"
 
@@ -61,6 +69,8 @@ def test_arithmetic_errors():
         arithmetic_problems(5, "test", seed=0)
     with pytest.raises(ValueError, match="asked for -1"):
         arithmetic_problems(-1, "train", seed=0)
+    with pytest.raises(ValueError, match="unknown arithmetic op 'div'"):
+        arithmetic_problems(5, "train", seed=0, op="div")
 
 
 # -- shared benchmark files ------------------------------------------------------------------------

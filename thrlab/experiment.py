@@ -33,7 +33,7 @@ def train_problems(cfg: Config) -> list:
     from .tasks import arithmetic_problems, load_benchmark
 
     if cfg.task == "arithmetic":
-        return arithmetic_problems(20_000, "train", seed=cfg.seed)
+        return arithmetic_problems(None, "train", seed=cfg.seed, op=cfg.arith_op)
     return load_benchmark(cfg.task, data_dir=cfg.data_dir or None,
                           levels=tuple(cfg.train_levels) or None)
 
@@ -44,7 +44,8 @@ def eval_problems(cfg: Config) -> dict:
     out = {}
     for name in cfg.eval_sets:
         if name == "arithmetic":
-            out[name] = arithmetic_problems(cfg.eval_limit or 500, "heldout", seed=EVAL_SEED)
+            out[name] = arithmetic_problems(cfg.eval_limit or None, "heldout", seed=EVAL_SEED,
+                                            op=cfg.arith_op)
         else:
             out[name] = load_benchmark(name, data_dir=cfg.data_dir or None,
                                        limit=cfg.eval_limit or None)

@@ -57,7 +57,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("THRLAB_CACHE", Path.home() / ".cache" / "thrlab"))
 
 
-_TINY_KEYS = ("tiny_arch", "tiny_hidden", "tiny_layers", "tiny_heads", "tiny_ffn", "sft_steps",
+_TINY_KEYS = ("arith_op", "tiny_arch", "tiny_hidden", "tiny_layers", "tiny_heads", "tiny_ffn", "sft_steps",
               "sft_batch", "sft_lr", "sft_seed")
 
 
@@ -124,12 +124,8 @@ def cold_start(model, tok, cfg: Config, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     rng = random.Random(cfg.sft_seed)
-    pool = arithmetic_problems(cfg.sft_steps * cfg.sft_batch // 4 + cfg.sft_batch, "train",
-                               seed=cfg.sft_seed)
+    pool = arithmetic_problems(None, "train", seed=cfg.sft_seed, op=cfg.arith_op)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
-    # Linear decay to 10%: a constant 2e-3 leaves the loss noisy at the end.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 1.0 - 0.9 * s / max(1, cfg.sft_steps))
     model.train()
     losses = []
     for _ in tqdm(range(cfg.sft_steps), desc="cold start (SFT)", disable=not progress,
@@ -139,7 +135,6 @@ def cold_start(model, tok, cfg: Config, progress: bool = True) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         losses.append(loss.item())
     tail = losses[-50:] or [float("nan")]
     return {"final_loss": sum(tail) / len(tail), "steps": cfg.sft_steps}
