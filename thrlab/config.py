@@ -218,6 +218,8 @@ def _check_values(c: Config) -> None:
     need(c.prompts_per_step * c.group_size % c.mini_batches == 0,
          f"prompts_per_step*group_size={c.prompts_per_step * c.group_size} is not divisible by "
          f"mini_batches={c.mini_batches}")
+    need(not c.sft_control or c.task == "arithmetic",
+         "sft_control is defined for the embedded arithmetic task only; set sft_control=false")
     need(all(1 <= lv <= 5 for lv in c.train_levels), "train_levels must be MATH levels 1..5")
     for w in ("tiny_hidden", "tiny_ffn"):
         need(getattr(c, w) % 64 == 0, f"{w}={getattr(c, w)} must be a multiple of 64 "

@@ -101,13 +101,14 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, *, runs_root=
     device = resolve_device(cfg)
     path = resolve_model_path(cfg, progress)
     grade_fn = make_grade_fn(cfg)
-    sets = eval_problems(cfg)
+    # Load (and so validate) all data before any model work: bad files fail in seconds.
+    problems, sets = train_problems(cfg), eval_problems(cfg)
 
     _seed_phase(cfg, 1)
     model, tok = load_policy(cfg, path, device)
     before = _evaluate_phase(run, "before", cfg, model, tok, sets, grade_fn, progress)
     _seed_phase(cfg, 2)
-    trainer = GRPOTrainer(cfg, model, tok, train_problems(cfg), run, grade_fn)
+    trainer = GRPOTrainer(cfg, model, tok, problems, run, grade_fn)
     metrics = trainer.train(progress=progress)
     from .checkpoint import save_adapter
 
@@ -120,7 +121,7 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, *, runs_root=
                "eval_before": before["mean"], "eval_after": after["mean"],
                "train_wall_s": sum(m["time/step"] for m in metrics)}
     if cfg.sft_control:
-        ctrl = _sft_control_phase(run, cfg, path, device, sets, grade_fn, progress)
+        ctrl = _sft_control_phase(run, cfg, path, device, problems, sets, grade_fn, progress)
         summary["eval_sft_control"] = ctrl["mean"]
     summary["wall_s"] = time.time() - t0
     write_json(run / "summary.json", summary)
@@ -128,13 +129,10 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, *, runs_root=
     return summary
 
 
-def _sft_control_phase(run, cfg, path, device, sets, grade_fn, progress) -> dict:
+def _sft_control_phase(run, cfg, path, device, problems, sets, grade_fn, progress) -> dict:
     """Equal-compute control: same start, same steps and sequences per step, gold answers."""
     if (run / "eval_sft_control.json").exists():
         return read_json(run / "eval_sft_control.json")
-    if cfg.task != "arithmetic":
-        raise ValueError("sft_control is defined for the embedded arithmetic task only; "
-                         "set sft_control=false for other tasks")
     import random
 
     from tqdm.auto import tqdm
@@ -146,7 +144,7 @@ def _sft_control_phase(run, cfg, path, device, sets, grade_fn, progress) -> dict
     model, tok = load_policy(cfg, path, device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-    problems, rng = train_problems(cfg), random.Random(cfg.seed)
+    rng = random.Random(cfg.seed)
     n = cfg.prompts_per_step * cfg.group_size
     model.train()
     for _ in tqdm(range(cfg.steps), desc="SFT control", disable=not progress):
