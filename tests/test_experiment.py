@@ -60,3 +60,21 @@ def test_cli_train_and_errors(tmp_path, cache):
     bad = subprocess.run([sys.executable, "-m", "thrlab", "train", "--set", "lrr=1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean 'lr'" in bad.stderr
+
+
+def test_cli_evaluate_loads_a_run_adapter(tmp_path, cache):
+    cfg = from_preset("tiny", **SMOKE, sft_control=False)
+    run_experiment(cfg, runs_root=tmp_path / "runs", progress=False)
+    adapter = tmp_path / "runs" / cfg.run_id() / "adapter"
+    args = [f"--set={k}={v}" for k, v in SMOKE.items()]
+    out = subprocess.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
+                          "--adapter", str(adapter), "--out", str(tmp_path / "e.json")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "e.json").read_text())
+    # greedy decoding is deterministic: the CLI with the adapter reproduces the run's eval_after
+    after = json.loads((tmp_path / "runs" / cfg.run_id() / "eval_after.json").read_text())
+    assert res["mean"]["greedy_acc"] == after["mean"]["greedy_acc"]
+    bad = subprocess.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
+                          "--adapter", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "adapter_model.safetensors" in bad.stderr

@@ -47,7 +47,7 @@ class Config:
     temperature: float = 1.0  # rollout sampling temperature (also divides the training logits)
     top_p: float = 1.0
     max_new_tokens: int = 8
-    lr: float = 1e-4
+    lr: float = 3e-4  # tiny default: +10.3 greedy points over 3 seeds vs +7.7 at 1e-4 (RESULTS.md)
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
