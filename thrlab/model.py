@@ -5,6 +5,7 @@ per-token log-probs, entropy and last-layer hidden states together.
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -13,6 +14,8 @@ from .config import Config
 
 # bitsandbytes logs a harmless failure to fetch optional hub kernels on CPU (ENVIRONMENT.md).
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+# peft calls a transformers attribute that transformers 5 deprecates; nothing for users to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -74,7 +77,9 @@ def load_tokenizer(path: str):
 def load_base(cfg: Config, path: str, device: torch.device):
     """Load the base causal LM, 4-bit NF4 when cfg.load_in_4bit, with the CPU guard applied."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-load weight bar drowns thrlab's own progress bars
     dtype = resolve_dtype(cfg, device)
     kwargs = dict(dtype=dtype)
     if cfg.load_in_4bit:
