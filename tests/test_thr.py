@@ -1,0 +1,273 @@
+"""THR against a naive pairwise loop written here, and the first-order identity of METHOD.md
+section 6 (one SGD step on the unembedding of a real tiny model) checked by finite differences."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from thrlab.thr import (nthr_advantages, reweight_advantages, route_flops, thr_for_batch,
+                        thr_stats, thr_threshold, token_hidden_reward)
+
+G, T, H, V = 4, 5, 8, 11  # small enough for the O((G T)^2 V) python loop below
+
+
+def naive_thr(hidden, tokens, mask, rewards, logits, length_normalize=True,
+              advantage_weighted=False, vocab="full"):
+    """The pairwise definition (METHOD.md section 2) in float64 with explicit loops."""
+    hidden, logits, r = hidden.double(), logits.double(), rewards.double()
+    g = F.one_hot(tokens, logits.shape[-1]).double() - torch.softmax(logits, -1)  # (G, T, V)
+    if vocab == "group":
+        g = g[..., sorted(set(tokens[mask].tolist()))]
+    out = torch.zeros(tokens.shape, dtype=torch.float64)
+    if (r == r[0]).all():
+        return out
+    std = ((r - r.mean()) ** 2).mean().sqrt()  # population std
+    c = (r - r.mean()) / (std + 1e-6) if advantage_weighted else 2 * r - 1
+    for j in range(len(r)):
+        for kp in range(tokens.shape[1]):
+            if not mask[j, kp]:
+                continue
+            s = 0.0
+            for i in range(len(r)):
+                if r[i] != 1:
+                    continue
+                w = 1.0 / int(mask[i].sum()) if length_normalize else 1.0
+                for k in range(tokens.shape[1]):
+                    if mask[i, k]:
+                        s += w * (g[i, k] @ g[j, kp]) * (hidden[i, k] @ hidden[j, kp])
+            out[j, kp] = c[j] * s
+    return out
+
+
+def make_group(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(G, T, H, generator=gen)
+    W = torch.randn(V, H, generator=gen) / H ** 0.5
+    tokens = torch.randint(0, V, (G, T), generator=gen)
+    tokens[:, 1] = 3  # a shared token id gives the [y == y'] term something to do
+    mask = torch.ones(G, T, dtype=torch.bool)
+    mask[1, 3:] = False  # padded tails of different lengths
+    mask[2, 4:] = False
+    return hidden, W, tokens, mask
+
+
+def close(got, want, rel=1e-5):
+    assert got.dtype == torch.float32
+    scale = want.abs().max().item()
+    assert torch.allclose(got.double(), want, rtol=rel, atol=rel * scale), (got, want)
+
+
+REWARDS = {"one": [1., 0., 0., 0.], "two": [0., 1., 1., 0.], "padded_anchor": [0., 0., 1., 0.]}
+
+
+@pytest.mark.parametrize("method", ["factorised", "gram", "auto"])
+@pytest.mark.parametrize("pattern", list(REWARDS))
+@pytest.mark.parametrize("opts", [{}, {"length_normalize": False}, {"advantage_weighted": True},
+                                  {"vocab": "group"}])
+def test_matches_naive_pairwise_definition(method, pattern, opts):
+    hidden, W, tokens, mask = make_group()
+    r = torch.tensor(REWARDS[pattern])
+    logits = hidden @ W.T / 0.7  # (G, T, V)
+    want = naive_thr(hidden, tokens, mask, r, logits, **opts)
+    got = token_hidden_reward(hidden, tokens, mask, r, logits=logits, method=method, **opts)
+    close(got, want)
+    assert (got[~mask] == 0).all()
+    # The streamed path recomputes the same probabilities from W, chunk by chunk.
+    got_w = token_hidden_reward(hidden, tokens, mask, r, lm_head_weight=W, temperature=0.7,
+                                method=method, chunk_size=3, **opts)
+    close(got_w, want)
+
+
+@pytest.mark.parametrize("method", ["factorised", "gram"])
+def test_chunk_size_one_equals_one_chunk(method):
+    hidden, W, tokens, mask = make_group(1)
+    r = torch.tensor(REWARDS["two"])
+    kw = dict(lm_head_weight=W, method=method, vocab="group")
+    a = token_hidden_reward(hidden, tokens, mask, r, chunk_size=1, **kw)
+    b = token_hidden_reward(hidden, tokens, mask, r, chunk_size=10_000, **kw)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("rewards", [[1., 1., 1., 1.], [0., 0., 0., 0.]])
+def test_all_equal_rewards_give_zeros(rewards):
+    hidden, W, tokens, mask = make_group()
+    got = token_hidden_reward(hidden, tokens, mask, torch.tensor(rewards), lm_head_weight=W)
+    assert got.shape == (G, T) and got.dtype == torch.float32 and (got == 0).all()
+
+
+def test_bf16_inputs_accumulate_in_fp32():
+    hidden, W, tokens, mask = make_group(2)
+    r = torch.tensor(REWARDS["one"])
+    hb, Wb = hidden.bfloat16(), W.bfloat16()
+    got = token_hidden_reward(hb, tokens, mask, r, lm_head_weight=Wb)
+    assert got.dtype == torch.float32
+    # Same bf16 values, given as fp32: only accumulation order may differ.
+    ref = token_hidden_reward(hb.float(), tokens, mask, r, lm_head_weight=Wb.float())
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    # And close to the unrounded inputs up to bf16's ~3 significant digits.
+    full = token_hidden_reward(hidden, tokens, mask, r, lm_head_weight=W)
+    assert torch.allclose(got, full, atol=3e-2 * full.abs().max().item())
+
+
+def test_batch_helper_applies_per_group():
+    hidden, W, tokens, mask = make_group()
+    rs = [torch.tensor(REWARDS["one"]), torch.ones(G), torch.tensor(REWARDS["two"])]
+    cat = lambda x: torch.cat([x] * 3)  # noqa: E731
+    got = thr_for_batch(cat(hidden), cat(tokens), cat(mask), torch.cat(rs), G, lm_head_weight=W)
+    for n, r in enumerate(rs):
+        want = token_hidden_reward(hidden, tokens, mask, r, lm_head_weight=W)
+        assert torch.equal(got[n * G:(n + 1) * G], want)
+    logits = cat(hidden @ W.T)
+    by_logits = thr_for_batch(cat(hidden), cat(tokens), cat(mask), torch.cat(rs), G, logits=logits)
+    assert torch.allclose(by_logits, got, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_route_follows_estimated_flops():
+    # Qwen2.5-0.5B shapes (V = 151936, H = 896), 512 tokens: few anchors favour gram, many do not.
+    few = route_flops(512, 100, 151936, 896, streamed=False, chunk_size=1024)
+    many = route_flops(4096, 2048, 151936, 896, streamed=False, chunk_size=1024)
+    assert few["gram"] < few["factorised"] and many["factorised"] < many["gram"]
+
+
+def test_errors_name_the_problem():
+    hidden, W, tokens, mask = make_group()
+    r = torch.tensor(REWARDS["one"])
+    with pytest.raises(ValueError, match="exactly one of logits.*lm_head_weight.*both"):
+        token_hidden_reward(hidden, tokens, mask, r, logits=hidden @ W.T, lm_head_weight=W)
+    with pytest.raises(ValueError, match="exactly one of logits.*lm_head_weight.*neither"):
+        token_hidden_reward(hidden, tokens, mask, r)
+    with pytest.raises(ValueError, match="binary"):
+        token_hidden_reward(hidden, tokens, mask, torch.tensor([0.5, 0., 1., 0.]), lm_head_weight=W)
+    with pytest.raises(ValueError, match=r"lm_head_weight must be \(V, H\)"):
+        token_hidden_reward(hidden, tokens, mask, r, lm_head_weight=W.T)
+    with pytest.raises(ValueError, match="rewards must be"):
+        token_hidden_reward(hidden, tokens, mask, torch.tensor([1., 0.]), lm_head_weight=W)
+    adv = torch.zeros(G)
+    for p in (-1.5, 1.01):
+        with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
+            reweight_advantages(adv, torch.zeros(G, T), mask, tau=0.0, p=p)
+
+
+def test_threshold_matches_loop():
+    hidden, W, tokens, mask = make_group()
+    r = torch.tensor(REWARDS["two"])
+    thr = token_hidden_reward(hidden, tokens, mask, r, lm_head_weight=W)
+    means = [sum(thr[i, k].item() for k in range(T) if mask[i, k]) / int(mask[i].sum())
+             for i in range(G) if r[i] == 1]
+    assert thr_threshold(thr, mask, r, beta=0.5) == pytest.approx(0.5 * max(0.0, min(means)))
+    assert thr_threshold(-thr.abs(), mask, r) == 0.0  # clamped at 0
+    assert thr_threshold(thr, mask, torch.ones(G)) == 0.0
+
+
+def test_reweight_matches_loop_both_signs():
+    torch.manual_seed(3)
+    _, _, _, mask = make_group()
+    adv, thr, tau = torch.randn(G), torch.randn(G, T), 0.4
+    for p in (0.1, -0.1):
+        got = reweight_advantages(adv, thr, mask, tau=tau, p=p)
+        for j in range(G):
+            for k in range(T):
+                s = 1 + p if thr[j, k] > 0 else 1 - p
+                want = adv[j] * s if mask[j, k] and abs(thr[j, k]) > tau else 0.0
+                assert got[j, k].item() == pytest.approx(float(want))
+    plain = reweight_advantages(adv, thr, mask, tau=tau, p=0.0, dominant_only=False)
+    assert torch.equal(plain, adv[:, None] * mask)  # p = 0, no mask: exactly GRPO
+
+
+def test_nthr_matches_loop():
+    torch.manual_seed(4)
+    _, _, _, mask = make_group()
+    r = torch.tensor(REWARDS["one"])
+    adv, thr, tau = torch.randn(G), torch.randn(G, T), 0.2
+    eta = 2 * abs(0.5 - 0.25)
+    got = nthr_advantages(adv, thr, mask, r, tau=tau)
+    for j in range(G):
+        for k in range(T):
+            s = eta if r[j] == 0 and -thr[j, k] > tau else 1.0
+            assert got[j, k].item() == pytest.approx(float(adv[j] * s * mask[j, k]))
+
+
+def test_stats_are_floats_with_expected_values():
+    thr = torch.tensor([[1., -2., 0.5], [0., 3., -0.1]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    adv = torch.tensor([1., -2.])
+    adv_tok = reweight_advantages(adv, thr, mask, tau=0.5, p=0.1)
+    s = thr_stats(thr, mask, 0.5, adv, adv_tok)
+    assert all(isinstance(v, float) for v in s.values())
+    assert s["thr/mean"] == pytest.approx(1.9 / 5) and s["thr/frac_pos"] == pytest.approx(0.4)
+    assert s["thr/frac_neg"] == pytest.approx(0.4) and s["thr/frac_kept"] == pytest.approx(0.6)
+    assert s["thr/adv_mass_before"] == pytest.approx(2 * 1 + 3 * 2)
+    assert s["thr/adv_mass_after"] == pytest.approx(1.1 + 0.9 + 2 * 1.1)
+
+
+# -- METHOD.md section 6: THR is exact to first order for a step on the unembedding -------------
+
+@pytest.fixture(scope="module")
+def tiny_group(tiny_model_dir):
+    """Hidden states (held fixed) and lm_head weight of the real tiny model on one group."""
+    from transformers import AutoModelForCausalLM
+
+    from thrlab.model import completion_forward, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    prompts = tok(["Q:12*3=?A:", "Q:7*45=?A:", "Q:99*9=?A:", "Q:3*3=?A:"], padding=True,
+                  return_tensors="pt")
+    gen = torch.Generator().manual_seed(0)
+    Tc = 6
+    tokens = torch.randint(2, len(tok), (4, Tc), generator=gen)  # chars only, no specials
+    mask = torch.ones(4, Tc, dtype=torch.bool)
+    mask[1, 4:] = False  # padded completions
+    mask[2, 2:] = False
+    tokens[~mask] = tok.pad_token_id
+    ids = torch.cat([prompts.input_ids, tokens], 1)
+    attn = torch.cat([prompts.attention_mask, mask.long()], 1)
+    with torch.no_grad():
+        out = completion_forward(model, ids, attn, prompts.input_ids.shape[1], 1.0,
+                                 need_hidden=True)
+    W = model.get_output_embeddings().weight.detach().double().clone()  # tied: a free copy
+    return out["hidden"].double(), W, tokens, mask, torch.tensor([1., 0., 1., 0.])
+
+
+def _logp(h, W, tokens):
+    return torch.log_softmax(h @ W.T, -1).gather(-1, tokens[..., None]).squeeze(-1)  # (G, T)
+
+
+def _delta_c(h, W, tokens, mask, r, loss_fn, eta):
+    """Change of C = sum_{i in P} mean_k log pi(y_ik) after one SGD step of size eta on W."""
+    def C(W_):
+        lp = _logp(h, W_, tokens) * mask
+        return ((lp.sum(1) / mask.sum(1)) * r).sum()
+    Wv = W.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(_logp(h, Wv, tokens)), Wv)
+    return (C(W - eta * grad) - C(W)).item()
+
+
+def test_first_order_identity_on_tiny_model(tiny_group):
+    h, W, tokens, mask, r = tiny_group
+    thr = token_hidden_reward(h, tokens, mask, r, lm_head_weight=W).double()  # (G, T)
+    A = (r - r.mean()) / (r.std(unbiased=False) + 1e-6)  # (G,) GRPO advantages
+    N = int(mask.sum())
+    pred_unit = (A.abs()[:, None] * thr * mask).sum().item() / N  # d C / d eta at eta = 0
+    loss = lambda lp: -(A[:, None] * lp * mask).sum() / N  # noqa: E731  token-mean GRPO loss
+    errs = []
+    for eta in (1e-2, 1e-3, 1e-4):
+        dc = _delta_c(h, W, tokens, mask, r, loss, eta)
+        errs.append(abs(dc - eta * pred_unit) / abs(eta * pred_unit))
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-3, errs  # error is O(eta)
+
+
+def test_single_token_steps_on_tiny_model(tiny_group):
+    h, W, tokens, mask, r = tiny_group
+    thr = token_hidden_reward(h, tokens, mask, r, lm_head_weight=W).double()  # (G, T)
+    A = (r - r.mean()) / (r.std(unbiased=False) + 1e-6)
+    N, eta = int(mask.sum()), 1e-5
+    masked = thr.masked_fill(~mask, float("nan"))
+    picks = [divmod(int(i), thr.shape[1]) for i in (masked.nan_to_num(-1e9).argmax(),
+                                                   masked.nan_to_num(1e9).argmin())]
+    picks += [(0, 2), (3, 4)]  # plus a correct and an incorrect response's token
+    assert thr[picks[0]] > 0 > thr[picks[1]]  # both signs exist
+    for j, k in picks:
+        loss = lambda lp: -A[j] * lp[j, k] / N  # noqa: E731  one token's loss term alone
+        dc = _delta_c(h, W, tokens, mask, r, loss, eta)
+        pred = eta / N * abs(A[j].item()) * thr[j, k].item()
+        assert dc == pytest.approx(pred, rel=1e-3), (j, k, dc, pred)

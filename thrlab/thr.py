@@ -1,0 +1,237 @@
+"""Token Hidden Reward (THR) and the advantage reweighting it drives (METHOD.md sections 2, 3).
+
+For one group, token k of response j has hidden state h_{j,k} (post-final-norm, the vector the
+unembedding W multiplies), next-token distribution pi_{j,k} and g_{j,k} = e_{y_{j,k}} - pi_{j,k}.
+P = correct responses (reward 1), w_i = 1/|y_i| (length_normalize) and c_j = 2 r_j - 1 (or the GRPO
+advantage A_j when advantage_weighted):
+
+1. THR_{j,k'} = c_j * sum_{i in P} w_i sum_k <g_{i,k}, g_{j,k'}> <h_{i,k}, h_{j,k'}>      (pairwise)
+2. M = sum_{i in P} w_i sum_k g_{i,k} h_{i,k}^T  (V x H),  THR_{j,k'} = c_j * g_{j,k'}^T M h_{j,k'}
+                                                                                       (factorised)
+3. g.g' = [y == y'] - pi'[y] - pi[y'] + pi.pi'    (gram: eq. 1 evaluated against the N_c anchors)
+4. tau = beta * max(0, min_{i in P} mean_k THR_{i,k})
+5. A'_{j,k} = 1[|THR_{j,k}| > tau] * (1 + p * sign(THR_{j,k})) * A_j                  (THR-GRPO)
+6. NTHR: on incorrect responses, tokens with -THR > tau get A_j * 2|0.5 - q|          (predecessor)
+
+Probabilities come from given logits or are streamed from h @ W^T in chunks of `chunk_size` rows;
+no (tokens x V) tensor larger than one chunk is held. Accumulation is fp32 (fp64 inputs stay fp64).
+Shapes: G responses of one group (B = P*G rows group-major in the batch helpers), T completion
+tokens, H hidden, V vocab, N real tokens of the group, N_c of them in correct responses.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .loss import group_advantages
+
+METHODS = ("auto", "factorised", "gram")
+VOCABS = ("full", "group")
+
+
+def _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperature, vocab,
+                 method, chunk_size) -> None:
+    if (logits is None) == (lm_head_weight is None):
+        raise ValueError("pass exactly one of logits=(G, T, V) or lm_head_weight=(V, H); got "
+                         f"{'both' if logits is not None else 'neither'}")
+    if hidden.ndim != 3:
+        raise ValueError(f"hidden must be (G, T, H), got shape {tuple(hidden.shape)}")
+    G, T, H = hidden.shape
+    for name, x in (("tokens", tokens), ("mask", mask)):
+        if tuple(x.shape) != (G, T):
+            raise ValueError(f"{name} must be (G, T) = {(G, T)} like hidden, got {tuple(x.shape)}")
+    if tuple(rewards.shape) != (G,):
+        raise ValueError(f"rewards must be (G,) = ({G},) for one group, got "
+                         f"{tuple(rewards.shape)}; use thr_for_batch for several groups")
+    if not ((rewards == 0) | (rewards == 1)).all():
+        raise ValueError(f"rewards must be binary 0/1, got {rewards.tolist()}; THR's anchors are "
+                         "the correct responses, so threshold graded rewards first")
+    if logits is not None:
+        if logits.ndim != 3 or tuple(logits.shape[:2]) != (G, T):
+            raise ValueError(f"logits must be (G, T, V) with (G, T) = {(G, T)}, "
+                             f"got {tuple(logits.shape)}")
+        if temperature != 1.0:
+            raise ValueError("logits already carry their temperature; pass temperature only with "
+                             "lm_head_weight")
+    elif lm_head_weight.ndim != 2 or lm_head_weight.shape[1] != H:
+        raise ValueError(f"lm_head_weight must be (V, H) with H = {H}, "
+                         f"got {tuple(lm_head_weight.shape)}")
+    if vocab not in VOCABS or method not in METHODS:
+        raise ValueError(f"vocab={vocab!r}, method={method!r}; choose vocab from {VOCABS} and "
+                         f"method from {METHODS}")
+    if chunk_size < 1 or temperature <= 0:
+        raise ValueError(f"chunk_size={chunk_size} and temperature={temperature} must be positive")
+
+
+def route_flops(n: int, n_c: int, v: int, h: int, streamed: bool, chunk_size: int) -> dict:
+    """Estimate the multiply-adds of the factorised and gram routes for one group."""
+    row = v * h if streamed else 0  # one probability row recomputed from hidden costs V*H
+    # factorised: build M from the anchors, then g^T (M h) for every token
+    return {"factorised": (n_c + n) * (row + v * h),
+            # anchors once, every token once per anchor chunk, then the (N x N_c) pair terms
+            "gram": n_c * row + math.ceil(n_c / chunk_size) * n * row + n * n_c * (v + h)}
+
+
+def _factorised(h, y, w, anchors, probs, n_vocab, chunk_size):
+    """Return g^T M h per real token, building M from the anchors by scatter-add and chunks."""
+    wh = w[anchors, None] * h[anchors]  # (N_c, H)
+    M = h.new_zeros(n_vocab, h.shape[1])  # (V, H)
+    M.index_add_(0, y[anchors], wh)  # sum w e_y h^T without materialising one-hot rows
+    for s in range(0, len(anchors), chunk_size):
+        M -= probs(anchors[s:s + chunk_size]).T @ wh[s:s + chunk_size]  # (V, H)
+    score = h.new_empty(len(y))  # (N,)
+    for s in range(0, len(y), chunk_size):
+        rows = torch.arange(s, min(s + chunk_size, len(y)), device=h.device)
+        Mh = h[rows] @ M.T  # (n, V)
+        # g^T (M h) = (M h)[y] - pi . (M h)
+        score[rows] = Mh.gather(1, y[rows, None]).squeeze(1) - (probs(rows) * Mh).sum(1)
+    return score
+
+
+def _gram(h, y, w, anchors, probs, chunk_size):
+    """Return sum over anchors of w (g.g')(h.h') per real token, chunking anchors and tokens."""
+    score = h.new_zeros(len(y))  # (N,)
+    for a0 in range(0, len(anchors), chunk_size):
+        a = anchors[a0:a0 + chunk_size]  # (n_a,)
+        pi_a = probs(a)  # (n_a, V)
+        pi_a_at_y = pi_a[:, y]  # (n_a, N): pi_{i,k}[y_{j,k'}]
+        for s in range(0, len(y), chunk_size):
+            rows = torch.arange(s, min(s + chunk_size, len(y)), device=h.device)
+            pi_j = probs(rows)  # (n, V)
+            gg = ((y[rows, None] == y[None, a]).to(h.dtype) - pi_j[:, y[a]]
+                  - pi_a_at_y[:, rows].T + pi_j @ pi_a.T)  # (n, n_a)
+            hh = h[rows] @ h[a].T  # (n, n_a)
+            score[rows] += (gg * hh) @ w[a]  # (n,)
+    return score
+
+
+def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_weight=None,
+                        temperature=1.0, length_normalize=True, advantage_weighted=False,
+                        vocab="full", method="auto", chunk_size=1024) -> torch.Tensor:
+    """Score every completion token of one group by its token hidden reward; (G, T) float32.
+
+    hidden (G, T, H) post-final-norm states; tokens (G, T); mask (G, T) real tokens; rewards (G,)
+    0/1. Probabilities come from logits (G, T, V) (temperature applied) or are streamed from
+    lm_head_weight (V, H) as softmax(h W^T / temperature). vocab="group" restricts e_y and pi (still
+    the full-vocab softmax) to the token ids occurring in the group: the NTHR paper's
+    approximation. method="auto" takes the route with fewer estimated multiply-adds
+    (route_flops); with given logits and V >> H that is gram roughly when N_c < H.
+    0 on padding and for groups whose rewards are all equal.
+    """
+    _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperature, vocab,
+                 method, chunk_size)
+    G, T, H = hidden.shape
+    mask = mask.bool()
+    out = torch.zeros(G, T, dtype=torch.float32, device=hidden.device)  # (G, T)
+    r = rewards.to(torch.float32)  # (G,)
+    if (r == r[0]).all() or not mask.any():
+        return out  # no anchors or nothing to push away from them: THR is not defined
+    cdt = torch.promote_types(hidden.dtype, torch.float32)  # fp32 accumulation for bf16 inputs
+    flat = mask.reshape(-1).nonzero().squeeze(1)  # (N,) real tokens in the (G*T) layout
+    resp = flat // T  # (N,) response of each real token
+    h = hidden.reshape(G * T, H)[flat].to(cdt)  # (N, H)
+    y = tokens.reshape(-1)[flat].long()  # (N,)
+    n_vocab = logits.shape[-1] if logits is not None else lm_head_weight.shape[0]
+    if int(y.max()) >= n_vocab or int(y.min()) < 0:
+        raise ValueError(f"token ids on real tokens must lie in [0, {n_vocab}) (the vocab of "
+                         f"logits / lm_head_weight), got range [{int(y.min())}, {int(y.max())}]")
+    lengths = mask.sum(1).clamp(min=1).to(cdt)  # (G,)
+    w_resp = (1.0 / lengths if length_normalize else torch.ones_like(lengths)) * (r == 1)  # (G,)
+    w = w_resp[resp]  # (N,) anchor weight, 0 outside P
+    c = group_advantages(r, G).to(cdt) if advantage_weighted else 2 * r.to(cdt) - 1  # (G,)
+    cols = None
+    if vocab == "group":
+        cols = torch.unique(y)  # (V_g,) sorted ids of the group's real tokens
+        y = torch.searchsorted(cols, y)  # (N,) positions of y among cols
+        n_vocab = len(cols)
+    if logits is not None:
+        flat_logits = logits.reshape(G * T, -1)  # a view: rows are gathered chunk by chunk
+
+        def raw(rows):
+            return flat_logits[flat[rows]].to(cdt)  # (n, V)
+    else:
+        W = lm_head_weight.to(cdt)  # (V, H) one cast, not one per chunk
+
+        def raw(rows):
+            return (h[rows] @ W.T) / temperature  # (n, V)
+
+    def probs(rows):
+        x = raw(rows)  # (n, V)
+        if cols is None:
+            return torch.softmax(x, dim=-1)  # (n, V)
+        # Normalise over the full vocab, then keep the group's columns: renormalising over
+        # the group's ids would change the definition, not just approximate it.
+        return torch.exp(x[:, cols] - torch.logsumexp(x, dim=-1, keepdim=True))  # (n, V_g)
+
+    anchors = (w > 0).nonzero().squeeze(1)  # (N_c,) real tokens of correct responses
+    if method == "auto":
+        cost = route_flops(len(y), len(anchors), n_vocab, H, logits is None, chunk_size)
+        method = min(cost, key=cost.get)
+    if method == "factorised":
+        score = _factorised(h, y, w, anchors, probs, n_vocab, chunk_size)  # (N,)
+    else:
+        score = _gram(h, y, w, anchors, probs, chunk_size)  # (N,)
+    out.view(-1)[flat] = (c[resp] * score).float()
+    return out
+
+
+def thr_for_batch(hidden, tokens, mask, rewards, group_size: int, **kw) -> torch.Tensor:
+    """Apply token_hidden_reward to each group of group_size consecutive rows; (B, T)."""
+    B = hidden.shape[0]
+    if B % group_size or tuple(rewards.shape) != (B,):
+        raise ValueError(f"need B = {B} rows, a multiple of group_size={group_size}, and rewards "
+                         f"(B,), got rewards {tuple(rewards.shape)}")
+    logits = kw.pop("logits", None)
+    out = []
+    for s in range(0, B, group_size):
+        g = slice(s, s + group_size)
+        extra = {} if logits is None else {"logits": logits[g]}
+        out.append(token_hidden_reward(hidden[g], tokens[g], mask[g], rewards[g], **extra, **kw))
+    return torch.cat(out)  # (B, T)
+
+
+def thr_threshold(thr, mask, rewards, beta: float = 1.0) -> float:
+    """Return tau = beta * max(0, min over correct responses of their mean THR) for one group."""
+    mask = mask.bool()
+    correct = (rewards == 1) & mask.any(1)  # (G,) a response with no real tokens has no mean
+    if not correct.any() or (rewards == rewards[0]).all():
+        return 0.0
+    mean = (thr * mask).sum(1) / mask.sum(1).clamp(min=1)  # (G,)
+    return beta * max(0.0, float(mean[correct].min()))
+
+
+def reweight_advantages(adv, thr, mask, *, tau=0.0, p: float = 0.1,
+                        dominant_only: bool = True) -> torch.Tensor:
+    """Return THR-GRPO token advantages (eq. 5), (B, T); tau is a float or (B, 1) per group."""
+    if not -1.0 <= p <= 1.0:
+        raise ValueError(f"thr_p={p} must be in [-1, 1]: beyond it the factor 1 + p*sign(THR) "
+                         "flips the sign of some advantages")
+    adv_tok = (1 + p * torch.sign(thr)) * adv[:, None] * mask  # (B, T)
+    if dominant_only:
+        adv_tok = adv_tok * (thr.abs() > tau)  # (B, T) train on dominant tokens only
+    return adv_tok
+
+
+def nthr_advantages(adv, thr, mask, rewards, *, tau=0.0, group_size: int | None = None):
+    """Return NTHR token advantages (eq. 6), (B, T); group_size=None means one group."""
+    G = group_size or len(rewards)
+    q = rewards.float().view(-1, G).mean(1).repeat_interleave(G)  # (B,) group success rate
+    eta = 2 * (0.5 - q).abs()  # (B,) NTHR's damping of the penalty
+    hit = (rewards == 0)[:, None] & (-thr > tau)  # (B, T) influential tokens of wrong responses
+    scale = torch.where(hit, eta[:, None], torch.ones_like(thr))  # (B, T)
+    return scale * adv[:, None] * mask  # (B, T)
+
+
+def thr_stats(thr, mask, tau, adv, adv_tok) -> dict:
+    """Return THR diagnostics as floats (thr/* keys, formulas in the README glossary)."""
+    m = mask.bool()
+    n = max(int(m.sum()), 1)
+    t = thr[m]  # (N,)
+    kept = (thr.abs() > tau) & m  # (B, T)
+    tau_f = float(tau.float().mean()) if torch.is_tensor(tau) else float(tau)
+    return {"thr/mean": float(t.sum()) / n, "thr/abs_mean": float(t.abs().sum()) / n,
+            "thr/frac_pos": float((t > 0).sum()) / n, "thr/frac_neg": float((t < 0).sum()) / n,
+            "thr/frac_kept": float(kept.sum()) / n, "thr/tau": tau_f,
+            "thr/adv_mass_before": float((adv.abs()[:, None] * m).sum()),
+            "thr/adv_mass_after": float((adv_tok.abs() * m).sum())}
