@@ -87,3 +87,36 @@ def test_resume_from_checkpoint_matches_uninterrupted(tiny_model_dir, tmp_path):
     mc = [json.dumps({k: v for k, v in r.items() if not k.startswith("time/")}, sort_keys=True)
           for r in c.run.metrics()]
     assert ma == mc
+
+
+def _lora_after(tiny_model_dir, tmp_path, **over):
+    torch.manual_seed(11)
+    tr = _trainer(tiny_model_dir, tmp_path, **over)
+    rows = tr.train(progress=False)
+    return _split_params(tr.model)[0], rows
+
+
+@pytest.mark.parametrize("sched", [dict(), dict(epochs=2, mini_batches=2, micro_batch_size=4)])
+def test_thr_with_p0_and_no_mask_is_exactly_grpo(tiny_model_dir, tmp_path, sched):
+    """METHOD.md section 6: with p = 0 and no mask, THR-GRPO is exactly GRPO."""
+    base, _ = _lora_after(tiny_model_dir, tmp_path / "a", **sched)
+    thr0, rows = _lora_after(tiny_model_dir, tmp_path / "b", thr_mode="thr", thr_p=0.0,
+                             thr_mask=False, **sched)
+    assert all(torch.equal(base[n], thr0[n]) for n in base)
+    assert rows[-1]["thr/adv_mass_after"] == pytest.approx(rows[-1]["thr/adv_mass_before"])
+    assert "time/thr" in rows[-1] and "thr/frac_pos" in rows[-1]
+    moved, rows = _lora_after(tiny_model_dir, tmp_path / "c", thr_mode="thr", thr_p=0.5, **sched)
+    assert not all(torch.equal(base[n], moved[n]) for n in base)
+    assert rows[-1]["thr/frac_kept"] <= 1.0
+
+
+def test_thr_on_policy_uses_the_update_forward_only(tiny_model_dir, tmp_path):
+    """On-policy THR gets its hidden states from the update pass: no old-policy forward runs."""
+    _, rows = _lora_after(tiny_model_dir, tmp_path, thr_mode="nthr", kl_coef=0.0)
+    assert all(r["time/old_logp"] == 0.0 for r in rows)
+    assert all(r["time/thr"] > 0 for r in rows)
+
+
+def test_thr_needs_whole_groups_per_micro_batch():
+    with pytest.raises(ValueError, match="whole groups"):
+        from_preset("tiny", thr_mode="thr", micro_batch_size=4, group_size=8)

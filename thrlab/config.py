@@ -62,6 +62,14 @@ class Config:
     loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
     adv_eps: float = 1e-6  # A = (r - mean) / (std + adv_eps), population std
     adv_std_norm: bool = True  # False = Dr. GRPO (no division by std)
+    # -- THR (METHOD.md sections 2-3) -----------------------------------------
+    thr_mode: str = "off"  # off | thr (THR-guided reweighting) | nthr (negative tokens only)
+    thr_p: float = 0.0  # p: > 0 exploitation, < 0 exploration (paper: +-0.1)
+    thr_mask: bool = True  # keep only dominant tokens, |THR| > tau
+    thr_beta: float = 1.0  # tau = beta * max(0, min over correct responses of mean THR)
+    thr_vocab: str = "full"  # full (exact) | group (token ids seen in the group; approximation)
+    thr_length_normalize: bool = True  # weight anchors by 1/|y_i|
+    thr_advantage_weighted: bool = False  # A_j instead of (2 r_j - 1)
     dynamic_sampling: bool = False  # drop all-equal groups and draw new prompts (DAPO)
     max_sampling_rounds: int = 4  # generation rounds per step when dynamic_sampling is on
     save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
@@ -134,6 +142,8 @@ _CHOICES = {
     "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
     "tiny_arch": ("qwen2", "llama"),
     "arith_op": ("mul", "mul_add"),
+    "thr_mode": ("off", "thr", "nthr"),
+    "thr_vocab": ("full", "group"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -220,6 +230,12 @@ def _check_values(c: Config) -> None:
          f"mini_batches={c.mini_batches}")
     need(not c.sft_control or c.task == "arithmetic",
          "sft_control is defined for the embedded arithmetic task only; set sft_control=false")
+    need(-1.0 <= c.thr_p <= 1.0, f"thr_p={c.thr_p} must be in [-1, 1] (the paper uses +-0.1)")
+    need(c.thr_beta >= 0, "thr_beta must be >= 0")
+    on_policy = c.epochs == 1 and c.mini_batches == 1
+    need(c.thr_mode == "off" or not on_policy or c.micro_batch_size % c.group_size == 0,
+         f"THR needs whole groups per micro-batch: micro_batch_size={c.micro_batch_size} must be "
+         f"a multiple of group_size={c.group_size} (or 0)")
     need(all(1 <= lv <= 5 for lv in c.train_levels), "train_levels must be MATH levels 1..5")
     for w in ("tiny_hidden", "tiny_ffn"):
         need(getattr(c, w) % 64 == 0, f"{w}={getattr(c, w)} must be a multiple of 64 "

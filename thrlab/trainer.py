@@ -19,7 +19,7 @@ import torch
 
 from .config import Config
 from .loss import aggregate, group_advantages, policy_loss
-from .model import completion_forward, reference_policy
+from .model import completion_forward, lm_parts, reference_policy
 from .rollout import cat_rollouts, generate
 from .runs import RunDir
 from .tasks import format_prompt
@@ -119,9 +119,36 @@ class GRPOTrainer:
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     # -- 4. per-token advantages ---------------------------------------------------------------
-    def token_advantages(self, r, adv: torch.Tensor, old: dict | None) -> tuple[torch.Tensor, dict]:
-        """Broadcast each response's advantage to its tokens, (B, T); 0 on padding."""
-        return adv.unsqueeze(-1) * r.mask.float(), {}
+    def token_advantages(self, hidden, tokens, mask, rewards, adv) -> tuple[torch.Tensor, dict]:
+        """Per-token advantages (B, T) of whole groups: plain GRPO, THR or NTHR reweighting.
+
+        hidden (B, T, H) are the old policy's states (needed only when thr_mode != "off").
+        """
+        cfg, G = self.cfg, self.cfg.group_size
+        if cfg.thr_mode == "off":
+            return adv.unsqueeze(-1) * mask.float(), {}
+        from .thr import (nthr_advantages, reweight_advantages, thr_for_batch, thr_stats,
+                          thr_threshold)
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            w = lm_parts(self.model)[1].weight.detach()  # (V, H) unembedding, never LoRA-wrapped
+            thr = thr_for_batch(hidden.detach(), tokens, mask, rewards, G, lm_head_weight=w,
+                                temperature=cfg.temperature, vocab=cfg.thr_vocab,
+                                length_normalize=cfg.thr_length_normalize,
+                                advantage_weighted=cfg.thr_advantage_weighted)  # (B, T)
+            tau = torch.tensor([thr_threshold(thr[g:g + G], mask[g:g + G], rewards[g:g + G],
+                                              cfg.thr_beta) for g in range(0, len(thr), G)],
+                               device=thr.device).repeat_interleave(G).unsqueeze(-1)  # (B, 1)
+            if cfg.thr_mode == "thr":
+                adv_tok = reweight_advantages(adv, thr, mask, tau=tau, p=cfg.thr_p,
+                                              dominant_only=cfg.thr_mask)
+            else:
+                adv_tok = nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=G)
+            stats = thr_stats(thr, mask, tau, adv, adv_tok)
+        self.last_thr = thr
+        stats["time/thr"] = time.perf_counter() - t0
+        return adv_tok, stats
 
     # -- 5. the update -------------------------------------------------------------------------
     def update(self, r, adv: torch.Tensor) -> dict:
@@ -140,7 +167,12 @@ class GRPOTrainer:
             t0 = time.perf_counter()
             ref_logp = self.frozen_pass(r, reference=True)["logp"]
             timers["time/ref_logp"] = time.perf_counter() - t0
-        adv_tok, adv_stats = self.token_advantages(r, adv, old)
+        thr_on = cfg.thr_mode != "off"
+        adv_tok, adv_stats = None, {}
+        if old is not None or not thr_on:  # THR once per rollout batch, fixed across epochs
+            adv_tok, adv_stats = self.token_advantages(None if old is None else old["hidden"],
+                                                       r.tokens, r.mask,
+                                                       r.rewards, adv)
         t0 = time.perf_counter()
         acc = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ent": 0.0, "tok": 0.0, "gn": 0.0}
         mb_size = B // cfg.mini_batches
@@ -154,10 +186,19 @@ class GRPOTrainer:
                 for idx in self._micro_batches(rows):
                     mask = r.mask[idx]
                     o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
-                                           r.prompt_len, cfg.temperature)
+                                           r.prompt_len, cfg.temperature,
+                                           need_hidden=thr_on and old is None)
                     old_logp = o["logp"].detach() if old is None else old["logp"][idx]
+                    if adv_tok is None:
+                        # On-policy: this forward IS the old-policy pass; whole groups per
+                        # micro-batch (config check), so THR needs no extra forward.
+                        a_mb, st_mb = self.token_advantages(o["hidden"], r.tokens[idx], mask,
+                                                            r.rewards[idx], adv[idx])
+                        _merge_thr_stats(adv_stats, st_mb)
+                    else:
+                        a_mb = adv_tok[idx]
                     loss_tok, st = policy_loss(
-                        o["logp"], old_logp, adv_tok[idx], mask, objective=cfg.objective,
+                        o["logp"], old_logp, a_mb, mask, objective=cfg.objective,
                         eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
                         ref_logp=None if ref_logp is None else ref_logp[idx], kl_coef=cfg.kl_coef)
                     loss = aggregate(loss_tok, mask, cfg.loss_agg, n_tokens=n_tok,
@@ -176,6 +217,7 @@ class GRPOTrainer:
                 gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 acc["gn"] += float(gn)
                 self.opt.step()
+        adv_stats.pop("_n", None)
         n_opt = cfg.epochs * cfg.mini_batches
         ntok = max(acc["tok"], 1.0)
         return dict(timers, **adv_stats, **{
@@ -218,3 +260,14 @@ class GRPOTrainer:
                 save_checkpoint(self, self.run / "checkpoint")
         bar.close()
         return self.run.metrics()
+
+
+def _merge_thr_stats(acc: dict, new: dict) -> None:
+    """Combine per-micro-batch THR stats: times and masses add, the rest average (equal sizes)."""
+    n = acc.get("_n", 0)
+    for k, v in new.items():
+        if k.startswith("time/") or "mass" in k:
+            acc[k] = acc.get(k, 0.0) + v
+        else:
+            acc[k] = (acc.get(k, 0.0) * n + v) / (n + 1)
+    acc["_n"] = n + 1
