@@ -271,3 +271,19 @@ def test_single_token_steps_on_tiny_model(tiny_group):
         dc = _delta_c(h, W, tokens, mask, r, loss, eta)
         pred = eta / N * abs(A[j].item()) * thr[j, k].item()
         assert dc == pytest.approx(pred, rel=1e-3), (j, k, dc, pred)
+
+
+def test_quantile_threshold_against_sorting():
+    from thrlab.thr import thr_quantile_threshold
+
+    torch.manual_seed(3)
+    thr = torch.randn(4, 6)
+    mask = torch.rand(4, 6) > 0.3
+    vals = sorted(abs(float(x)) for x, m in zip(thr.flatten(), mask.flatten()) if m)
+    assert thr_quantile_threshold(thr, mask, 0.0) == pytest.approx(vals[0])
+    assert thr_quantile_threshold(thr, mask, 1.0) == pytest.approx(vals[-1])
+    tau = thr_quantile_threshold(thr, mask, 0.75)
+    kept = sum(v > tau for v in vals)
+    assert kept == pytest.approx(0.25 * len(vals), abs=1)
+    with pytest.raises(ValueError, match="quantile"):
+        thr_quantile_threshold(thr, mask, 1.5)

@@ -113,6 +113,9 @@ def test_thr_with_p0_and_no_mask_is_exactly_grpo(tiny_model_dir, tmp_path, sched
 def test_thr_on_policy_uses_the_update_forward_only(tiny_model_dir, tmp_path):
     """On-policy THR gets its hidden states from the update pass: no old-policy forward runs."""
     _, rows = _lora_after(tiny_model_dir, tmp_path, thr_mode="nthr", kl_coef=0.0)
+    _, q = _lora_after(tiny_model_dir, tmp_path / "q", thr_mode="thr", thr_p=0.1,
+                       thr_tau_mode="quantile", thr_tau_quantile=0.5)
+    assert 0.3 <= q[-1]["thr/frac_kept"] <= 0.7  # about half the tokens above the median
     assert all(r["time/old_logp"] == 0.0 for r in rows)
     assert all(r["time/thr"] > 0 for r in rows)
 
@@ -120,3 +123,18 @@ def test_thr_on_policy_uses_the_update_forward_only(tiny_model_dir, tmp_path):
 def test_thr_needs_whole_groups_per_micro_batch():
     with pytest.raises(ValueError, match="whole groups"):
         from_preset("tiny", thr_mode="thr", micro_batch_size=4, group_size=8)
+
+
+def test_thr_token_records_saved_and_bounded(tiny_model_dir, tmp_path):
+    from thrlab.anatomy import load_token_records
+
+    tr = _trainer(tiny_model_dir, tmp_path, thr_mode="thr", thr_p=0.1, thr_save_every=1,
+                  thr_save_rows=8, thr_save_tokens=3)
+    tr.train(progress=False)
+    recs = load_token_records(tr.run.path)
+    assert [r["step"] for r in recs] == [1, 2]
+    rows = recs[0]["rows"]
+    assert len(rows) == 8 and {r["group"] for r in rows} == {0, 1}  # whole groups of 4
+    for r in rows:
+        assert len(r["thr"]) == len(r["entropy"]) == len(r["tokens"]) <= 3
+        assert all(e >= 0 for e in r["entropy"]) and r["reward"] in (0.0, 1.0)

@@ -67,9 +67,14 @@ class Config:
     thr_p: float = 0.0  # p: > 0 exploitation, < 0 exploration (paper: +-0.1)
     thr_mask: bool = True  # keep only dominant tokens, |THR| > tau
     thr_beta: float = 1.0  # tau = beta * max(0, min over correct responses of mean THR)
+    thr_tau_mode: str = "min_mean"  # min_mean (NTHR heuristic, above) | quantile (of abs THR)
+    thr_tau_quantile: float = 0.8  # quantile mode: tau = this quantile of abs(THR) in the group
     thr_vocab: str = "full"  # full (exact) | group (token ids seen in the group; approximation)
     thr_length_normalize: bool = True  # weight anchors by 1/|y_i|
     thr_advantage_weighted: bool = False  # A_j instead of (2 r_j - 1)
+    thr_save_every: int = 10  # save per-token THR/entropy/text every N steps (0 = never)
+    thr_save_rows: int = 32  # responses saved per such step (whole groups)
+    thr_save_tokens: int = 512  # tokens saved per response
     dynamic_sampling: bool = False  # drop all-equal groups and draw new prompts (DAPO)
     max_sampling_rounds: int = 4  # generation rounds per step when dynamic_sampling is on
     save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
@@ -144,6 +149,7 @@ _CHOICES = {
     "arith_op": ("mul", "mul_add"),
     "thr_mode": ("off", "thr", "nthr"),
     "thr_vocab": ("full", "group"),
+    "thr_tau_mode": ("min_mean", "quantile"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -232,6 +238,9 @@ def _check_values(c: Config) -> None:
          "sft_control is defined for the embedded arithmetic task only; set sft_control=false")
     need(-1.0 <= c.thr_p <= 1.0, f"thr_p={c.thr_p} must be in [-1, 1] (the paper uses +-0.1)")
     need(c.thr_beta >= 0, "thr_beta must be >= 0")
+    need(0 <= c.thr_tau_quantile <= 1, "thr_tau_quantile must be in [0, 1]")
+    need(c.thr_save_every >= 0 and c.thr_save_rows >= 1 and c.thr_save_tokens >= 1,
+         "thr_save_every must be >= 0, thr_save_rows and thr_save_tokens >= 1")
     on_policy = c.epochs == 1 and c.mini_batches == 1
     need(c.thr_mode == "off" or not on_policy or c.micro_batch_size % c.group_size == 0,
          f"THR needs whole groups per micro-batch: micro_batch_size={c.micro_batch_size} must be "

@@ -201,6 +201,14 @@ def thr_threshold(thr, mask, rewards, beta: float = 1.0) -> float:
     return beta * max(0.0, float(mean[correct].min()))
 
 
+def thr_quantile_threshold(thr, mask, q: float) -> float:
+    """Return tau = the q-quantile of abs(THR) over the group's real tokens (keeps ~1-q of them)."""
+    vals = thr[mask.bool()].abs().float()
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile q={q} must be in [0, 1]")
+    return float(torch.quantile(vals, q)) if vals.numel() else 0.0
+
+
 def reweight_advantages(adv, thr, mask, *, tau=0.0, p: float = 0.1,
                         dominant_only: bool = True) -> torch.Tensor:
     """Return THR-GRPO token advantages (eq. 5), (B, T); tau is a float or (B, 1) per group."""

@@ -127,8 +127,8 @@ class GRPOTrainer:
         cfg, G = self.cfg, self.cfg.group_size
         if cfg.thr_mode == "off":
             return adv.unsqueeze(-1) * mask.float(), {}
-        from .thr import (nthr_advantages, reweight_advantages, thr_for_batch, thr_stats,
-                          thr_threshold)
+        from .thr import (nthr_advantages, reweight_advantages, thr_for_batch,
+                          thr_quantile_threshold, thr_stats, thr_threshold)
 
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -137,16 +137,20 @@ class GRPOTrainer:
                                 temperature=cfg.temperature, vocab=cfg.thr_vocab,
                                 length_normalize=cfg.thr_length_normalize,
                                 advantage_weighted=cfg.thr_advantage_weighted)  # (B, T)
-            tau = torch.tensor([thr_threshold(thr[g:g + G], mask[g:g + G], rewards[g:g + G],
-                                              cfg.thr_beta) for g in range(0, len(thr), G)],
-                               device=thr.device).repeat_interleave(G).unsqueeze(-1)  # (B, 1)
+            groups = [slice(g, g + G) for g in range(0, len(thr), G)]
+            if cfg.thr_tau_mode == "quantile":
+                taus = [thr_quantile_threshold(thr[s], mask[s], cfg.thr_tau_quantile)
+                        for s in groups]
+            else:
+                taus = [thr_threshold(thr[s], mask[s], rewards[s], cfg.thr_beta) for s in groups]
+            tau = torch.tensor(taus, device=thr.device).repeat_interleave(G).unsqueeze(-1)  # (B, 1)
             if cfg.thr_mode == "thr":
                 adv_tok = reweight_advantages(adv, thr, mask, tau=tau, p=cfg.thr_p,
                                               dominant_only=cfg.thr_mask)
             else:
                 adv_tok = nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=G)
             stats = thr_stats(thr, mask, tau, adv, adv_tok)
-        self.last_thr = thr
+        self._thr_parts.append(thr)
         stats["time/thr"] = time.perf_counter() - t0
         return adv_tok, stats
 
@@ -168,6 +172,7 @@ class GRPOTrainer:
             ref_logp = self.frozen_pass(r, reference=True)["logp"]
             timers["time/ref_logp"] = time.perf_counter() - t0
         thr_on = cfg.thr_mode != "off"
+        self._thr_parts, ent_parts = [], []
         adv_tok, adv_stats = None, {}
         if old is not None or not thr_on:  # THR once per rollout batch, fixed across epochs
             adv_tok, adv_stats = self.token_advantages(None if old is None else old["hidden"],
@@ -195,6 +200,7 @@ class GRPOTrainer:
                         a_mb, st_mb = self.token_advantages(o["hidden"], r.tokens[idx], mask,
                                                             r.rewards[idx], adv[idx])
                         _merge_thr_stats(adv_stats, st_mb)
+                        ent_parts.append(o["entropy"])
                     else:
                         a_mb = adv_tok[idx]
                     loss_tok, st = policy_loss(
@@ -218,6 +224,13 @@ class GRPOTrainer:
                 acc["gn"] += float(gn)
                 self.opt.step()
         adv_stats.pop("_n", None)
+        if thr_on and cfg.thr_save_every and (self.step + 1) % cfg.thr_save_every == 0:
+            from .anatomy import save_token_records, token_records
+
+            entropy = old["entropy"] if old is not None else torch.cat(ent_parts)
+            save_token_records(self.run.path, self.step + 1, token_records(
+                self.tok, r.tokens, r.mask, torch.cat(self._thr_parts), entropy, r.rewards, adv,
+                cfg.group_size, cfg.thr_save_rows, cfg.thr_save_tokens))
         n_opt = cfg.epochs * cfg.mini_batches
         ntok = max(acc["tok"], 1.0)
         return dict(timers, **adv_stats, **{

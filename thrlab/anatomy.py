@@ -1,0 +1,40 @@
+"""Per-token THR records for the anatomy figures (E1, E7): token text, THR, entropy, reward.
+
+Saved every `thr_save_every` steps to `runs/<id>/thr_tokens/step_XXXXXX.json`, bounded to
+`thr_save_rows` responses (whole groups, in rollout order) of at most `thr_save_tokens` tokens each,
+so a long run's folder stays small. Reading needs no torch.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .runs import write_json
+
+
+def token_records(tok, tokens, mask, thr, entropy, rewards, adv, group_size: int,
+                  max_rows: int, max_tokens: int) -> dict:
+    """Build the JSON-able record of the first whole groups; tensors are (B, T) / (B,)."""
+    n_groups = max(1, max_rows // group_size)
+    rows = []
+    for b in range(min(len(tokens), n_groups * group_size)):
+        m = mask[b].bool()
+        ids = tokens[b][m][:max_tokens].tolist()
+        rows.append({"group": b // group_size, "reward": float(rewards[b]), "adv": float(adv[b]),
+                     "tokens": tok.convert_ids_to_tokens(ids),
+                     "text": tok.decode(ids, skip_special_tokens=True),
+                     "thr": [round(float(x), 6) for x in thr[b][m][:max_tokens]],
+                     "entropy": [round(float(x), 5) for x in entropy[b][m][:max_tokens]]})
+    return {"group_size": group_size, "rows": rows}
+
+
+def save_token_records(run_dir: str | Path, step: int, record: dict) -> Path:
+    path = Path(run_dir) / "thr_tokens" / f"step_{step:06d}.json"
+    write_json(path, dict(record, step=step))
+    return path
+
+
+def load_token_records(run_dir: str | Path) -> list[dict]:
+    """All saved steps of a run, in step order."""
+    return [json.loads(p.read_text(encoding="utf-8"))
+            for p in sorted((Path(run_dir) / "thr_tokens").glob("step_*.json"))]
