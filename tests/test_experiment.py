@@ -78,3 +78,14 @@ def test_cli_evaluate_loads_a_run_adapter(tmp_path, cache):
     bad = subprocess.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
                           "--adapter", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "adapter_model.safetensors" in bad.stderr
+
+
+def test_thr_run_end_to_end(tmp_path, cache):
+    """A THR-GRPO run through the same entry point: thr metrics logged, token records saved."""
+    cfg = from_preset("tiny", **dict(SMOKE, sft_control=False, thr_mode="thr", thr_p=-0.1,
+                                     thr_save_every=3))
+    run_experiment(cfg, runs_root=tmp_path / "runs", progress=False)
+    run = RunDir(tmp_path / "runs" / cfg.run_id())
+    rows = run.metrics()
+    assert all("thr/tau" in r or r["train/skipped"] for r in rows)
+    assert (run / "thr_tokens" / "step_000003.json").exists() and run.complete
