@@ -96,9 +96,13 @@ def test_unguarded_repack_corrupts_gradients(tiny_model_dir):
     assert max(errors.values()) > 1e-3
 
 
-def test_completion_forward_matches_full_logits(tiny_model_dir):
-    cfg = from_preset("tiny")
-    model, tok = load_policy(cfg, str(tiny_model_dir), CPU)
+@pytest.fixture()
+def policy(tiny_model_dir):
+    return load_policy(from_preset("tiny"), str(tiny_model_dir), CPU)
+
+
+def test_completion_forward_matches_full_logits(policy):
+    model, tok = policy
     ids, att, lp = _batch(tok)
     with torch.no_grad():
         o = completion_forward(model, ids, att, lp, 0.7, need_hidden=True)
@@ -115,9 +119,8 @@ def test_completion_forward_matches_full_logits(tiny_model_dir):
     assert torch.allclose(o["hidden"], full.hidden_states[-1][:, lp - 1:-1], atol=1e-5)
 
 
-def test_reference_is_base_model_with_adapters_disabled(tiny_model_dir):
-    cfg = from_preset("tiny")
-    model, tok = load_policy(cfg, str(tiny_model_dir), CPU)
+def test_reference_is_base_model_with_adapters_disabled(policy):
+    model, tok = policy
     ids, att, lp = _batch(tok)
     with torch.no_grad():
         before = completion_forward(model, ids, att, lp, 1.0)["logp"]
@@ -129,10 +132,9 @@ def test_reference_is_base_model_with_adapters_disabled(tiny_model_dir):
     assert torch.equal(ref, before)  # no second copy of the weights, yet the exact base policy
 
 
-def test_left_padding_does_not_change_logp(tiny_model_dir):
+def test_left_padding_does_not_change_logp(policy):
     """A prompt's completion log-probs are the same whether or not it was left-padded."""
-    cfg = from_preset("tiny")
-    model, tok = load_policy(cfg, str(tiny_model_dir), CPU)
+    model, tok = policy
     ids, att, lp = _batch(tok)
     with torch.no_grad():
         both = completion_forward(model, ids, att, lp, 1.0)["logp"]

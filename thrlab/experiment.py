@@ -139,11 +139,11 @@ def _sft_control_phase(run, cfg, path, device, problems, sets, grade_fn, progres
 
     from .model import load_policy
     from .tiny import sft_batch, sft_loss
+    from .trainer import make_optimizer
 
     _seed_phase(cfg, 3)
     model, tok = load_policy(cfg, path, device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    params, opt = make_optimizer(model, cfg)
     rng = random.Random(cfg.seed)
     n = cfg.prompts_per_step * cfg.group_size
     model.train()
@@ -152,8 +152,7 @@ def _sft_control_phase(run, cfg, path, device, problems, sets, grade_fn, progres
         loss = sft_loss(model, ids.to(device), attn.to(device), labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                       cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
     return _evaluate_phase(run, "sft_control", cfg, model, tok, sets, grade_fn, progress)
 

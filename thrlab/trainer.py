@@ -25,15 +25,20 @@ from .runs import RunDir
 from .tasks import format_prompt
 
 
+def make_optimizer(model, cfg: Config):
+    """AdamW over the trainable (LoRA) parameters; returns (params, optimizer)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (expected LoRA adapters)")
+    return params, torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                     weight_decay=cfg.weight_decay)
+
+
 class GRPOTrainer:
     def __init__(self, cfg: Config, model, tok, problems: list, run: RunDir, grade_fn):
         self.cfg, self.model, self.tok, self.problems, self.run = cfg, model, tok, problems, run
         self.grade_fn = grade_fn
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters (expected LoRA adapters)")
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                     weight_decay=cfg.weight_decay)
+        self.params, self.opt = make_optimizer(model, cfg)
         self.step = 0
         self.cursor = 0  # position in the seeded prompt order (saved with checkpoints)
         self.device = next(model.parameters()).device
@@ -70,7 +75,6 @@ class GRPOTrainer:
             for k, v in res.as_metrics().items():
                 grading[k] = grading.get(k, 0) + v if k != "reward/mean" else v
             r.rewards = torch.tensor(res.rewards, dtype=torch.float32, device=r.tokens.device)
-            r.problem_index = [probs[i].id for i in r.problem_index]
             if not cfg.dynamic_sampling:
                 kept, first = [r], r
                 break
@@ -114,7 +118,8 @@ class GRPOTrainer:
                                            r.prompt_len, self.cfg.temperature, need_entropy=False)
             else:
                 o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
-                                       r.prompt_len, self.cfg.temperature, need_hidden=True)
+                                       r.prompt_len, self.cfg.temperature,
+                                       need_hidden=self.cfg.thr_mode != "off")
             outs.append(o)
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
@@ -175,7 +180,7 @@ class GRPOTrainer:
         self._thr_parts, ent_parts = [], []
         adv_tok, adv_stats = None, {}
         if old is not None or not thr_on:  # THR once per rollout batch, fixed across epochs
-            adv_tok, adv_stats = self.token_advantages(None if old is None else old["hidden"],
+            adv_tok, adv_stats = self.token_advantages(None if old is None else old.get("hidden"),
                                                        r.tokens, r.mask,
                                                        r.rewards, adv)
         t0 = time.perf_counter()
@@ -219,8 +224,7 @@ class GRPOTrainer:
                     acc["kl"] += float((st.get("kl", torch.zeros_like(mf)) * mf).sum())
                     acc["ent"] += float((o["entropy"] * mf).sum())
                     acc["tok"] += float(mf.sum())
-                params = [p for g in self.opt.param_groups for p in g["params"]]
-                gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 acc["gn"] += float(gn)
                 self.opt.step()
         adv_stats.pop("_n", None)
