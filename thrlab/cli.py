@@ -1,6 +1,6 @@
 """Command line: `python -m thrlab train|evaluate|presets`, thin wrappers over thrlab.experiment.
 
-    python -m thrlab train --preset tiny --set steps=40 --set lr=2e-4 [--run-dir DIR]
+    python -m thrlab train --preset tiny [--method thr_explore] --set steps=40 [--run-dir DIR]
     python -m thrlab evaluate --preset tiny [--adapter runs/<id>/adapter] [--out FILE]
 """
 from __future__ import annotations
@@ -13,11 +13,13 @@ import sys
 def _config(args):
     from .config import from_preset, parse_overrides
 
-    return from_preset(args.preset, **parse_overrides(args.set or []))
+    return from_preset(args.preset, args.method, **parse_overrides(args.set or []))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="named preset (see `python -m thrlab presets`)")
+    p.add_argument("--method", default="grpo",
+                   help="objective recipe from thrlab.config.METHODS (e.g. thr_explore, kl_cov)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field; repeatable (unknown keys are rejected)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -58,13 +60,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .config import PRESETS, from_preset
+    from .config import METHODS, PRESETS, from_preset
 
     for name in PRESETS:
         c = from_preset(name)
         print(f"{name:<24} model={c.model} lr={c.lr} lora_r={c.lora_r} "
               f"P={c.prompts_per_step} G={c.group_size} steps={c.steps} "
               f"max_new_tokens={c.max_new_tokens}")
+    print("\nmethods (--method NAME):")
+    for name, recipe in METHODS.items():
+        print(f"{name:<24} " + (" ".join(f"{k}={v}" for k, v in recipe.items()) or "(defaults)"))
     return 0
 
 
@@ -86,7 +91,7 @@ def main(argv=None) -> int:
     e.add_argument("--adapter", default=None, help="a run's adapter/ folder to load")
     e.add_argument("--out", default=None, help="write the results JSON here")
     e.set_defaults(fn=cmd_evaluate)
-    p = sub.add_parser("presets", help="list the named presets")
+    p = sub.add_parser("presets", help="list the named presets and method recipes")
     p.set_defaults(fn=cmd_presets)
     args = ap.parse_args(argv)
     try:

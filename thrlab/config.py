@@ -75,6 +75,16 @@ class Config:
     thr_save_every: int = 10  # save per-token THR/entropy/text every N steps (0 = never)
     thr_save_rows: int = 32  # responses saved per such step (whole groups)
     thr_save_tokens: int = 512  # tokens saved per response
+    # -- baselines (METHOD.md section 4; named recipes in METHODS below) -------
+    adv_estimator: str = "grpo"  # grpo | passk (Chen et al. analytic Pass@K) | passk_mixed
+    passk_k: int = 4  # K of Pass@K training, 1 <= K <= group_size (K = 1 is GRPO)
+    passk_chi: float = 0.2  # passk_mixed: chi * Pass@K advantage + (1 - chi) * GRPO advantage
+    cov_mode: str = "off"  # off | kl_cov | clip_cov (Cui et al. 2025)
+    cov_ratio: float = 2e-4  # a fraction (not a percent) of the micro-batch's valid tokens
+    cov_kl_coef: float = 1.0  # KL-Cov: weight of |logp - old_logp| on the top-covariance tokens
+    cov_clip_lb: float = 1.0  # Clip-Cov: detach random tokens whose covariance lies in (lb, ub)
+    cov_clip_ub: float = 5.0
+    entropy_top_frac: float = 0.0  # forking tokens: train on this top fraction by entropy (0 = off)
     dynamic_sampling: bool = False  # drop all-equal groups and draw new prompts (DAPO)
     max_sampling_rounds: int = 4  # generation rounds per step when dynamic_sampling is on
     save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
@@ -148,6 +158,8 @@ _CHOICES = {
     "tiny_arch": ("qwen2", "llama"),
     "arith_op": ("mul", "mul_add"),
     "thr_mode": ("off", "thr", "nthr"),
+    "adv_estimator": ("grpo", "passk", "passk_mixed"),
+    "cov_mode": ("off", "kl_cov", "clip_cov"),
     "thr_vocab": ("full", "group"),
     "thr_tau_mode": ("min_mean", "quantile"),
     "device": ("auto", "cpu", "cuda"),
@@ -241,6 +253,14 @@ def _check_values(c: Config) -> None:
     need(0 <= c.thr_tau_quantile <= 1, "thr_tau_quantile must be in [0, 1]")
     need(c.thr_save_every >= 0 and c.thr_save_rows >= 1 and c.thr_save_tokens >= 1,
          "thr_save_every must be >= 0, thr_save_rows and thr_save_tokens >= 1")
+    need(1 <= c.passk_k <= c.group_size, f"passk_k={c.passk_k} must be in [1, group_size="
+         f"{c.group_size}]: Pass@K draws K of the group's G responses")
+    need(0 <= c.passk_chi <= 1, f"passk_chi={c.passk_chi} must be in [0, 1]")
+    need(0 < c.cov_ratio <= 1, f"cov_ratio={c.cov_ratio} is a fraction in (0, 1] (2e-4 = 0.02%)")
+    need(c.cov_kl_coef >= 0, "cov_kl_coef must be >= 0")
+    need(c.cov_clip_lb < c.cov_clip_ub, "cov_clip_lb must be < cov_clip_ub")
+    need(0 <= c.entropy_top_frac <= 1, f"entropy_top_frac={c.entropy_top_frac} is a fraction "
+         "in [0, 1] (0 = off, paper 0.2)")
     on_policy = c.epochs == 1 and c.mini_batches == 1
     need(c.thr_mode == "off" or not on_policy or c.micro_batch_size % c.group_size == 0,
          f"THR needs whole groups per micro-batch: micro_batch_size={c.micro_batch_size} must be "
@@ -284,13 +304,38 @@ PRESETS: dict[str, dict] = {
 # within minutes; evaluation uses the paper's 3072.
 
 
-def from_preset(name: str, **overrides) -> Config:
-    """Build the config of a named preset with overrides (unknown keys raise)."""
+# -- methods: the objectives the paper compares, as override recipes ------------------------------
+# One source of truth for notebooks, the reproduce command and the README's baseline table. They
+# compose with any preset: from_preset("tiny", "kl_cov", seed=1).
+METHODS: dict[str, dict] = {
+    "grpo": dict(),
+    "thr_p0": dict(thr_mode="thr", thr_p=0.0),  # THR-only: dominant tokens, unchanged weights
+    "thr_exploit": dict(thr_mode="thr", thr_p=0.1),  # p > 0: greedy accuracy
+    "thr_explore": dict(thr_mode="thr", thr_p=-0.1),  # p < 0: Pass@K
+    "nthr": dict(thr_mode="nthr"),
+    "passk": dict(adv_estimator="passk"),
+    "passk_mixed": dict(adv_estimator="passk_mixed", passk_chi=0.2),
+    # KL-Cov's penalty |logp - old_logp| is 0 with zero gradient on the first (on-policy) update,
+    # so it acts only from the second mini-batch on: the recipe takes 4 optimizer steps per batch.
+    "kl_cov": dict(cov_mode="kl_cov", mini_batches=4),
+    "clip_cov": dict(cov_mode="clip_cov", mini_batches=4),
+    "entropy_fork": dict(entropy_top_frac=0.2),
+    "clip_higher": dict(clip_eps_high=0.28),  # DAPO
+    "dr_grpo": dict(adv_std_norm=False, loss_agg="seq_mean_token_sum_norm"),
+    "gspo_token": dict(objective="gspo_token"),
+    "gspo_token_thr": dict(objective="gspo_token", thr_mode="thr", thr_p=0.1),
+}
+
+
+def from_preset(name: str, method: str = "grpo", **overrides) -> Config:
+    """Build the config of a named preset, then a METHODS recipe, then overrides (unknown raise)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     _reject_unknown(overrides)
     base = Config(preset=name).replace(**PRESETS[name])
-    return base.replace(**overrides)
+    return base.replace(**{**METHODS[method], **overrides})
 
 
 def parse_overrides(pairs: list[str]) -> dict:

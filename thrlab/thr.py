@@ -245,3 +245,33 @@ def thr_stats(thr, mask, tau, adv, adv_tok) -> dict:
             "thr/frac_kept": float(kept.sum()) / n, "thr/tau": tau_f,
             "thr/adv_mass_before": float((adv.abs()[:, None] * m).sum()),
             "thr/adv_mass_after": float((adv_tok.abs() * m).sum())}
+
+
+def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight):
+    """Per-token advantages (B, T) of whole groups under cfg's thr_* settings; (adv_tok, thr, stats).
+
+    The one place the trainer and the TRL integration turn (old-policy hidden states, sampled
+    tokens, rewards, GRPO advantages) into reweighted token advantages. cfg is a thrlab Config (or
+    anything with its thr_* fields, temperature and group_size); hidden (B, T, H), lm_head_weight
+    (V, H) the unembedding. Rows are group-major, B a multiple of group_size.
+    """
+    G = cfg.group_size
+    with torch.no_grad():
+        thr = thr_for_batch(hidden.detach(), tokens, mask, rewards, G,
+                            lm_head_weight=lm_head_weight.detach(), temperature=cfg.temperature,
+                            vocab=cfg.thr_vocab, length_normalize=cfg.thr_length_normalize,
+                            advantage_weighted=cfg.thr_advantage_weighted)  # (B, T)
+        groups = [slice(g, g + G) for g in range(0, len(thr), G)]
+        if cfg.thr_tau_mode == "quantile":
+            taus = [thr_quantile_threshold(thr[s], mask[s], cfg.thr_tau_quantile) for s in groups]
+        else:
+            taus = [thr_threshold(thr[s], mask[s], rewards[s], cfg.thr_beta) for s in groups]
+        tau = torch.tensor(taus, device=thr.device).repeat_interleave(G).unsqueeze(-1)  # (B, 1)
+        if cfg.thr_mode == "thr":
+            adv_tok = reweight_advantages(adv, thr, mask, tau=tau, p=cfg.thr_p,
+                                          dominant_only=cfg.thr_mask)
+        elif cfg.thr_mode == "nthr":
+            adv_tok = nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=G)
+        else:
+            raise ValueError(f"thr_mode={cfg.thr_mode!r} computes no THR; use thr or nthr")
+        return adv_tok, thr, thr_stats(thr, mask, tau, adv, adv_tok)

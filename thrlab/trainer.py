@@ -129,32 +129,13 @@ class GRPOTrainer:
 
         hidden (B, T, H) are the old policy's states (needed only when thr_mode != "off").
         """
-        cfg, G = self.cfg, self.cfg.group_size
-        if cfg.thr_mode == "off":
+        if self.cfg.thr_mode == "off":
             return adv.unsqueeze(-1) * mask.float(), {}
-        from .thr import (nthr_advantages, reweight_advantages, thr_for_batch,
-                          thr_quantile_threshold, thr_stats, thr_threshold)
+        from .thr import thr_token_advantages
 
         t0 = time.perf_counter()
-        with torch.no_grad():
-            w = lm_parts(self.model)[1].weight.detach()  # (V, H) unembedding, never LoRA-wrapped
-            thr = thr_for_batch(hidden.detach(), tokens, mask, rewards, G, lm_head_weight=w,
-                                temperature=cfg.temperature, vocab=cfg.thr_vocab,
-                                length_normalize=cfg.thr_length_normalize,
-                                advantage_weighted=cfg.thr_advantage_weighted)  # (B, T)
-            groups = [slice(g, g + G) for g in range(0, len(thr), G)]
-            if cfg.thr_tau_mode == "quantile":
-                taus = [thr_quantile_threshold(thr[s], mask[s], cfg.thr_tau_quantile)
-                        for s in groups]
-            else:
-                taus = [thr_threshold(thr[s], mask[s], rewards[s], cfg.thr_beta) for s in groups]
-            tau = torch.tensor(taus, device=thr.device).repeat_interleave(G).unsqueeze(-1)  # (B, 1)
-            if cfg.thr_mode == "thr":
-                adv_tok = reweight_advantages(adv, thr, mask, tau=tau, p=cfg.thr_p,
-                                              dominant_only=cfg.thr_mask)
-            else:
-                adv_tok = nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=G)
-            stats = thr_stats(thr, mask, tau, adv, adv_tok)
+        w = lm_parts(self.model)[1].weight  # (V, H) unembedding, never LoRA-wrapped
+        adv_tok, thr, stats = thr_token_advantages(self.cfg, hidden, tokens, mask, rewards, adv, w)
         self._thr_parts.append(thr)
         stats["time/thr"] = time.perf_counter() - t0
         return adv_tok, stats
