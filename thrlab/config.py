@@ -77,7 +77,7 @@ class Config:
     thr_save_tokens: int = 512  # tokens saved per response
     # -- baselines (METHOD.md section 4; named recipes in METHODS below) -------
     adv_estimator: str = "grpo"  # grpo | passk (Chen et al. analytic Pass@K) | passk_mixed
-    passk_k: int = 4  # K of Pass@K training, 1 <= K <= group_size (K = 1 is GRPO)
+    passk_k: int = 4  # K of Pass@K training, 1 <= K < group_size (K = 1 is GRPO)
     passk_chi: float = 0.2  # passk_mixed: chi * Pass@K advantage + (1 - chi) * GRPO advantage
     cov_mode: str = "off"  # off | kl_cov | clip_cov (Cui et al. 2025)
     cov_ratio: float = 2e-4  # a fraction (not a percent) of the micro-batch's valid tokens
@@ -253,8 +253,9 @@ def _check_values(c: Config) -> None:
     need(0 <= c.thr_tau_quantile <= 1, "thr_tau_quantile must be in [0, 1]")
     need(c.thr_save_every >= 0 and c.thr_save_rows >= 1 and c.thr_save_tokens >= 1,
          "thr_save_every must be >= 0, thr_save_rows and thr_save_tokens >= 1")
-    need(1 <= c.passk_k <= c.group_size, f"passk_k={c.passk_k} must be in [1, group_size="
-         f"{c.group_size}]: Pass@K draws K of the group's G responses")
+    need(c.adv_estimator == "grpo" or 1 <= c.passk_k < c.group_size,
+         f"passk_k={c.passk_k} must be in [1, group_size={c.group_size}): Pass@K draws K of the "
+         "group's G responses, and at K = G the draw is the whole group, so every advantage is 0")
     need(0 <= c.passk_chi <= 1, f"passk_chi={c.passk_chi} must be in [0, 1]")
     need(0 < c.cov_ratio <= 1, f"cov_ratio={c.cov_ratio} is a fraction in (0, 1] (2e-4 = 0.02%)")
     need(c.cov_kl_coef >= 0, "cov_kl_coef must be >= 0")

@@ -8,9 +8,22 @@
 4. KL (k3)          kl_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1
 5. Aggregation      token_mean: sum_{b,t} l / N_tokens (DAPO); seq_mean_token_mean: mean_b mean_t l;
                     seq_mean_token_sum_norm: mean_b sum_t l / T_max (Dr. GRPO)
+
+Baselines (METHOD.md section 4):
+6. Pass@K advantage (Chen et al. 2025), per group of n with N- wrong answers:
+   R = 1 - C(N-, K) / C(n, K), s = sqrt(R (1 - R)), A+ = (1 - R) / s,
+   A- = (1 - R - C(N- - 1, K - 1) / C(n - 1, K - 1)) / s; mixed = chi * A_passk + (1 - chi) * A_grpo
+7. Token covariance (Cui et al. 2025)  cov_t = (A_t - mean A)(logp_t - mean logp) over valid tokens;
+   KL-Cov: l_t = -rho_t A_t + kl_coef * |logp_t - old_logp_t| on the top `ratio` tokens by cov
+   (no clipping, as in the paper); Clip-Cov: clipped l_t, zeroed (value and gradient) on a random
+   `ratio` of the tokens with lb < cov < ub
+8. Forking tokens (Wang et al. 2025): keep only the top `frac` tokens by entropy
+Selections count n_sel = max(1, floor(frac * N_valid)) tokens of the micro-batch (verl's rule).
 Shapes: B sequences, T completion tokens; `mask` (B, T) bool marks real completion tokens.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -26,6 +39,79 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6,
     if std_norm:
         centred = centred / (r.std(-1, unbiased=False, keepdim=True) + eps)
     return centred.flatten()  # (B,) exactly 0 where a group's rewards are all equal
+
+
+def passk_advantages(rewards: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
+    """Return analytic Pass@K-training advantages (B,) (eq. 6) from binary rewards (B,).
+
+    Groups whose Pass@K is certain (no correct answer, or fewer than K wrong ones) get 0.
+    K = 1 reduces to the GRPO advantage without eps.
+    """
+    if rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} "
+                         f"entries, got shape {tuple(rewards.shape)}")
+    if not 1 <= k <= group_size:
+        raise ValueError(f"Pass@K needs 1 <= k <= group_size; got k={k}, group_size={group_size}")
+    if not bool(((rewards == 0) | (rewards == 1)).all()):
+        raise ValueError("Pass@K advantages need binary rewards in {0, 1}; got "
+                         f"{sorted(set(rewards.tolist()))[:5]}")
+    n = group_size
+    out = torch.zeros(rewards.numel(), dtype=torch.float64)
+    for g, grp in enumerate(rewards.view(-1, n).tolist()):
+        n_neg = n - int(sum(grp))
+        R = 1.0 - math.comb(n_neg, k) / math.comb(n, k)  # expected max reward of a K-subset
+        s = math.sqrt(R * (1.0 - R))
+        if s == 0.0:
+            continue
+        a_pos = (1.0 - R) / s
+        a_neg = (1.0 - R - math.comb(n_neg - 1, k - 1) / math.comb(n - 1, k - 1)) / s
+        out[g * n:(g + 1) * n] = torch.tensor([a_pos if r == 1 else a_neg for r in grp],
+                                              dtype=torch.float64)
+    return out.to(device=rewards.device, dtype=torch.float32)
+
+
+def passk_mixed_advantages(rewards: torch.Tensor, group_size: int, k: int, chi: float = 0.2,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """Return chi * Pass@K advantage + (1 - chi) * GRPO advantage, (B,)."""
+    return (chi * passk_advantages(rewards, group_size, k)
+            + (1.0 - chi) * group_advantages(rewards, group_size, eps))
+
+
+def selection_count(frac: float, n: int) -> int:
+    """Tokens a fraction-based selection takes out of n valid ones: max(1, floor(frac * n))."""
+    return 0 if n == 0 or frac <= 0 else min(n, max(1, int(frac * n)))
+
+
+def token_covariance(adv_tok: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Return (A - mean A)(logp - mean logp) per token, means over valid tokens; 0 elsewhere."""
+    m = mask.bool()
+    a, lp = adv_tok.detach().float(), logp.detach().float()
+    cov = (a - a[m].mean()) * (lp - lp[m].mean())  # (B, T)
+    return torch.where(m, cov, torch.zeros_like(cov))
+
+
+def top_tokens(score: torch.Tensor, mask: torch.Tensor, frac: float) -> torch.Tensor:
+    """Bool (B, T): the selection_count(frac, N) valid tokens with the largest score."""
+    m = mask.bool()
+    n_sel = selection_count(frac, int(m.sum()))
+    keep = torch.zeros_like(m)
+    if n_sel:
+        idx = torch.where(m, score.float(), torch.full_like(score.float(), -math.inf)).flatten()
+        keep.view(-1)[torch.topk(idx, n_sel).indices] = True
+    return keep
+
+
+def clip_cov_tokens(cov: torch.Tensor, mask: torch.Tensor, frac: float, lb: float, ub: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool (B, T): a random selection_count(frac, N) of the valid tokens with lb < cov < ub."""
+    m = mask.bool()
+    cand = (m & (cov > lb) & (cov < ub)).flatten().nonzero().flatten()
+    n_sel = min(selection_count(frac, int(m.sum())), len(cand))
+    keep = torch.zeros_like(m)
+    if n_sel:
+        pick = torch.randperm(len(cand), generator=generator)[:n_sel].to(cand.device)
+        keep.view(-1)[cand[pick]] = True
+    return keep
 
 
 def ppo_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
@@ -76,10 +162,13 @@ def aggregate(loss_tok: torch.Tensor, mask: torch.Tensor, mode: str, *, n_tokens
 
 
 def policy_loss(logp, old_logp, adv_tok, mask, *, objective: str, eps_low: float,
-                eps_high: float, ref_logp=None, kl_coef: float = 0.0):
-    """Per-token GRPO / GSPO-token loss with optional k3 KL; returns (loss_tok, stats).
+                eps_high: float, ref_logp=None, kl_coef: float = 0.0, cov_mode: str = "off",
+                cov_ratio: float = 2e-4, cov_kl_coef: float = 1.0,
+                cov_bounds: tuple[float, float] = (1.0, 5.0), generator=None):
+    """Per-token GRPO / GSPO-token loss with optional k3 KL and KL-Cov / Clip-Cov; (loss_tok, stats).
 
-    logp (B, T) with grad; old_logp, ref_logp (B, T) without; adv_tok (B, T).
+    logp (B, T) with grad; old_logp, ref_logp (B, T) without; adv_tok (B, T). The covariance
+    selections are over this call's valid tokens; stats["cov_selected"] (B, T) marks them.
     """
     if objective == "grpo":
         ratio = ppo_ratio(logp, old_logp)
@@ -89,6 +178,17 @@ def policy_loss(logp, old_logp, adv_tok, mask, *, objective: str, eps_low: float
         raise ValueError(f"unknown objective {objective!r}; choose grpo or gspo_token")
     loss_tok, clipped = clipped_surrogate(ratio, adv_tok, eps_low, eps_high)
     stats = {"clipped": clipped.detach(), "ratio": ratio.detach()}
+    if cov_mode == "kl_cov":
+        sel = top_tokens(token_covariance(adv_tok, logp, mask), mask, cov_ratio)
+        loss_tok = -ratio * adv_tok + cov_kl_coef * sel * (logp - old_logp).abs()
+        stats["clipped"], stats["cov_selected"] = torch.zeros_like(clipped), sel
+    elif cov_mode == "clip_cov":
+        sel = clip_cov_tokens(token_covariance(adv_tok, logp, mask), mask, cov_ratio, *cov_bounds,
+                              generator=generator)
+        loss_tok = loss_tok * ~sel
+        stats["cov_selected"] = sel
+    elif cov_mode != "off":
+        raise ValueError(f"unknown cov_mode {cov_mode!r}; choose off, kl_cov or clip_cov")
     if kl_coef > 0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs ref_logp (reference log-probs)")

@@ -3,11 +3,12 @@
   for each step:
     1. sample P prompts, G completions each (old policy)          -> rollout.generate
     2. grade completions, group advantages                        -> rewards.grade, loss.group_advantages
-       (dynamic sampling: drop all-equal groups, draw more prompts)
+       (dynamic sampling: drop all-equal groups, draw more prompts; Pass@K / mixed estimators)
     3. old-policy pass (log-probs, hidden states) unless on-policy -> model.completion_forward
        reference pass (adapters disabled) when kl_coef > 0
     4. per-token advantages (THR reweighting plugs in here)       -> token_advantages
     5. epochs x mini-batches of clipped-surrogate updates          -> loss.policy_loss, loss.aggregate
+       (KL-Cov / Clip-Cov inside policy_loss; forking tokens restrict the loss mask)
   checkpoint adapter + optimizer + RNG every save_every steps; metrics.jsonl every step.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 import torch
 
 from .config import Config
-from .loss import aggregate, group_advantages, policy_loss
+from .loss import (aggregate, group_advantages, passk_advantages, passk_mixed_advantages,
+                   policy_loss, selection_count, top_tokens)
 from .model import completion_forward, lm_parts, reference_policy
 from .rollout import cat_rollouts, generate
 from .runs import RunDir
@@ -102,6 +104,16 @@ class GRPOTrainer:
             return None, stats
         return cat_rollouts(kept, self.tok.pad_token_id) if len(kept) > 1 else kept[0], stats
 
+    def response_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Per-response advantages (B,) by cfg.adv_estimator: grpo, passk or passk_mixed."""
+        cfg = self.cfg
+        if cfg.adv_estimator == "passk":
+            return passk_advantages(rewards, cfg.group_size, cfg.passk_k)
+        if cfg.adv_estimator == "passk_mixed":
+            return passk_mixed_advantages(rewards, cfg.group_size, cfg.passk_k, cfg.passk_chi,
+                                          cfg.adv_eps)
+        return group_advantages(rewards, cfg.group_size, cfg.adv_eps, cfg.adv_std_norm)
+
     # -- 3. old-policy and reference passes ----------------------------------------------------
     def _micro_batches(self, rows: torch.Tensor):
         mb = self.cfg.micro_batch_size or len(rows)
@@ -165,14 +177,20 @@ class GRPOTrainer:
                                                        r.tokens, r.mask,
                                                        r.rewards, adv)
         t0 = time.perf_counter()
-        acc = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ent": 0.0, "tok": 0.0, "gn": 0.0}
+        acc = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ent": 0.0, "tok": 0.0, "gn": 0.0,
+               "cov": 0.0, "fork": 0.0}
+        fork = cfg.entropy_top_frac > 0
         mb_size = B // cfg.mini_batches
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         for _ in range(cfg.epochs):
             perm = torch.randperm(B, generator=gen) if cfg.mini_batches > 1 else torch.arange(B)
             for m in range(cfg.mini_batches):
                 rows = perm[m * mb_size:(m + 1) * mb_size]
-                n_tok = float(r.mask[rows].sum())
+                if fork:  # the loss is the mean over the selected tokens of the mini-batch
+                    n_tok = float(sum(selection_count(cfg.entropy_top_frac, int(r.mask[i].sum()))
+                                      for i in self._micro_batches(rows)))
+                else:
+                    n_tok = float(r.mask[rows].sum())
                 self.opt.zero_grad(set_to_none=True)
                 for idx in self._micro_batches(rows):
                     mask = r.mask[idx]
@@ -192,8 +210,16 @@ class GRPOTrainer:
                     loss_tok, st = policy_loss(
                         o["logp"], old_logp, a_mb, mask, objective=cfg.objective,
                         eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
-                        ref_logp=None if ref_logp is None else ref_logp[idx], kl_coef=cfg.kl_coef)
-                    loss = aggregate(loss_tok, mask, cfg.loss_agg, n_tokens=n_tok,
+                        ref_logp=None if ref_logp is None else ref_logp[idx], kl_coef=cfg.kl_coef,
+                        cov_mode=cfg.cov_mode, cov_ratio=cfg.cov_ratio, cov_kl_coef=cfg.cov_kl_coef,
+                        cov_bounds=(cfg.cov_clip_lb, cfg.cov_clip_ub), generator=gen)
+                    loss_mask = mask
+                    if fork:  # forking tokens: only the highest-entropy tokens carry gradient
+                        loss_mask = top_tokens(o["entropy"].detach(), mask, cfg.entropy_top_frac)
+                        acc["fork"] += float(loss_mask.sum())
+                    if "cov_selected" in st:
+                        acc["cov"] += float(st["cov_selected"].sum())
+                    loss = aggregate(loss_tok, loss_mask, cfg.loss_agg, n_tokens=n_tok,
                                      n_seqs=float(len(rows)), max_len=cfg.max_new_tokens)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss at step {self.step}; "
@@ -222,7 +248,9 @@ class GRPOTrainer:
             "time/update": time.perf_counter() - t0, "train/loss": acc["loss"] / n_opt,
             "train/clip_frac": acc["clip"] / ntok, "train/kl": acc["kl"] / ntok,
             "train/entropy": acc["ent"] / ntok, "train/grad_norm": acc["gn"] / n_opt,
-            "train/adv_abs_mean": float(adv.abs().mean())})
+            "train/adv_abs_mean": float(adv.abs().mean()),
+            "train/cov_selected_frac": acc["cov"] / ntok,
+            "train/fork_selected_frac": acc["fork"] / ntok})
 
     # -- the loop ------------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -231,8 +259,7 @@ class GRPOTrainer:
         if r is None:  # dynamic sampling found no group with mixed rewards
             stats["train/skipped"] = 1
         else:
-            adv = group_advantages(r.rewards, self.cfg.group_size, self.cfg.adv_eps,
-                                   self.cfg.adv_std_norm)
+            adv = self.response_advantages(r.rewards)
             stats.update(self.update(r, adv))
             stats["train/skipped"] = 0
         self.step += 1
