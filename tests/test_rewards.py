@@ -193,14 +193,15 @@ def test_hung_items_are_killed_and_counted(tmp_path, caplog):
 
 
 def test_raising_and_dying_verifiers_count_as_errors(caplog):
-    comps = ["\\boxed{RAISE}", "\\boxed{DIE}", "\\boxed{3}"]
+    comps = ["\\boxed{RAISE}", "\\boxed{DIE}", "\\boxed{3}", "\\boxed{NONE}"]
     with MathVerifyPool(1, verify_fn=slow_verify.misbehaving_verify) as p:
         with caplog.at_level(logging.WARNING, logger="thrlab.rewards"):
-            res = p.grade(comps, ["1", "1", "3"], timeout_s=5.0)
-        assert res.status == ["error", "error", "correct"]
-        assert res.errors == 2 and res.rewards == [0.0, 0.0, 1.0]
+            res = p.grade(comps, ["1", "1", "3", "1"], timeout_s=5.0)
+        assert res.status == ["error", "error", "correct", "error"]
+        assert res.errors == 3 and res.rewards == [0.0, 0.0, 1.0, 0.0]
         assert "verifier exploded" in caplog.text and "worker died (exit code 3)" in caplog.text
-        assert "failure burst" in caplog.text  # 2 of 3 > max_failure_frac 0.5
+        assert "returned None" in caplog.text  # a verifier that returns nothing is an error
+        assert "failure burst" in caplog.text  # 3 of 4 > max_failure_frac 0.5
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="thrlab.rewards"):
             ok = p.grade(["\\boxed{RAISE}", "\\boxed{3}", "\\boxed{4}"], ["1", "3", "4"])

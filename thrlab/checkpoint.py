@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .faults import failpoint
+
 
 def adapter_state(model) -> dict:
     """The trainable (LoRA) tensors only; never the base model."""
@@ -24,6 +26,7 @@ def save_adapter(model, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    failpoint("adapter")
     _swap(tmp, path)
 
 
@@ -38,18 +41,18 @@ def save_checkpoint(trainer, path: Path) -> None:
     torch.save({"optimizer": trainer.opt.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "py_rng": random.getstate()}, tmp / "state.pt")
-    (tmp / "trainer.json").write_text(json.dumps({"step": trainer.step, "cursor": trainer.cursor}))
+    (tmp / "trainer.json").write_text(json.dumps({"step": trainer.step, "cursor": trainer.cursor,
+                                                   "nonfinite_steps": trainer.nonfinite_steps,
+                                                   "micro_batch_size": trainer.micro_batch_size}))
+    failpoint("checkpoint")
     (tmp / "COMPLETE").write_text("ok\n")
     _swap(tmp, path)
 
 
 def load_checkpoint(trainer, path: Path) -> bool:
     """Restore trainer state from a complete checkpoint; False if there is none."""
-    path = Path(path)
-    old = path.with_name(path.name + ".old")
-    if not (path / "COMPLETE").exists() and (old / "COMPLETE").exists():
-        path = old  # killed between the two renames of _swap
-    if not (path / "COMPLETE").exists():
+    path = _settle(Path(path))
+    if path is None:
         return False
     from safetensors.torch import load_file
 
@@ -70,7 +73,29 @@ def load_checkpoint(trainer, path: Path) -> bool:
     random.setstate(s["py_rng"])
     meta = json.loads((path / "trainer.json").read_text())
     trainer.step, trainer.cursor = meta["step"], meta["cursor"]
+    trainer.nonfinite_steps = meta.get("nonfinite_steps", 0)
+    trainer.micro_batch_size = meta.get("micro_batch_size", trainer.micro_batch_size)
     return True
+
+
+def _latest_complete(path: Path) -> Path | None:
+    """The newest whole checkpoint among path, path.tmp and path.old (a kill can leave any)."""
+    found = []
+    for p in (path, path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
+        if (p / "COMPLETE").exists():  # COMPLETE is written last, so the folder is whole
+            found.append((json.loads((p / "trainer.json").read_text())["step"], p))
+    return max(found, key=lambda x: x[0])[1] if found else None
+
+
+def _settle(path: Path) -> Path | None:
+    """Move the newest whole checkpoint to `path` and drop leftovers; safe to kill at any line."""
+    best = _latest_complete(path)
+    if best is not None and best != path:
+        shutil.rmtree(path, ignore_errors=True)  # older than best (or absent)
+        os.replace(best, path)
+    for p in (path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
+        shutil.rmtree(p, ignore_errors=True)
+    return path if best is not None else None
 
 
 def _swap(tmp: Path, path: Path) -> None:
@@ -79,6 +104,7 @@ def _swap(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)
+    failpoint("swap")
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
 

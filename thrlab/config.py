@@ -87,6 +87,8 @@ class Config:
     entropy_top_frac: float = 0.0  # forking tokens: train on this top fraction by entropy (0 = off)
     dynamic_sampling: bool = False  # drop all-equal groups and draw new prompts (DAPO)
     max_sampling_rounds: int = 4  # generation rounds per step when dynamic_sampling is on
+    max_nonfinite_steps: int = 3  # skip NaN/inf steps; stop once more than this many were skipped
+    oom_halve_micro_batch: bool = True  # on OOM in the update, halve the micro-batch and retry
     save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
     # -- evaluation ----------------------------------------------------------
     eval_samples: int = 8  # n samples per problem for pass@k
@@ -147,7 +149,7 @@ class Config:
 
 
 # Fields that do not change results (where or how fast it runs), so they do not change the run id.
-_NOT_HASHED = ("threads", "eval_batch_size")
+_NOT_HASHED = ("threads", "eval_batch_size", "max_nonfinite_steps", "oom_halve_micro_batch")
 
 _CHOICES = {
     "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -243,6 +245,7 @@ def _check_values(c: Config) -> None:
     need(c.eval_limit >= 0, "eval_limit must be >= 0")
     need(c.grader_timeout_s > 0, "grader_timeout_s must be > 0")
     need(c.save_every >= 1, "save_every must be >= 1")
+    need(c.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
     need(c.prompts_per_step * c.group_size % c.mini_batches == 0,
          f"prompts_per_step*group_size={c.prompts_per_step * c.group_size} is not divisible by "
          f"mini_batches={c.mini_batches}")

@@ -74,8 +74,16 @@ class RunDir:
     def append_metrics(self, row: dict) -> None:
         """Append one step's metrics (a line is written whole or, if killed, dropped on read)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(row, sort_keys=True, default=_jsonable) + "\n"
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, sort_keys=True, default=_jsonable) + "\n")
+            if os.environ.get("THRLAB_FAILPOINT"):
+                from .faults import failpoint
+
+                f.write(line[:len(line) // 2])
+                f.flush()
+                failpoint("metrics")
+                line = line[len(line) // 2:]
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 

@@ -13,18 +13,24 @@
 """
 from __future__ import annotations
 
+import logging
 import random
 import time
 
 import torch
 
 from .config import Config
+from .faults import failpoint
+from .guards import (NonFiniteError, OutOfMemoryReport, is_nonfinite_sampling_error, is_oom,
+                     oom_message)
 from .loss import (aggregate, group_advantages, passk_advantages, passk_mixed_advantages,
                    policy_loss, selection_count, top_tokens)
 from .model import completion_forward, lm_parts, reference_policy
 from .rollout import cat_rollouts, generate
 from .runs import RunDir
 from .tasks import format_prompt
+
+log = logging.getLogger(__name__)
 
 
 def make_optimizer(model, cfg: Config):
@@ -43,6 +49,8 @@ class GRPOTrainer:
         self.params, self.opt = make_optimizer(model, cfg)
         self.step = 0
         self.cursor = 0  # position in the seeded prompt order (saved with checkpoints)
+        self.nonfinite_steps = 0  # steps skipped for NaN/inf (saved with checkpoints)
+        self.micro_batch_size = cfg.micro_batch_size  # halved on OOM (oom_halve_micro_batch)
         self.device = next(model.parameters()).device
 
     # -- 1-2. rollouts and rewards -------------------------------------------------------------
@@ -71,6 +79,7 @@ class GRPOTrainer:
                          n=G, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
                          max_new_tokens=cfg.max_new_tokens)
             t1 = time.perf_counter()
+            failpoint("generate")
             res = self.grade_fn(r.texts, [probs[i].answer for i in r.problem_index])
             timers["time/generate"] += t1 - t0
             timers["time/reward"] += time.perf_counter() - t1
@@ -116,7 +125,7 @@ class GRPOTrainer:
 
     # -- 3. old-policy and reference passes ----------------------------------------------------
     def _micro_batches(self, rows: torch.Tensor):
-        mb = self.cfg.micro_batch_size or len(rows)
+        mb = self.micro_batch_size or len(rows)
         return [rows[i:i + mb] for i in range(0, len(rows), mb)]
 
     @torch.no_grad()
@@ -222,9 +231,9 @@ class GRPOTrainer:
                     loss = aggregate(loss_tok, loss_mask, cfg.loss_agg, n_tokens=n_tok,
                                      n_seqs=float(len(rows)), max_len=cfg.max_new_tokens)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss at step {self.step}; "
-                                                 "lower lr or check the rollout for inf logits")
+                        raise NonFiniteError(f"loss is {loss.item()}")
                     loss.backward()
+                    failpoint("update")
                     mf = mask.float()
                     acc["loss"] += loss.item()
                     acc["clip"] += float((st["clipped"].float() * mf).sum())
@@ -232,8 +241,11 @@ class GRPOTrainer:
                     acc["ent"] += float((o["entropy"] * mf).sum())
                     acc["tok"] += float(mf.sum())
                 gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                if not torch.isfinite(gn):
+                    raise NonFiniteError(f"gradient norm is {gn.item()}")
                 acc["gn"] += float(gn)
                 self.opt.step()
+                self._opt_steps += 1
         adv_stats.pop("_n", None)
         if thr_on and cfg.thr_save_every and (self.step + 1) % cfg.thr_save_every == 0:
             from .anatomy import save_token_records, token_records
@@ -255,17 +267,61 @@ class GRPOTrainer:
     # -- the loop ------------------------------------------------------------------------------
     def train_step(self) -> dict:
         t0 = time.perf_counter()
-        r, stats = self.rollout()
-        if r is None:  # dynamic sampling found no group with mixed rewards
-            stats["train/skipped"] = 1
-        else:
-            adv = self.response_advantages(r.rewards)
-            stats.update(self.update(r, adv))
-            stats["train/skipped"] = 0
+        stats = {"train/skipped": 1, "train/nonfinite_skipped": 0}
+        try:
+            r, rollout_stats = self.rollout()
+            stats.update(rollout_stats)
+            if r is not None:  # None: dynamic sampling found no group with mixed rewards
+                stats.update(self.guarded_update(r, self.response_advantages(r.rewards)))
+                stats["train/skipped"] = 0
+        except NonFiniteError as err:
+            self._skip_nonfinite(stats, f"non-finite update ({err})")
+        except RuntimeError as err:
+            if is_nonfinite_sampling_error(err):
+                self._skip_nonfinite(stats, "NaN/inf in the sampling distribution")
+            elif is_oom(err):
+                raise OutOfMemoryReport(oom_message(self.cfg, "generation",
+                                                    self.micro_batch_size)) from err
+            else:
+                raise
         self.step += 1
         stats.update({"step": self.step, "time/step": time.perf_counter() - t0,
-                      "train/lr": self.cfg.lr})
+                      "train/lr": self.cfg.lr, "train/micro_batch_size": self.micro_batch_size})
         return stats
+
+    def guarded_update(self, r, adv) -> dict:
+        """update(), retried with half the micro-batch on OOM while no optimizer step has run."""
+        G = self.cfg.group_size
+        floor = G if self.cfg.thr_mode != "off" else 1  # THR needs whole groups per micro-batch
+        while True:
+            self._opt_steps = 0
+            try:
+                return self.update(r, adv)
+            except RuntimeError as err:
+                if not is_oom(err):
+                    raise
+                mb = self.micro_batch_size or len(r.tokens) // self.cfg.mini_batches
+                if not self.cfg.oom_halve_micro_batch or self._opt_steps or mb // 2 < floor:
+                    raise OutOfMemoryReport(oom_message(self.cfg, "update", mb)) from err
+                self.opt.zero_grad(set_to_none=True)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.micro_batch_size = mb // 2 // floor * floor
+                log.warning("out of memory in the update: micro_batch_size %d -> %d, retrying",
+                            mb, self.micro_batch_size)
+
+    def _skip_nonfinite(self, stats: dict, why: str) -> None:
+        """Drop this step's pending gradients, count it, and stop past max_nonfinite_steps."""
+        self.opt.zero_grad(set_to_none=True)
+        self.nonfinite_steps += 1
+        stats["train/nonfinite_skipped"] = 1
+        log.warning("step %d skipped: %s (%d skipped so far)", self.step + 1, why,
+                    self.nonfinite_steps)
+        if self.nonfinite_steps > self.cfg.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{self.nonfinite_steps} steps had NaN/inf (> max_nonfinite_steps="
+                f"{self.cfg.max_nonfinite_steps}); last: {why}. The last checkpoint is intact. "
+                "Lower lr or max_grad_norm, check rewards for NaN, or use compute_dtype=float32")
 
     def train(self, progress: bool = True) -> list[dict]:
         """Run (or resume) cfg.steps steps, logging and checkpointing; return all metric rows."""
@@ -273,14 +329,14 @@ class GRPOTrainer:
 
         from .checkpoint import load_checkpoint, save_checkpoint
 
-        if load_checkpoint(self, self.run / "checkpoint"):
-            self.run.truncate_metrics(self.step)
+        load_checkpoint(self, self.run / "checkpoint")
+        self.run.truncate_metrics(self.step)  # drops steps past the checkpoint and torn lines
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", disable=not progress)
         while self.step < self.cfg.steps:
             row = self.train_step()
             self.run.append_metrics(row)
             bar.update(1)
-            bar.set_postfix(reward=f"{row['train/reward_mean']:.2f}")
+            bar.set_postfix(reward=f"{row.get('train/reward_mean', float('nan')):.2f}")
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
                 save_checkpoint(self, self.run / "checkpoint")
         bar.close()
