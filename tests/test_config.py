@@ -27,6 +27,9 @@ def test_unknown_keys_rejected_with_suggestion():
     (dict(group_size=1), "group_size"), (dict(temperature=0.0), "temperature"),
     (dict(objective="ppo"), "objective"), (dict(tiny_hidden=100), "multiple of 64"),
     (dict(mini_batches=3), "divisible"), (dict(top_p=1.5), "top_p"),
+    (dict(thr_p=1.5), r"thr_p=1.5 must be in \[-1, 1\]"), (dict(thr_p=-2.0), "thr_p"),
+    (dict(adv_estimator="passk", passk_k=9), "passk_k=9"),  # K > n = group_size
+    (dict(max_nonfinite_steps=-1), "max_nonfinite_steps"), (dict(steps=-1), "steps"),
 ])
 def test_bad_values_rejected(override, msg):
     with pytest.raises(ValueError, match=msg):
