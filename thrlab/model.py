@@ -114,6 +114,72 @@ def load_policy(cfg: Config, path: str, device: torch.device):
 
 
 @contextmanager
+def dequantized_4bit_cpu(model):
+    """Context in which CPU 4-bit layers reuse one dequantised weight instead of making it per call.
+
+    bitsandbytes' CPU path dequantises each NF4 weight on every forward (dequantize + F.linear).
+    Generation runs the model once per new token, so inside this context every
+    `bitsandbytes.nn.Linear4bit` on CPU computes `F.linear(x, W, bias)` with W made once on entry
+    by the same ops and dtype as bnb's `gemm_4bit` (outputs bit-identical; tested). Only without
+    grad (bnb's autograd path is left alone), only on guarded layers (`guard_cpu_4bit`; bnb would
+    repack an unguarded one for another kernel), and only on CPU: bnb's CUDA kernels read the 4-bit
+    weight directly, which beats a dequantised copy in memory traffic. Costs an fp32 copy of the
+    4-bit weights while inside.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        yield model
+        return
+    mods = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
+            and m.weight.device.type == "cpu"
+            and not getattr(m, "support_avx512bf16_for_cpu", False)  # unguarded: bnb repacks
+            and not getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
+    for m in mods:
+        m.forward = _dequantized_forward(m)  # instance attribute shadows the class method
+    try:
+        yield model
+    finally:
+        for m in mods:
+            del m.forward
+
+
+def _dequantized_forward(m):
+    """Linear4bit.forward of bnb 0.50 without grad, its weight dequantised once per dtype."""
+    import bitsandbytes as bnb
+    import torch.nn.functional as F
+
+    cache: dict = {}
+    qs = m.weight.quant_state
+
+    def weight(dtype):  # bnb's gemm_4bit default (CPU) implementation, step by step
+        if dtype not in cache:
+            absmax = qs.absmax
+            if qs.nested:
+                absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
+                    qs.absmax, qs.state2.absmax, qs.state2.code, qs.state2.blocksize,
+                    torch.float32) + qs.offset
+            cache[dtype] = torch.ops.bitsandbytes.dequantize_4bit.default(
+                m.weight.view(-1, 1), absmax, qs.blocksize, qs.quant_type, qs.shape, dtype)
+        return cache[dtype]
+
+    def forward(x):
+        if torch.is_grad_enabled() or (qs.nested and qs.state2.blocksize != 256):
+            return type(m).forward(m, x)  # bnb's own path (autograd, or an unusual layout)
+        if not m.compute_type_is_set:
+            m.set_compute_type(x)
+            m.compute_type_is_set = True
+        inp_dtype = x.dtype
+        if m.compute_dtype is not None:
+            x = x.to(m.compute_dtype)
+        bias = None if m.bias is None else m.bias.to(x.dtype)
+        return F.linear(x, weight(x.dtype), bias).to(inp_dtype)
+
+    assert isinstance(m, bnb.nn.Linear4bit)
+    return forward
+
+
+@contextmanager
 def reference_policy(model):
     """Context in which `model` computes the reference policy (LoRA adapters disabled)."""
     if hasattr(model, "disable_adapter"):

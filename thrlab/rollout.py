@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .model import dequantized_4bit_cpu
+
 
 @dataclass
 class Rollout:
@@ -82,35 +84,151 @@ def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, tempera
 
     Rows are prompt-major: row i*n + g is sample g of prompt i. Generation runs in eval mode
     with the KV cache; batch_size bounds the prompts per generate() call (0 = all at once).
+    Each prompt is tokenised and prefilled once, not n times (`_shared_prefill_sample`), and CPU
+    4-bit weights are dequantised once per call, not once per token; the tokens equal those of
+    transformers' generate() bit for bit, which still runs for models whose generation_config
+    asks for more than temperature / top-p (`_plain_sampling`).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     eos_ids = _eos_ids(tok)
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p,
+                    max_new_tokens=max_new_tokens, pad_id=tok.pad_token_id, eos_ids=eos_ids)
     parts = []
     step = batch_size or len(prompts)
     try:
-        for s in range(0, len(prompts), step):
-            chunk = prompts[s:s + step]
-            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-            ids = enc.input_ids.repeat_interleave(n, 0).to(device)  # (b*n, Lp)
-            att = enc.attention_mask.repeat_interleave(n, 0).to(device)
-            kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample \
-                else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-            out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, **kw)
-            lp = ids.shape[1]
-            comp = out[:, lp:]  # (b*n, T)
-            mask, truncated = completion_mask(comp, eos_ids)
-            comp = comp.masked_fill(~mask, tok.pad_token_id)
-            full_att = torch.cat([att, mask.long()], 1)
-            texts = tok.batch_decode(comp, skip_special_tokens=True)
-            index = [s + i // n for i in range(comp.shape[0])]
-            parts.append(Rollout(torch.cat([ids, comp], 1), full_att, lp, comp, mask, truncated,
-                                 texts, index))
+        with dequantized_4bit_cpu(model):
+            for s in range(0, len(prompts), step):
+                enc = tok(prompts[s:s + step], return_tensors="pt", padding=True,
+                          add_special_tokens=False)
+                ids, att = enc.input_ids.to(device), enc.attention_mask.to(device)  # (b, Lp)
+                if _plain_sampling(lm):
+                    comp = _shared_prefill_sample(lm, ids, att, n, **sampling)  # (b*n, T)
+                else:
+                    comp = _hf_generate(model, ids, att, n, **sampling)
+                parts.append(_rollout(tok, ids.repeat_interleave(n, 0),
+                                      att.repeat_interleave(n, 0), comp, eos_ids, s, n))
     finally:
         model.train(was_training)
     return parts[0] if len(parts) == 1 else cat_rollouts(parts, tok.pad_token_id)
+
+
+def _rollout(tok, ids, att, comp, eos_ids, first: int, n: int) -> Rollout:
+    """Assemble a Rollout from prompt rows (B, Lp) and raw completions (B, T)."""
+    mask, truncated = completion_mask(comp, eos_ids)
+    comp = comp.masked_fill(~mask, tok.pad_token_id)
+    index = [first + i // n for i in range(comp.shape[0])]
+    return Rollout(torch.cat([ids, comp], 1), torch.cat([att, mask.long()], 1), ids.shape[1],
+                   comp, mask, truncated, tok.batch_decode(comp, skip_special_tokens=True), index)
+
+
+def _hf_generate(model, ids, att, n: int, *, do_sample: bool, temperature: float, top_p: float,
+                 max_new_tokens: int, pad_id: int, eos_ids: list[int]) -> torch.Tensor:
+    """Completions (b*n, T) from transformers' generate() on the prompts repeated n times."""
+    kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample \
+        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    ids, att = ids.repeat_interleave(n, 0), att.repeat_interleave(n, 0)  # (b*n, Lp)
+    out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
+                         pad_token_id=pad_id, eos_token_id=eos_ids, **kw)
+    return out[:, ids.shape[1]:]
+
+
+# generation_config entries that leave generate()'s sampling as plain temperature / top-p
+# multinomial sampling or greedy argmax (thrlab passes do_sample, temperature, top_p, top_k=0,
+# max_new_tokens, pad and EOS ids itself).
+_PLAIN_GENERATION_KEYS = {
+    "_from_model_config", "transformers_version", "bos_token_id", "eos_token_id", "pad_token_id",
+    "do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "max_length", "use_cache",
+    "output_attentions", "output_hidden_states", "output_scores", "output_logits",
+    "return_dict_in_generate"}
+
+
+def _plain_sampling(lm) -> bool:
+    """Whether `_shared_prefill_sample` reproduces lm.generate(): a decoder-only model with a
+    `cache`-taking forward and no extra logits processors in its generation_config (a model
+    whose config asks for e.g. repetition_penalty keeps going through generate())."""
+    import inspect
+
+    gc = getattr(lm, "generation_config", None)
+    if gc is None or getattr(lm.config, "is_encoder_decoder", False):
+        return False
+    params = inspect.signature(lm.forward).parameters
+    if not {"cache", "logits_to_keep", "position_ids"} <= set(params):
+        return False
+    return not set(gc.to_diff_dict()) - _PLAIN_GENERATION_KEYS
+
+
+def _shared_prefill_sample(lm, ids, att, n: int, *, do_sample: bool, temperature: float,
+                           top_p: float, max_new_tokens: int, pad_id: int,
+                           eos_ids: list[int]) -> torch.Tensor:
+    """Sample n continuations of each prompt: generate()'s sampling loop, prefill run once.
+
+    ids, att: (b, Lp) left-padded prompts. Returns (b*n, T) tokens, rows prompt-major, pad after
+    a row's EOS, T <= max_new_tokens (the loop stops when every row has ended), exactly what
+    lm.generate(ids.repeat_interleave(n, 0), ...) returns after the prompt, and drawing the same
+    random numbers. The prefill of one prompt equals that of its n copies row for row, so it runs
+    on the b distinct prompts and its KV cache is expanded to b*n rows; the rest mirrors
+    transformers.GenerationMixin._sample: positions from the attention mask (pad positions 0), an
+    all-ones mask dropped, logits of the last position in float32, temperature then top-p warpers,
+    multinomial (or argmax), finished rows padded, stop on EOS or max_new_tokens. Runs under
+    torch.inference_mode (the KV cache and logits never leave it); the tokens are cloned out, so
+    the caller gets an ordinary tensor that later autograd passes may use.
+    """
+    with torch.inference_mode():
+        return _sample_loop(lm, ids, att, n, do_sample=do_sample, temperature=temperature,
+                            top_p=top_p, max_new_tokens=max_new_tokens, pad_id=pad_id,
+                            eos_ids=eos_ids).clone()
+
+
+def _sample_loop(lm, ids, att, n: int, *, do_sample: bool, temperature: float, top_p: float,
+                 max_new_tokens: int, pad_id: int, eos_ids: list[int]) -> torch.Tensor:
+    """The sampling loop of `_shared_prefill_sample` (same arguments and result)."""
+    from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = []
+    if do_sample and temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if do_sample and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    b = ids.shape[0]
+    pos = (att.long().cumsum(-1) - 1).masked_fill(att == 0, 0)  # (b, Lp)
+    mask = None if bool((att == 1).all()) else att  # generate() drops an all-ones mask
+    out = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+             logits_to_keep=1)
+    rows = torch.arange(b, device=ids.device).repeat_interleave(n)  # (B,) prompt of each sample
+    cache = out.cache
+    cache.reorder_cache(rows)  # (b, ...) -> (B, ...) per layer
+    logits = out.logits[:, -1].float()[rows]  # (B, V)
+    del out
+    pos = pos[rows, -1:]  # (B, 1)
+    if mask is not None:
+        mask = mask[rows]  # (B, Lp)
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=ids.device)
+    unfinished = torch.ones(len(rows), dtype=torch.long, device=ids.device)  # (B,)
+    tokens = []
+    while True:
+        scores = logits
+        for w in warpers:
+            scores = w(None, scores)  # (B, V); these warpers do not read the ids
+        if do_sample:
+            nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            nxt = torch.argmax(scores, dim=-1)  # (B,)
+        nxt = nxt * unfinished + pad_id * (1 - unfinished)
+        tokens.append(nxt)
+        unfinished = unfinished & ~torch.isin(nxt, eos)
+        if len(tokens) >= max_new_tokens or unfinished.max() == 0:
+            break
+        pos = pos + 1
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+        out = lm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache,
+                 use_cache=True, logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1].float()  # (B, V)
+        del out
+    return torch.stack(tokens, 1)  # (B, T)
 
 
 def _eos_ids(tok) -> list[int]:

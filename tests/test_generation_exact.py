@@ -1,0 +1,88 @@
+"""The generation speed-ups are exact: the shared-prefill sampling loop reproduces transformers'
+generate() and the dequantise-once context reproduces bitsandbytes' 4-bit layers, bit for bit
+(tokens, logits and the random numbers drawn)."""
+import contextlib
+
+import pytest
+import torch
+
+from thrlab import rollout
+from thrlab.config import from_preset
+from thrlab.model import dequantized_4bit_cpu, load_policy
+
+CASES = {"sample": dict(do_sample=True, temperature=1.0, top_p=1.0),  # training rollouts
+         "eval": dict(do_sample=True, temperature=0.6, top_p=0.95),  # pass@k sampling
+         "greedy": dict(do_sample=False, temperature=1.0, top_p=1.0)}
+PROMPTS = ["Q: 12*7+35=? A:", "Q: 1*2=? A:", "Q: 99*9+99=? A:"]  # unequal: left padding
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir):
+    return load_policy(from_preset("tiny"), str(tiny_model_dir), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_shared_prefill_sampling_equals_generate(policy, case):
+    model, tok = policy
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    # frequent ids as EOS, so rows of the random model end at different steps (its greedy
+    # rows repeat one character, then some switch to id 15)
+    eos = [15] if case == "greedy" else [1, 5, 9]
+    kw = dict(CASES[case], max_new_tokens=6, pad_id=tok.pad_token_id, eos_ids=eos)
+    model.eval()
+    out = {}
+    for name in ("generate", "shared"):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            if name == "generate":
+                toks = rollout._hf_generate(model, enc.input_ids, enc.attention_mask, 4, **kw)
+            else:
+                toks = rollout._shared_prefill_sample(model.get_base_model(), enc.input_ids,
+                                                      enc.attention_mask, 4, **kw)
+        out[name] = (toks, torch.get_rng_state())
+    model.train()
+    assert (out["generate"][0] == tok.pad_token_id).any()  # some rows did end early
+    assert torch.equal(out["generate"][0], out["shared"][0])
+    assert torch.equal(out["generate"][1], out["shared"][1])  # the same random numbers drawn
+
+
+def test_generate_equals_the_plain_transformers_path(policy, monkeypatch):
+    model, tok = policy
+    got, want = [], []
+    for fast, acc in ((True, got), (False, want)):
+        if not fast:  # what generate() did before: transformers' generate, bnb's own layers
+            monkeypatch.setattr(rollout, "_plain_sampling", lambda lm: False)
+            monkeypatch.setattr(rollout, "dequantized_4bit_cpu", contextlib.nullcontext)
+        torch.manual_seed(3)
+        for kw in CASES.values():
+            r = rollout.generate(model, tok, PROMPTS, n=4, max_new_tokens=5, batch_size=2, **kw)
+            acc.append((r.input_ids, r.attention_mask, r.texts, r.prompt_len))
+    for a, b in zip(got, want):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2:] == b[2:]
+    assert model.training  # generate() restores the mode it found
+
+
+def test_dequantized_4bit_layers_are_bit_identical(policy):
+    model, tok = policy
+    ids = tok(["Q: 12*7+35=? A: 119"], return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with dequantized_4bit_cpu(model):
+            got = model(input_ids=ids).logits
+            again = model(input_ids=ids).logits  # the cached weights are reused
+    assert torch.equal(want, got) and torch.equal(want, again)
+    assert not any("forward" in vars(m) for m in model.modules())  # nothing left patched
+    with dequantized_4bit_cpu(model):  # with grad: bnb's autograd path, gradients flow
+        model(input_ids=ids).logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+
+
+def test_models_asking_for_more_processors_keep_transformers_generate(policy):
+    lm = policy[0].get_base_model()
+    assert rollout._plain_sampling(lm)
+    lm.generation_config.repetition_penalty = 1.1  # e.g. Qwen2.5-Instruct's generation_config
+    try:
+        assert not rollout._plain_sampling(lm)
+    finally:
+        lm.generation_config.repetition_penalty = 1.0
