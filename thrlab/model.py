@@ -202,21 +202,116 @@ def completion_forward(model, input_ids, attention_mask, prompt_len: int, temper
     input_ids, attention_mask: (B, L) with prompts left-padded to prompt_len, completions after.
     Returns dict: logp (B, T) log pi(y_t) at `temperature`; entropy (B, T) (no grad);
     hidden (B, T, H) post-final-norm states that predict each completion token (if asked).
+    Rows sharing a prompt share its computation (`completion_states`); the vocabulary-sized
+    tensors are made `_LOGIT_ELEMENTS` at a time where no gradient needs them (`_token_stats`).
     """
     backbone, lm_head = lm_parts(model)
-    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
-    h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                 use_cache=False).last_hidden_state  # (B, L, H)
-    h = h[:, prompt_len - 1:-1]  # (B, T, H): state at t predicts token t+1
-    tokens = input_ids[:, prompt_len:]  # (B, T)
-    logits = lm_head(h).float() / temperature  # (B, T, V)
-    logz = torch.logsumexp(logits, dim=-1)  # (B, T)
-    logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz  # (B, T)
-    out = {"logp": logp}
-    if need_entropy:
-        with torch.no_grad():
-            p = torch.softmax(logits, dim=-1)
-            out["entropy"] = logz - (p * logits).sum(-1)  # (B, T)
+    h = completion_states(backbone, input_ids, attention_mask, prompt_len)  # (B, T, H)
+    out = _token_stats(lm_head, h, input_ids[:, prompt_len:], temperature, need_entropy)
     if need_hidden:
         out["hidden"] = h
     return out
+
+
+def completion_states(backbone, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
+    """Last-layer states (B, T, H) at the positions that predict the completion tokens.
+
+    The G rows of a group repeat one prompt. When that saves work (and the backbone keeps a KV
+    cache: not under gradient checkpointing with grad), the prompt positions run once per
+    distinct prompt, on one full-length row of it, and the completions of all rows run against
+    its KV cache. Using a full-length row keeps each attention reduction over the same L keys as
+    a plain pass, so the states are bit-identical to `backbone(input_ids)` (tested); gradients
+    agree to float rounding, not bit for bit (the shared prompt's gradient sums over its rows).
+    """
+    B, L = input_ids.shape
+    T = L - prompt_len
+    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
+    first, inv = _distinct_rows(torch.cat([input_ids[:, :prompt_len],
+                                           attention_mask[:, :prompt_len]], 1))
+    cache_kw = _cache_kwarg(backbone)
+    grad_ckpt = torch.is_grad_enabled() and getattr(backbone, "gradient_checkpointing", False)
+    if T < 1 or cache_kw is None or grad_ckpt or len(first) * L + B * T > 0.9 * B * L:
+        h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                     use_cache=False).last_hidden_state  # (B, L, H)
+        return h[:, prompt_len - 1:-1]  # state at t predicts token t+1
+    head = backbone(input_ids=input_ids[first], attention_mask=attention_mask[first],
+                    position_ids=pos[first], use_cache=True)  # (U, L, H) one row per prompt
+    cache = getattr(head, cache_kw)
+    if not _plain_kv_cache(cache):  # sliding-window / linear-attention layers: no sharing
+        h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                     use_cache=False).last_hidden_state  # (B, L, H)
+        return h[:, prompt_len - 1:-1]
+    cache.crop(-T)  # keep the prompt positions
+    cache.reorder_cache(inv)  # (U, ...) -> (B, ...)
+    tail = backbone(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
+                    position_ids=pos[:, prompt_len:], use_cache=True,
+                    **{cache_kw: cache}).last_hidden_state  # (B, T, H)
+    return torch.cat([head.last_hidden_state[inv, prompt_len - 1:prompt_len], tail[:, :-1]], 1)
+
+
+def _distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, inv): x[first] are the distinct rows of x (B, K), x[first[inv]] == x."""
+    _, inv = torch.unique(x, dim=0, return_inverse=True)  # (B,)
+    rows = torch.arange(len(x), device=x.device)
+    first = torch.full((int(inv.max()) + 1,), len(x), dtype=torch.long, device=x.device)
+    return first.scatter_reduce(0, inv, rows, "amin"), inv  # (U,), (B,)
+
+
+def _plain_kv_cache(cache) -> bool:
+    """Whether every layer of cache holds all positions' keys and values (cropable, no window)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _cache_kwarg(backbone) -> str | None:
+    """Name of the backbone's KV-cache argument and output ('cache' in transformers 5.2x)."""
+    import inspect
+
+    params = inspect.signature(backbone.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+# Vocabulary-sized tensors are made for this many elements at a time where they are not kept
+# for a gradient: 2^26 fp32 = 256 MiB (at V = 151,936: 441 tokens per chunk).
+_LOGIT_ELEMENTS = 2 ** 26
+
+
+def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool) -> dict:
+    """logp (B, T) of `tokens` and entropy (B, T) at `temperature` from states h (B, T, H).
+
+    With grad the (B, T, V) logits are kept for the backward; the entropy (no grad) is still
+    computed in row chunks. Without grad logits exist one chunk at a time. Every row's result is
+    computed by the same ops as in one pass, so chunking changes no bit.
+    """
+    B, T, H = h.shape
+    V = lm_head.weight.shape[0]
+    rows = max(1, _LOGIT_ELEMENTS // V)  # (b*t) rows per chunk
+    flat_h, flat_y = h.reshape(B * T, H), tokens.reshape(B * T)
+    if torch.is_grad_enabled():
+        logits = lm_head(h).float() / temperature  # (B, T, V), kept for the backward
+        logz = torch.logsumexp(logits, dim=-1)  # (B, T)
+        out = {"logp": logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz}  # (B, T)
+        if need_entropy:
+            with torch.no_grad():
+                flat = logits.detach().reshape(B * T, V)
+                out["entropy"] = torch.cat([_entropy(flat[s:s + rows], logz.reshape(-1)[s:s + rows])
+                                            for s in range(0, B * T, rows)]).view(B, T)
+        return out
+    logp, ent = [], []
+    for s in range(0, B * T, rows):
+        logits = lm_head(flat_h[s:s + rows]).float() / temperature  # (n, V)
+        logz = torch.logsumexp(logits, dim=-1)  # (n,)
+        logp.append(logits.gather(-1, flat_y[s:s + rows, None]).squeeze(-1) - logz)
+        if need_entropy:
+            ent.append(_entropy(logits, logz))
+    out = {"logp": torch.cat(logp).view(B, T)}
+    if need_entropy:
+        out["entropy"] = torch.cat(ent).view(B, T)
+    return out
+
+
+def _entropy(logits: torch.Tensor, logz: torch.Tensor) -> torch.Tensor:
+    """-sum_v pi_v log pi_v = logz - sum_v pi_v z_v per row of logits (n, V)."""
+    return logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # (n,)
