@@ -67,10 +67,31 @@ def _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperat
 def route_flops(n: int, n_c: int, v: int, h: int, streamed: bool, chunk_size: int) -> dict:
     """Estimate the multiply-adds of the factorised and gram routes for one group."""
     row = v * h if streamed else 0  # one probability row recomputed from hidden costs V*H
+    k = math.ceil(n_c / chunk_size)  # anchor chunks; the last one's rows are reused, not remade
+    reused = n_c - (k - 1) * chunk_size if n_c else 0
     # factorised: build M from the anchors, then g^T (M h) for every token
-    return {"factorised": (n_c + n) * (row + v * h),
-            # anchors once, every token once per anchor chunk, then the (N x N_c) pair terms
-            "gram": n_c * row + math.ceil(n_c / chunk_size) * n * row + n * n_c * (v + h)}
+    return {"factorised": (n_c + n) * v * h + (n_c + n - reused) * row,
+            # every token once per anchor chunk (anchors of the chunk reused), then N x N_c pairs
+            "gram": k * n * row + n * n_c * (v + h)}
+
+
+def _probs_reusing(probs, rows, where, held, offset: int):
+    """Probability rows (n, V) of tokens `rows`, copying the ones held (anchors held[i] = token
+    anchors[offset + i]) instead of recomputing them; where (N,) = anchor index of each token or
+    -1. Each row equals its recomputation up to the GEMM's row blocking (bit-equal on CPU)."""
+    k = where[rows] - offset  # (n,) position in `held`, if there
+    inside = (k >= 0) & (k < len(held))
+    if not bool(inside.any()):
+        return probs(rows)
+    if bool(inside.all()):
+        k0 = int(k[0])
+        if int(k[-1]) - k0 == len(k) - 1:  # a run of consecutive held rows: a view, no copy
+            return held[k0:k0 + len(k)]
+        return held[k]
+    out = held.new_empty(len(rows), held.shape[1])  # (n, V)
+    out[inside] = held[k[inside]]
+    out[~inside] = probs(rows[~inside])
+    return out
 
 
 def _factorised(h, y, w, anchors, probs, n_vocab, chunk_size):
@@ -78,27 +99,38 @@ def _factorised(h, y, w, anchors, probs, n_vocab, chunk_size):
     wh = w[anchors, None] * h[anchors]  # (N_c, H)
     M = h.new_zeros(n_vocab, h.shape[1])  # (V, H)
     M.index_add_(0, y[anchors], wh)  # sum w e_y h^T without materialising one-hot rows
+    where = torch.full((len(y),), -1, dtype=torch.long, device=h.device)  # (N,)
+    where[anchors] = torch.arange(len(anchors), device=h.device)
+    held, offset = h.new_empty(0, n_vocab), 0
     for s in range(0, len(anchors), chunk_size):
-        M -= probs(anchors[s:s + chunk_size]).T @ wh[s:s + chunk_size]  # (V, H)
+        held, offset = probs(anchors[s:s + chunk_size]), s  # (n_a, V), the last chunk is kept
+        M -= held.T @ wh[s:s + chunk_size]  # (V, H)
     score = h.new_empty(len(y))  # (N,)
     for s in range(0, len(y), chunk_size):
         rows = torch.arange(s, min(s + chunk_size, len(y)), device=h.device)
         Mh = h[rows] @ M.T  # (n, V)
+        pi = _probs_reusing(probs, rows, where, held, offset)  # (n, V)
         # g^T (M h) = (M h)[y] - pi . (M h)
-        score[rows] = Mh.gather(1, y[rows, None]).squeeze(1) - (probs(rows) * Mh).sum(1)
+        score[rows] = Mh.gather(1, y[rows, None]).squeeze(1) - (pi * Mh).sum(1)
     return score
 
 
 def _gram(h, y, w, anchors, probs, chunk_size):
-    """Return sum over anchors of w (g.g')(h.h') per real token, chunking anchors and tokens."""
+    """Return sum over anchors of w (g.g')(h.h') per real token, chunking anchors and tokens.
+
+    Anchors are tokens too: within an anchor chunk their probability rows are made once and
+    reused for the token rows they are, so with N_c <= chunk_size every row is made once.
+    """
     score = h.new_zeros(len(y))  # (N,)
+    where = torch.full((len(y),), -1, dtype=torch.long, device=h.device)  # (N,)
+    where[anchors] = torch.arange(len(anchors), device=h.device)
     for a0 in range(0, len(anchors), chunk_size):
         a = anchors[a0:a0 + chunk_size]  # (n_a,)
         pi_a = probs(a)  # (n_a, V)
         pi_a_at_y = pi_a[:, y]  # (n_a, N): pi_{i,k}[y_{j,k'}]
         for s in range(0, len(y), chunk_size):
             rows = torch.arange(s, min(s + chunk_size, len(y)), device=h.device)
-            pi_j = probs(rows)  # (n, V)
+            pi_j = _probs_reusing(probs, rows, where, pi_a, a0)  # (n, V)
             gg = ((y[rows, None] == y[None, a]).to(h.dtype) - pi_j[:, y[a]]
                   - pi_a_at_y[:, rows].T + pi_j @ pi_a.T)  # (n, n_a)
             hh = h[rows] @ h[a].T  # (n, n_a)
@@ -156,7 +188,8 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
         W = lm_head_weight.to(cdt)  # (V, H) one cast, not one per chunk
 
         def raw(rows):
-            return (h[rows] @ W.T) / temperature  # (n, V)
+            x = h[rows] @ W.T  # (n, V)
+            return x if temperature == 1.0 else x.div_(temperature)  # no pass for x / 1
 
     def probs(rows):
         x = raw(rows)  # (n, V)
