@@ -195,6 +195,31 @@ def test_thr_matches_thrlab_trainer(tiny_model_dir, tmp_path, one_thread, over):
         assert math.isclose(v, stats[k], rel_tol=1e-5, abs_tol=1e-6), k
 
 
+def test_thr_pass_reuses_trl_old_policy_pass(tiny_model_dir, tmp_path, one_thread):
+    """THR adds one backbone pass only when TRL runs no old-policy pass of its own."""
+    from trl import GRPOTrainer
+
+    from thrlab.model import lm_parts
+
+    thr = {}
+    for mini_batches in (1, 2):  # 2 optimizer steps per generation: TRL scores the old policy
+        cfg = _cfg(mini_batches=mini_batches)
+        rows = {}
+        for cls in (GRPOTrainer, THRGRPOTrainer):
+            model, tok = _policy(cfg, tiny_model_dir)
+            tr = _trl(cls, cfg, model, tok, tmp_path)
+            seen = []  # rows of every backbone call (the fixed batch: no generation calls)
+            lm_parts(model)[0].register_forward_hook(lambda m, i, o: seen.append(len(o[0])))
+            tr.model.train()
+            tr._generate_and_score_completions(_fixed_batch(tok)[0])
+            rows[cls] = sum(seen)
+        extra = rows[THRGRPOTrainer] - rows[GRPOTrainer]
+        assert extra == (G * P if mini_batches == 1 else 0), (mini_batches, rows)
+        thr[mini_batches] = tr.thr_last
+    # the captured states are TRL's forward in chunks of 6 rows, ours in one chunk of 12
+    torch.testing.assert_close(thr[1], thr[2], rtol=1e-4, atol=1e-3)
+
+
 def test_p0_without_mask_is_plain_trl(tiny_model_dir, tmp_path, one_thread):
     from trl import GRPOTrainer
 

@@ -3,9 +3,11 @@
 The smallest hook TRL 1.16 allows: `THRGRPOTrainer` overrides `_generate_and_score_completions`,
 lets TRL generate, grade and compute its per-response advantages A_j (B,), then
 
-1. runs one no-grad pass of the policy's backbone over prompt+completion (TRL keeps no hidden
-   states; its fused LM head returns only log-probs), called exactly as TRL's own forward calls
-   it, so h_{j,k} are the post-final-norm states behind TRL's old log-probs;
+1. takes the post-final-norm states h_{j,k} behind TRL's old-policy log-probs: captured from
+   TRL's own no-grad old-policy pass when it runs one (several optimizer steps per generation,
+   num_iterations > 1, or vLLM with its importance-sampling correction), else from one extra
+   no-grad backbone pass called exactly as TRL's forward calls it (TRL keeps no hidden states;
+   its fused LM head returns only log-probs). Cost of that pass: README, "Beyond one GPU";
 2. calls `thrlab.thr.thr_token_advantages` (the function thrlab's trainer calls) on whole groups,
    with probabilities softmax(h W^T / temperature) streamed from the unembedding, the same
    temperature TRL samples and scores with;
@@ -173,6 +175,7 @@ class THRGRPOTrainer(GRPOTrainer):
         self.thr_config = thr_config
         self._check_args()
         self._thr_rewards = None
+        self._thr_capture = None  # list collecting hidden states during TRL's old-policy pass
         self.thr_last = None
 
     def _check_args(self) -> None:
@@ -213,6 +216,29 @@ class THRGRPOTrainer(GRPOTrainer):
             raise ValueError(f"THR needs binary 0/1 rewards (its anchors are the correct "
                              f"responses); got {sorted(set(r.tolist()))[:6]}")
         return r
+
+    def _trl_scores_old_policy(self) -> bool:
+        """Whether TRL 1.16 runs its own no-grad old-policy pass this generation (its condition)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return (self.args.gradient_accumulation_steps % generate_every != 0
+                or (self.use_vllm and self.vllm_importance_sampling_correction))
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           *args, **kwargs):
+        call = (model, input_ids, attention_mask, logits_to_keep, *args)
+        if self._thr_capture is None or model is not self.model:
+            return super()._get_per_token_logps_and_entropies(*call, **kwargs)
+        # TRL's old-policy pass, the first policy pass of the generation (before the reference
+        # pass): keep what the backbone hands the LM head, so THR costs no forward of its own
+        capture, self._thr_capture = self._thr_capture, None
+        backbone = lm_parts(self.accelerator.unwrap_model(self.model))[0]
+        T = logits_to_keep
+        handle = backbone.register_forward_hook(lambda mod, inp, out: capture.append(
+            out.last_hidden_state[:, -T - 1:-1].detach()))  # (mb, T, H)
+        try:
+            return super()._get_per_token_logps_and_entropies(*call, **kwargs)
+        finally:
+            handle.remove()
 
     @torch.no_grad()
     def _thr_hidden(self, out: dict) -> torch.Tensor:
@@ -278,11 +304,17 @@ class THRGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._thr_rewards = None
-        out = super()._generate_and_score_completions(inputs)
+        captured = [] if self.model.training and self._trl_scores_old_policy() else None
+        self._thr_capture = captured
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            self._thr_capture = None
         if not self.model.training:
             return out
         t0 = time.perf_counter()
-        hidden = self._thr_hidden(out)  # (b, T, H)
+        # (b, T, H) from TRL's old-policy pass when it ran one, else from one pass of our own
+        hidden = torch.cat(captured) if captured else self._thr_hidden(out)
         t1 = time.perf_counter()
         mask = out["completion_mask"].bool()  # (b, T) TRL's loss mask
         if "tool_mask" in out:
@@ -290,7 +322,7 @@ class THRGRPOTrainer(GRPOTrainer):
         adv_tok, stats = self._thr_advantages(hidden, out["completion_ids"], mask,
                                               out["advantages"])
         out["advantages"] = adv_tok  # (b, T): TRL's loss uses per-token advantages as given
-        stats["time/thr_backbone"] = t1 - t0
+        stats["time/thr_backbone"] = t1 - t0  # ~0 when TRL's old-policy pass was reused
         stats["time/thr"] = time.perf_counter() - t1
         for k, v in stats.items():
             self._metrics["train"][k].append(v)
