@@ -29,7 +29,8 @@ from thrlab.thr import thr_stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 G, P = 4, 3  # 3 prompts x 4 completions: small enough for seconds, enough for mixed groups
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is TRL's experimental hook
+# rollout_func (TRL's hook for custom generation, here: the fixed batch) is marked experimental
+pytestmark = pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")
 
 
 @pytest.fixture
@@ -220,6 +221,29 @@ def test_thr_pass_reuses_trl_old_policy_pass(tiny_model_dir, tmp_path, one_threa
     torch.testing.assert_close(thr[1], thr[2], rtol=1e-4, atol=1e-3)
 
 
+def test_loud_failures(tiny_model_dir, tmp_path, one_thread):
+    cfg = _cfg()
+    model, tok = _policy(cfg, tiny_model_dir)
+    with pytest.raises(ValueError, match="thr_mode is 'off'"):
+        _trl(THRGRPOTrainer, cfg.replace(thr_mode="off"), model, tok, tmp_path)
+    args = grpo_config(cfg, str(tmp_path / "trl"), report_to="none")
+    with pytest.raises(ValueError, match="temperature"):  # TRL would sample at 1.0, THR at 0.7
+        THRGRPOTrainer(model=model, reward_funcs=trl_data.exact_reward, args=args,
+                       train_dataset=trl_data.dataset(12), processing_class=tok,
+                       thr_config=cfg.replace(temperature=0.7))
+
+    def half(completions, **_):
+        return [0.5] * len(completions)
+
+    model, tok = _policy(cfg, tiny_model_dir)  # a fresh one: TRL added a "ref" adapter above
+    tr = THRGRPOTrainer(model=model, reward_funcs=half, args=args, processing_class=tok,
+                        train_dataset=trl_data.dataset(12), thr_config=cfg,
+                        rollout_func=trl_data.make_rollout_func(tok, G))
+    tr.model.train()
+    with pytest.raises(ValueError, match="binary 0/1 rewards"):
+        tr._generate_and_score_completions(_fixed_batch(tok)[0])
+
+
 def test_p0_without_mask_is_plain_trl(tiny_model_dir, tmp_path, one_thread):
     from trl import GRPOTrainer
 
@@ -255,7 +279,8 @@ def test_trl_sampling_steps_train_lora_only(tiny_model_dir, tmp_path, one_thread
     lora0 = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     base0 = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     tr = THRGRPOTrainer(model=model, reward_funcs=even_length, args=grpo_config(
-        cfg, str(tmp_path / "trl"), report_to="none", save_strategy="no", logging_steps=1),
+        cfg, str(tmp_path / "trl"), report_to="none", save_strategy="no", logging_steps=1,
+        dataloader_pin_memory=False),
         train_dataset=trl_thr_grpo.dataset(cfg, tok), processing_class=tok, thr_config=cfg)
     tr.train()
     steps = [h for h in tr.state.log_history if "thr/frac_kept" in h]
