@@ -108,12 +108,11 @@ def grpo_config(cfg: Config, output_dir: str, *, world_size: int | None = None,
     thrlab.model.load_policy makes it: thrlab's adapters-disabled reference); loss_agg ->
     loss_type (LOSS_TYPES); adv_std_norm -> scale_rewards "group" / "none"; lr, adam_beta1/2,
     weight_decay, max_grad_norm, seed; gradient_checkpointing -> activation_checkpointing
-    (non-reentrant); lora_dropout == 0 ->
-    disable_dropout; the resolved compute dtype -> bf16 / fp16. Not mappable: TRL's advantage
-    divides by the sample std (G - 1) + 1e-4, thrlab's by the population std + adv_eps, so A_TRL =
-    A_thrlab * sqrt(G / (G - 1)) up to eps; the integration keeps TRL's A (with thr_p = 0 and no
-    mask it is exactly TRL's GRPO). TRL shuffles a generation batch once and reuses that split
-    across iterations; thrlab reshuffles every epoch.
+    (non-reentrant); lora_dropout == 0 -> disable_dropout; the resolved compute dtype -> bf16 /
+    fp16. Not mappable: TRL's advantage divides by the sample std (G - 1) + 1e-4, thrlab's by the
+    population std + adv_eps, so A_TRL = A_thrlab * sqrt((G - 1) / G) up to eps; the integration
+    keeps TRL's A (with thr_p = 0 and no mask it is exactly TRL's GRPO). TRL shuffles a generation
+    batch once and reuses that split across iterations; thrlab reshuffles every epoch.
     """
     from accelerate.utils import get_int_from_env
 
