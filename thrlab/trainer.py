@@ -51,6 +51,7 @@ class GRPOTrainer:
         self.cursor = 0  # position in the seeded prompt order (saved with checkpoints)
         self.nonfinite_steps = 0  # steps skipped for NaN/inf (saved with checkpoints)
         self.micro_batch_size = cfg.micro_batch_size  # halved on OOM (oom_halve_micro_batch)
+        self._thr_parts: list = []  # THR of the current update's micro-batches (token records)
         self.device = next(model.parameters()).device
 
     # -- 1-2. rollouts and rewards -------------------------------------------------------------
