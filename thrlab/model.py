@@ -124,7 +124,8 @@ def dequantized_4bit_cpu(model):
     grad (bnb's autograd path is left alone), only on guarded layers (`guard_cpu_4bit`; bnb would
     repack an unguarded one for another kernel), and only on CPU: bnb's CUDA kernels read the 4-bit
     weight directly, which beats a dequantised copy in memory traffic. Costs an fp32 copy of the
-    4-bit weights while inside.
+    4-bit weights while inside, for at most `_DEQUANT_MEM_FRAC` of the available memory (layers
+    past it keep bnb's path; the tiny model needs 4 MB, a 1.5B model 5 GB).
     """
     try:
         import bitsandbytes as bnb
@@ -135,13 +136,31 @@ def dequantized_4bit_cpu(model):
             and m.weight.device.type == "cpu"
             and not getattr(m, "support_avx512bf16_for_cpu", False)  # unguarded: bnb repacks
             and not getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
-    for m in mods:
+    budget = _DEQUANT_MEM_FRAC * _available_memory()  # the rest keep bnb's per-call path
+    for i, m in enumerate(mods):
+        budget -= 4 * m.weight.quant_state.shape.numel()  # fp32 copy
+        if budget < 0:
+            mods = mods[:i]
+            break
         m.forward = _dequantized_forward(m)  # instance attribute shadows the class method
     try:
         yield model
     finally:
         for m in mods:
             del m.forward
+
+
+_DEQUANT_MEM_FRAC = 0.25
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable; 8 GiB if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f
+                        if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 8 * 2**30
 
 
 def _dequantized_forward(m):
@@ -283,7 +302,9 @@ def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool) -> 
 
     With grad the (B, T, V) logits are kept for the backward; the entropy (no grad) is still
     computed in row chunks. Without grad logits exist one chunk at a time. Every row's result is
-    computed by the same ops as in one pass, so chunking changes no bit.
+    computed by the same ops as in one pass: bit for bit on one thread (and always when B*T*V
+    fits one chunk, as on the tiny preset); with several threads a GEMM's rounding can depend on
+    its row count, so chunked lm_head rows then agree to rounding.
     """
     B, T, H = h.shape
     V = lm_head.weight.shape[0]
