@@ -10,9 +10,10 @@ Contestants (each owns its own copy of the model, loaded the same way):
                step, max new tokens, temperature 1 / top-p 1 / top-k off, clip eps 0.2, beta = kl_coef
                (k3 KL to the adapters-disabled base, use_bias_correction_kl=False: TRL 1.16's
                default multiplies it by the ratio), loss_type "dapo" (= thrlab's token_mean:
-               sum over tokens / tokens in the batch), one iteration per batch, one optimizer step
-               per step, AdamW with thrlab's lr / betas / weight decay, grad-norm clip 1, constant lr,
-               no vLLM, no gradient checkpointing, fp32; the same 4-bit NF4 base (thrlab.model.
+               sum over tokens / tokens in the batch), num_iterations = epochs, mini_batches
+               optimizer steps per rollout batch (micro-batches as gradient accumulation), AdamW with thrlab's lr / betas / weight decay, grad-norm clip
+               1, constant lr, no vLLM, thrlab's gradient checkpointing setting, no autocast (the
+               4-bit layers compute in cfg's dtype); the same 4-bit NF4 base (thrlab.model.
                load_base, CPU gradient guard applied) and LoRA r / alpha / dropout / all-linear.
                TRL casts a quantised model's LoRA weights to bf16; they are cast back to fp32 so both
                train the same fp32 adapters. The reward is thrlab's grader, called by both.
@@ -115,9 +116,11 @@ def build_trl(cfg, model_path: str, out_dir: str, max_steps: int, timer: PhaseTi
         return grade_fn(completions, answer).rewards
 
     B = cfg.prompts_per_step * cfg.group_size
-    args = GRPOConfig(
-        output_dir=out_dir, max_steps=max_steps, seed=cfg.seed, use_cpu=cfg.device == "cpu",
-        per_device_train_batch_size=B, gradient_accumulation_steps=1, steps_per_generation=1,
+    mb = min(cfg.micro_batch_size or B, B // cfg.mini_batches)  # sequences per fwd/bwd
+    args = GRPOConfig(  # one generation batch of B, mini_batches optimizer steps of B/mini_batches
+        output_dir=out_dir, max_steps=max_steps * cfg.mini_batches * cfg.epochs, seed=cfg.seed,
+        use_cpu=cfg.device == "cpu", per_device_train_batch_size=mb,
+        gradient_accumulation_steps=B // cfg.mini_batches // mb, steps_per_generation=B // mb,
         num_generations=cfg.group_size, num_iterations=cfg.epochs,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
         top_k=0, repetition_penalty=1.0, beta=cfg.kl_coef, epsilon=cfg.clip_eps_low,
@@ -128,7 +131,8 @@ def build_trl(cfg, model_path: str, out_dir: str, max_steps: int, timer: PhaseTi
         learning_rate=cfg.lr, adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
-        bf16=False, fp16=False, gradient_checkpointing=False, use_vllm=False,
+        bf16=False, fp16=False, gradient_checkpointing=cfg.gradient_checkpointing,
+        use_vllm=False,
         report_to="none", save_strategy="no", logging_steps=10, log_completions=False,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -212,7 +216,10 @@ def parity(cfg, thr_tr, trl_tr, seed: int = 1234) -> dict:
         ref_trl, _, _ = trl_tr._get_per_token_logps_and_entropies(m_trl, ids, att, ids.shape[1] - Lp)
     inputs = {"prompt_ids": ids[:, :Lp], "prompt_mask": att[:, :Lp],
               "completion_ids": r.tokens, "completion_mask": mask.long(),
-              "advantages": adv, "num_items_in_batch": mask.sum(), "ref_per_token_logps": ref_trl}
+              "advantages": adv, "ref_per_token_logps": ref_trl,
+              # TRL divides by num_items * grad_accum / steps_per_generation: the whole batch
+              "num_items_in_batch": mask.sum() * trl_tr.args.steps_per_generation
+              / trl_tr.args.gradient_accumulation_steps}
     loss_trl = trl_tr._compute_loss(m_trl, inputs)
     loss_trl.backward()
     num = max(float((p_thr[n].grad - p_trl[n].grad).abs().max()) for n in p_thr)
@@ -246,18 +253,26 @@ def race(cfg, model_path: str, steps: int, rounds: int, warmup_rounds: int, with
         trl_tr = build_trl(cfg, model_path, f"{d}/trl", steps * rounds, timer, **data)
         rows = {k: [] for k in ["trl", *contestants]}
 
+        per_gen = cfg.mini_batches * cfg.epochs
+
         class Race(TrainerCallback):
             def __init__(self):
-                self.last, self.n = None, 0
+                self.last, self.n, self.k, self.opt_s = None, 0, 0, 0.0
 
             def on_train_begin(self, *a, **kw):
                 self.last = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()  # the step's kernels belong to the step
                 now = time.perf_counter()
                 # after training_step: grad clip, optimizer step, lr scheduler, zero_grad
-                opt_s = now - timer.ended.get("training_step", now)
-                rows["trl"].append(trl_phase_row(timer.pop(), opt_s, now - self.last))
+                self.opt_s += now - timer.ended.get("training_step", now)
+                self.k += 1  # TRL optimizer steps; a GRPO step (one rollout batch) has per_gen
+                if self.k % per_gen:
+                    return
+                rows["trl"].append(trl_phase_row(timer.pop(), self.opt_s, now - self.last))
+                self.opt_s = 0.0
                 self.n += 1
                 if self.n % steps == 0:  # thrlab's turn: the same number of steps per contestant
                     for name, tr in contestants.items():
@@ -265,6 +280,8 @@ def race(cfg, model_path: str, steps: int, rounds: int, warmup_rounds: int, with
                             t0 = time.perf_counter()
                             stats = tr.train_step()
                             tr.run.append_metrics(stats)
+                            if torch.cuda.is_available():
+                                torch.cuda.synchronize()
                             row = phase_row(stats, B)
                             row["step"] = time.perf_counter() - t0
                             row["other"] = row["step"] - sum(
