@@ -3,6 +3,7 @@
     python benchmarks/step_breakdown.py --preset tiny --json          # the embedded tiny model
     python benchmarks/step_breakdown.py --preset tiny --set mini_batches=2   # off-policy: old pass
     python benchmarks/step_breakdown.py --quick --json                # smoke run (random model)
+    python benchmarks/step_breakdown.py --preset tiny --ablation      # before/after of each change
 
 Runs thrlab's own GRPOTrainer (`train_step`, the real rollout, grading, reference pass and update)
 with THR on (`thr_mode=thr`, `thr_p=0.1`, exact full vocabulary) on the preset's model, and reads
@@ -23,10 +24,20 @@ the phase timers the trainer logs. Phases per step (seconds, median over the mea
 `thr_overhead_frac` = sum of THR time / sum of step time over the measured steps (and the median of
 the per-step ratio). `peak_rss_mb` is the process's peak resident memory (ru_maxrss), model load
 included. The last line printed is JSON.
+
+`--ablation` instead times each speed change against what it replaced, alternately on the same
+batch of the preset (`--reps` rounds, medians), and checks the results are unchanged:
+  generate      transformers' generate() on G copies of each prompt with bnb's per-call 4-bit
+                path (before) / + the shared-prefill sampling loop / + weights dequantised once
+                per call (now); tokens and the RNG state after must be equal
+  ref pass      completion_forward without grad, as one plain pass (before) / now (shared
+                prompts); log-probs must be equal
+  update pass   forward + backward, plain (before) / now; values equal, LoRA gradients compared
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -127,6 +138,106 @@ def run(cfg, model_path: str, steps: int, warmup: int) -> dict:
     return {"rows": rows, **summarise(rows)}
 
 
+def plain_completion_forward(model, ids, att, lp: int, temperature: float,
+                             need_entropy: bool = True) -> dict:
+    """completion_forward as it was: one unshared pass, (B, T, V) logits (the 'before')."""
+    from thrlab.model import lm_parts
+
+    backbone, lm_head = lm_parts(model)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    h = backbone(input_ids=ids, attention_mask=att, position_ids=pos,
+                 use_cache=False).last_hidden_state[:, lp - 1:-1]  # (B, T, H)
+    logits = lm_head(h).float() / temperature  # (B, T, V)
+    logz = torch.logsumexp(logits, dim=-1)
+    out = {"logp": logits.gather(-1, ids[:, lp:, None]).squeeze(-1) - logz}
+    if need_entropy:
+        with torch.no_grad():
+            out["entropy"] = logz - (torch.softmax(logits, -1) * logits).sum(-1)
+    return out
+
+
+def ablation(cfg, model_path: str, reps: int) -> dict:
+    """Before/after timings of the generation and forward-pass changes (module docstring)."""
+    import contextlib
+
+    from thrlab import rollout
+    from thrlab.experiment import train_problems
+    from thrlab.model import completion_forward, load_policy, reference_policy, resolve_device
+    from thrlab.tasks import format_prompt
+
+    model, tok = load_policy(cfg, model_path, resolve_device(cfg))
+    prompts = [format_prompt(p.question, cfg.template, tok)
+               for p in train_problems(cfg)[:cfg.prompts_per_step]]
+    kw = dict(n=cfg.group_size, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+              max_new_tokens=cfg.max_new_tokens)
+    variants = {"before": (False, False), "shared_prefill": (True, False), "now": (True, True)}
+    gen = {k: [] for k in variants}
+    out = {}
+    for rep in range(reps):
+        for name, (shared, dq) in variants.items():
+            with contextlib.ExitStack() as stack:
+                if not shared:
+                    stack.enter_context(_patched(rollout, "_plain_sampling", lambda lm: False))
+                if not dq:
+                    stack.enter_context(_patched(rollout, "dequantized_4bit_cpu",
+                                                 contextlib.nullcontext))
+                torch.manual_seed(rep)
+                t0 = time.perf_counter()
+                r = rollout.generate(model, tok, prompts, **kw)
+                gen[name].append(time.perf_counter() - t0)
+            out[name] = (r, torch.get_rng_state())
+        same = all(torch.equal(out["before"][0].tokens, out[k][0].tokens)
+                   and torch.equal(out["before"][1], out[k][1]) for k in variants)
+        if not same:
+            raise AssertionError("a generation variant changed the sampled tokens")
+    r = out["now"][0]
+    args = (r.input_ids, r.attention_mask, r.prompt_len, cfg.temperature)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fwd = {"before": [], "now": []}
+    upd = {"before": [], "now": []}
+    res = {}
+    for rep in range(reps):
+        for name, fn in (("before", plain_completion_forward), ("now", completion_forward)):
+            t0 = time.perf_counter()
+            with torch.no_grad(), reference_policy(model):
+                ref = fn(model, *args, need_entropy=False)["logp"]
+            fwd[name].append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            o = fn(model, *args)
+            (o["logp"] * r.mask).sum().backward()
+            upd[name].append(time.perf_counter() - t0)
+            res[name] = (ref, o["logp"].detach(), [p.grad.clone() for p in params])
+    model.zero_grad(set_to_none=True)
+    b, n = res["before"], res["now"]
+    scale = max(float(g.abs().max()) for g in b[2])
+    med = statistics.median
+    table = {
+        "generate": {k: med(v) for k, v in gen.items()},
+        "ref_pass": {k: med(v) for k, v in fwd.items()},
+        "update_fwd_bwd": {k: med(v) for k, v in upd.items()}}
+    for v in table.values():
+        v["speedup"] = v["before"] / v["now"]
+    table["exact"] = {"generate_tokens_and_rng_equal": True,
+                      "ref_logp_equal": bool(torch.equal(b[0], n[0])),
+                      "update_logp_equal": bool(torch.equal(b[1], n[1])),
+                      "lora_grad_max_diff_over_max": max(
+                          float((x - y).abs().max()) for x, y in zip(b[2], n[2])) / scale}
+    table["batch"] = {"B": len(r.tokens), "L": r.input_ids.shape[1], "prompt_len": r.prompt_len,
+                      "reps": reps}
+    return table
+
+
+@contextlib.contextmanager
+def _patched(obj, name, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
 def format_table(res: dict) -> str:
     med, frac = res["phases_s"], res["phase_frac"]
     lines = [f"{'phase':<10} {'median s':>9} {'share':>7}"]
@@ -153,6 +264,9 @@ def main() -> None:
                     help="a random model of the tiny shape instead of the cold-started one")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: random model, 2 prompts x G=4, 2 steps after 1 warm-up")
+    ap.add_argument("--ablation", action="store_true",
+                    help="time each speed change against what it replaced (module docstring)")
+    ap.add_argument("--reps", type=int, default=5, help="ablation rounds")
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
@@ -174,6 +288,18 @@ def main() -> None:
         else:
             path = resolve_model_path(cfg, progress=False)
         t0 = time.perf_counter()
+        if args.ablation:
+            ab = ablation(cfg, path, args.reps)
+            ab.update(preset=cfg.preset, model="random" if args.random_model else cfg.model,
+                      wall_s=time.perf_counter() - t0, machine=machine_info())
+            for k in ("generate", "ref_pass", "update_fwd_bwd"):
+                print(f"{k:<16} before {ab[k]['before']:.4f} s  now {ab[k]['now']:.4f} s  "
+                      f"({ab[k]['speedup']:.2f}x)"
+                      + (f"  shared prefill only {ab[k]['shared_prefill']:.4f} s"
+                         if "shared_prefill" in ab[k] else ""))
+            print("exact: " + ", ".join(f"{k} {v}" for k, v in ab["exact"].items()))
+            print(json.dumps(ab))
+            return
         res = run(cfg, path, args.steps, args.warmup)
         wall = time.perf_counter() - t0
     res = {"preset": cfg.preset, "method": args.method, "overrides": over,

@@ -115,6 +115,10 @@ def test_shared_prompt_chunked_completion_forward_is_exact(policy, monkeypatch):
                          max_new_tokens=6)
     args = (r.input_ids, r.attention_mask, r.prompt_len, 0.7)
     monkeypatch.setattr(thrmodel, "_LOGIT_ELEMENTS", 21 * 5)  # 5 rows per chunk: many chunks
+    monkeypatch.setattr(thrmodel, "_MIN_SHARED_ROWS", 0)  # share even this small batch
+    shared = []
+    check = thrmodel._plain_kv_cache
+    monkeypatch.setattr(thrmodel, "_plain_kv_cache", lambda c: shared.append(1) or check(c))
     with torch.no_grad():
         want, got = _plain_forward(model, *args), completion_forward(model, *args, need_hidden=True)
     # With several threads a GEMM's rounding depends on its row count, so lm_head on 5-row
@@ -140,5 +144,6 @@ def test_shared_prompt_chunked_completion_forward_is_exact(policy, monkeypatch):
         outs.append({k: v.detach() for k, v in o.items()})
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in want)  # with grad: same values
     model.zero_grad(set_to_none=True)
+    assert len(shared) == 3  # every completion_forward call above took the shared path
     scale = max(float(a.abs().max()) for a in grads[0])
     assert max(float((a - b).abs().max()) for a, b in zip(*grads)) < 1e-5 * scale
