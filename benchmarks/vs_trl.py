@@ -19,7 +19,8 @@ Contestants (each owns its own copy of the model, loaded the same way):
                train the same fp32 adapters. The reward is thrlab's grader, called by both.
 
 Timing: TRL's Trainer loop is the outer loop; a callback at the end of every `--steps` TRL steps
-runs `--steps` steps of each thrlab contestant, so every round sees the same machine noise. A step's
+runs `--steps` steps of each thrlab contestant (their order rotating from round to round), so
+every round sees the same machine noise. A step's
 time is wall-clock from the end of the previous step to the end of this one (TRL: between
 `on_step_end` calls, the callback's own time excluded; thrlab: one `train_step` plus its metrics
 line). The first `--warmup-rounds` rounds are not counted. `speedup_vs_trl` = median TRL step /
@@ -275,7 +276,10 @@ def race(cfg, model_path: str, steps: int, rounds: int, warmup_rounds: int, with
                 self.opt_s = 0.0
                 self.n += 1
                 if self.n % steps == 0:  # thrlab's turn: the same number of steps per contestant
-                    for name, tr in contestants.items():
+                    names = list(contestants)
+                    i = (self.n // steps) % len(names)  # rotate who runs right after TRL
+                    for name in names[i:] + names[:i]:
+                        tr = contestants[name]
                         for _ in range(steps):
                             t0 = time.perf_counter()
                             stats = tr.train_step()
