@@ -16,7 +16,9 @@ Each point runs in a fresh process (thr_speed.py's worker; `--in-process` for sm
 seconds and the peak resident memory the call adds over its inputs. Naive points whose estimated peak exceeds
 `--naive-mem-frac` of the available memory are skipped (reported, not run). The table gives the
 log-log slope of time against N per route. Inputs are thr_speed.py's synthetic groups (Zipf token
-ids, 3 of 8 responses correct, lengths in [3T/4, T]). The last line printed is JSON.
+ids, 3 of 8 responses correct, lengths in [3T/4, T]). `--with-logits` adds, to the V sweep,
+THR computed from given (G, T, V) logits (`logits=`, as an on-policy update pass could hand them
+over) instead of recomputing h W^T: time only, in process. The last line printed is JSON.
 """
 from __future__ import annotations
 
@@ -52,8 +54,31 @@ def measure(name, inp, tmp, impl, method, chunk_size, in_process: bool):
     return res, torch.load(out)
 
 
+def logits_given(inp: str, est_row: dict, chunk: int, tmp: str, V: int, T: int) -> list[dict]:
+    """Time THR with the (G, T, V) logits given (in this process; time only)."""
+    from thrlab.thr import route_flops, token_hidden_reward
+
+    case = torch.load(inp)
+    logits = case["hidden"] @ case["W"].T  # (G, T, V), what the update pass already holds
+    n, n_c = est_row["N"], est_row["N_c"]
+    est = route_flops(n, n_c, V, case["W"].shape[1], False, chunk)
+    rows = []
+    for route in ("factorised", "gram"):
+        t0 = time.perf_counter()
+        thr = token_hidden_reward(case["hidden"], case["tokens"], case["mask"], case["rewards"],
+                                  logits=logits, method=route, chunk_size=chunk)
+        row = {k: est_row[k] for k in ("V", "H", "G", "T", "N", "N_c")}
+        row.update(route=f"{route}+logits", madds_est=est[route],
+                   wall_s=time.perf_counter() - t0, peak_mb=None,
+                   mem_method="not measured (in process)")
+        torch.save(thr, os.path.join(tmp, f"thr_{V}_{T}_{route}+logits.pt"))
+        rows.append(row)
+    return rows
+
+
 def run_point(V: int, H: int, G: int, T: int, correct: int, seed: int, chunk: int,
-              naive_mem_frac: float, tmp: str, in_process: bool = False) -> list[dict]:
+              naive_mem_frac: float, tmp: str, in_process: bool = False,
+              with_logits: bool = False) -> list[dict]:
     """Measure every route on one synthetic group; one row per route."""
     from thrlab.thr import route_flops
 
@@ -79,11 +104,15 @@ def run_point(V: int, H: int, G: int, T: int, correct: int, seed: int, chunk: in
             if thr is not None:
                 torch.save(thr, os.path.join(tmp, f"thr_{V}_{T}_{route}.pt"))
         rows.append(row)
+    if with_logits:  # the update pass's logits handed to THR: no h W^T recomputation
+        rows += logits_given(inp, est_row=rows[0], chunk=chunk, tmp=tmp, V=V, T=T)
     ref = os.path.join(tmp, f"thr_{V}_{T}_naive.pt")
     if os.path.exists(ref):  # agreement with the pairwise reference
         want = torch.load(ref).double()
-        for row in rows[1:]:
+        for row in rows:
             path = os.path.join(tmp, f"thr_{V}_{T}_{row['route']}.pt")
+            if row["route"] == "naive":
+                continue
             if os.path.exists(path):
                 got = torch.load(path).double()
                 row["max_err_vs_naive"] = float((got - want).abs().max() / want.abs().max())
@@ -106,15 +135,16 @@ def slopes(rows: list[dict], key: str = "N") -> dict:
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'V':>7} {'T':>5} {'N':>5} {'N_c':>5} {'route':<11} {'wall s':>8} {'peak +MB':>9} "
+    lines = [f"{'V':>7} {'T':>5} {'N':>5} {'N_c':>5} {'route':<17} {'wall s':>8} {'peak +MB':>9} "
              f"{'GMadd est':>10} {'err vs naive':>12}"]
     for r in rows:
         if "wall_s" in r:
-            wall, peak = f"{r['wall_s']:8.2f}", f"{r['peak_mb']:9.0f}"
+            peak = f"{r['peak_mb']:9.0f}" if r.get("peak_mb") is not None else f"{'-':>9}"
+            wall = f"{r['wall_s']:8.2f}"
         else:
             wall, peak = f"{'skipped' if 'skipped' in r else 'FAILED':>8}", f"{'-':>9}"
         err = f"{r['max_err_vs_naive']:12.1e}" if "max_err_vs_naive" in r else f"{'':>12}"
-        lines.append(f"{r['V']:>7} {r['T']:>5} {r['N']:>5} {r['N_c']:>5} {r['route']:<11} "
+        lines.append(f"{r['V']:>7} {r['T']:>5} {r['N']:>5} {r['N_c']:>5} {r['route']:<17} "
                      f"{wall} {peak} {r['madds_est'] / 1e9:10.1f} {err}")
     return "\n".join(lines)
 
@@ -134,6 +164,8 @@ def main() -> None:
     ap.add_argument("--naive-mem-frac", type=float, default=0.4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--with-logits", action="store_true",
+                    help="V sweep: also time THR given the logits (the update pass holds them)")
     ap.add_argument("--in-process", action="store_true",
                     help="measure in this process (faster, memory less isolated)")
     ap.add_argument("--quick", action="store_true",
@@ -161,7 +193,8 @@ def main() -> None:
         v_rows = []
         for V in args.vocabs:
             v_rows += run_point(V, H, G, args.vocab_tokens, args.correct, args.seed,
-                                args.chunk_size, args.naive_mem_frac, tmp, args.in_process)
+                                args.chunk_size, args.naive_mem_frac, tmp, args.in_process,
+                                args.with_logits)
     res.update({"n_sweep": n_rows, "v_sweep": v_rows, "slope_time_vs_N": slopes(n_rows),
                 "slope_time_vs_V": slopes(v_rows, "V"), "wall_s": time.perf_counter() - t0})
     print(f"\nmachine: {res['machine']['cpu']}, torch threads {res['machine']['torch_threads']}")

@@ -53,9 +53,11 @@ def test_vs_trl_quick_json_and_parity():
 
 
 def test_thr_scaling_quick_json():
-    res = run_script("thr_scaling.py", "--quick", "--json")
+    res = run_script("thr_scaling.py", "--quick", "--with-logits", "--json")
+    routes = {"naive", "factorised", "gram"}
+    assert {r["route"] for r in res["n_sweep"]} == routes
+    assert {r["route"] for r in res["v_sweep"]} == routes | {"factorised+logits", "gram+logits"}
     for sweep in ("n_sweep", "v_sweep"):
-        assert {r["route"] for r in res[sweep]} == {"naive", "factorised", "gram"}
         for r in res[sweep]:
             assert r["wall_s"] >= 0 and r["madds_est"] > 0
             assert r["route"] == "naive" or r["max_err_vs_naive"] < 1e-4
