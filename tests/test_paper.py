@@ -1,0 +1,159 @@
+"""thrlab.paper: the readers behind the paper notebooks, on hand-made run folders, against naive
+references written here (sets, loops, sorting)."""
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thrlab import paper
+from thrlab.config import from_preset
+from thrlab.runs import write_json
+
+
+def test_grid_config_is_preset_then_method_then_overrides():
+    cfg = paper.grid_config("tiny", "thr_explore", 3, {"eval_limit": 7})
+    assert cfg == from_preset("tiny", "thr_explore", seed=3, eval_limit=7)
+    assert cfg.thr_p == -0.1 and cfg.seed == 3
+    with pytest.raises(ValueError, match="unknown config key"):
+        paper.grid_config("tiny", "grpo", 0, {"nope": 1})
+
+
+def test_llama_swap():
+    assert paper.llama_swap("tiny") == ("tiny", {"tiny_arch": "llama"})
+    assert paper.llama_swap("qwen2.5-math-1.5b") == ("llama-3.2-3b-instruct", {})
+    preset, extra = paper.llama_swap("tiny")
+    assert from_preset(preset, **extra).tiny_arch == "llama"
+
+
+def _fake_run(root, method, seed, greedy, passk, on_policy=True, times=None):
+    d = root / f"{method}-{seed}"
+    sets = {"a": {"greedy_acc": greedy, **{f"pass@{k}": v for k, v in passk.items()},
+                  "n_problems": 10}, "b": {"greedy_acc": greedy / 2, "n_problems": 10}}
+    mean = {"greedy_acc": 0.75 * greedy, **{f"pass@{k}": v for k, v in passk.items()}}
+    write_json(d / "eval_after.json", {"sets": sets, "mean": mean})
+    write_json(d / "config.json", {"epochs": 1, "mini_batches": 1 if on_policy else 4})
+    rows = [dict({"step": s, "train/skipped": 0, "time/step": 10.0}, **(times or {}))
+            for s in (1, 2)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"method": method, "seed": seed, "run_id": d.name, "run_dir": str(d)}
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    return pd.DataFrame([
+        _fake_run(tmp_path, "grpo", 0, 0.4, {1: 0.3, 2: 0.5}, times={"time/generate": 4.0,
+                                                                       "time/update": 3.0}),
+        _fake_run(tmp_path, "grpo", 1, 0.6, {1: 0.5, 2: 0.7}, times={"time/generate": 4.0,
+                                                                       "time/update": 3.0}),
+        _fake_run(tmp_path, "thr_p0", 0, 0.5, {1: 0.4, 2: 0.6},
+                  times={"time/generate": 4.0, "time/update": 3.0, "time/thr": 1.0}),
+        _fake_run(tmp_path, "kl_cov", 0, 0.5, {1: 0.4, 2: 0.6}, on_policy=False,
+                  times={"time/generate": 4.0, "time/update": 3.0, "time/old_logp": 1.0}),
+    ])
+
+
+def test_eval_tables(runs):
+    long = paper.eval_table(runs)
+    assert paper.by_method(long, "greedy_acc", "a") == {"grpo": [0.4, 0.6], "thr_p0": [0.5],
+                                                        "kl_cov": [0.5]}
+    assert paper.by_method(long, "greedy_acc")["grpo"] == [0.75 * 0.4, 0.75 * 0.6]
+    table = paper.mean_std_table(long, "greedy_acc")
+    assert list(table.columns) == ["a", "b", "average"]
+    assert table.loc["grpo", "a"] == f"{0.5:.3f} ± {0.1:.3f} (n=2)"
+    xs, ys, err = paper.curves_from_long(paper.passk_long(long))
+    assert xs["grpo"] == [1, 2] and ys["grpo"] == pytest.approx([0.4, 0.6])
+    assert err["grpo"] == pytest.approx([0.1, 0.1]) and err["thr_p0"] == [0.0, 0.0]
+
+
+def test_passk_curve_sorts_by_k():
+    assert paper.passk_curve({"pass@16": 0.9, "pass@2": 0.5, "greedy_acc": 0.1,
+                              "pass@1": 0.3}) == ([1, 2, 16], [0.3, 0.5, 0.9])
+
+
+def test_runtime_table_splits_thr_out_of_on_policy_updates(runs):
+    t = paper.runtime_table(paper.metrics_table(runs), runs)
+    assert t.loc["thr_p0", "update"] == 2.0 and t.loc["thr_p0", "thr"] == 1.0  # inside update
+    assert t.loc["kl_cov", "update"] == 3.0 and t.loc["kl_cov", "old_logp"] == 1.0
+    assert t.loc["grpo", "other"] == pytest.approx(10.0 - 7.0)
+    assert (t.sum(1) == 10.0).all()  # the phases and 'other' add up to the step
+
+
+def test_metrics_and_reward_curve(runs):
+    m = paper.metrics_table(runs)
+    assert len(m) == 8 and set(m.method) == {"grpo", "thr_p0", "kl_cov"}
+    xs, ys, err = paper.curve_by_method(m, "time/step")
+    assert xs["grpo"] == [1, 2] and ys["grpo"] == [10.0, 10.0] and err["grpo"] == [0.0, 0.0]
+
+
+def _naive_top(scores, n):
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return set(order[:n])
+
+
+def test_top_overlap_against_sets():
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(1, 30)
+        a = [rng.random() for _ in range(n)]
+        b = [rng.choice([0.0, 0.5, 1.0]) for _ in range(n)]  # ties, broken by position
+        f = rng.choice([0.05, 0.2, 0.5, 1.0])
+        k = max(1, int(round(f * n)))
+        assert paper.top_overlap(a, b, f) == len(_naive_top(a, k) & _naive_top(b, k)) / k
+    assert paper.top_overlap([3, 2, 1], [3, 2, 1], 0.34) == 1.0
+    assert paper.top_overlap([3, 2, 1], [1, 2, 3], 0.34) == 0.0
+
+
+def test_mass_share_against_a_loop():
+    v = [0.5, -3.0, 0.0, 1.5, -1.0]
+    total = sum(abs(x) for x in v)
+    for f, n in ((0.2, 1), (0.4, 2), (1.0, 5)):
+        assert paper.mass_share(v, f) == pytest.approx(
+            sum(sorted(map(abs, v), reverse=True)[:n]) / total)
+    assert np.isnan(paper.mass_share([0.0, 0.0], 0.5))
+
+
+def _record():
+    # group 0: mixed rewards; group 1: all wrong (THR undefined, zeros)
+    rows = [{"group": 0, "reward": 1.0, "tokens": ["4", "<eos>"], "thr": [0.5, 0.1],
+             "entropy": [0.2, 0.1]},
+            {"group": 0, "reward": 0.0, "tokens": ["7"], "thr": [-0.9], "entropy": [1.0]},
+            {"group": 1, "reward": 0.0, "tokens": ["1", "2"], "thr": [0.0, 0.0],
+             "entropy": [0.3, 0.3]}]
+    return {"group_size": 2, "step": 10, "rows": rows}
+
+
+def test_token_rows_and_example_group():
+    df = pd.DataFrame(paper.token_rows(_record(), "thr_p0", 1))
+    assert len(df) == 5 and df.mixed.tolist() == [True, True, True, False, False]
+    assert (df.step == 10).all() and df.pos.tolist() == [0, 1, 0, 0, 1]
+    group = paper.example_group(df)
+    assert group == [("correct", ["4", "<eos>"], [0.5, 0.1]), ("wrong", ["7"], [-0.9])]
+
+
+def test_overlap_curve_uses_mixed_groups_per_batch():
+    df = pd.DataFrame(paper.token_rows(_record(), "thr_p0", 0))
+    curve = paper.overlap_curve(df, [1 / 3, 1.0])
+    # mixed tokens: |thr| = 0.5, 0.1, 0.9; entropy 0.2, 0.1, 1.0 -> the top-1 is the same token
+    assert curve.overlap.tolist() == [1.0, 1.0] and curve.n.tolist() == [1, 1]
+
+
+def test_write_outputs(tmp_path):
+    (tmp_path / "f.png").write_bytes(b"png")
+    path = paper.write_outputs(tmp_path, figures=["f"], run_ids=["b", "a", "b"],
+                               headline={"x": np.float64(0.5)},
+                               tables={"t": pd.DataFrame({"v": [1]})})
+    out = json.loads(path.read_text())
+    assert out == {"figures": ["f"], "run_ids": ["a", "b"], "headline": {"x": 0.5},
+                   "tables": ["t"]}
+    assert (tmp_path / "t.csv").exists()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        paper.write_outputs(tmp_path, figures=["missing"], run_ids=[], headline={})
+
+
+def test_token_table_without_records_says_why(tmp_path):
+    runs = pd.DataFrame([{"method": "grpo", "seed": 0, "run_id": "x", "run_dir": str(tmp_path)}])
+    with pytest.raises(ValueError, match="thr_mode"):
+        paper.token_table(runs)
+

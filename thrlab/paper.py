@@ -1,0 +1,288 @@
+"""The experiment grid behind the paper notebooks (METHOD.md section 5) and the tables their
+figures are drawn from.
+
+Every comparison run is `run_experiment(from_preset(preset, method, seed=seed, **overrides))`: its
+id is a hash of its config, so a run finished by one notebook is reused by the next (E2, E3, E4 and
+E7 share GRPO, p = 0 and p = -0.1) as long as the notebooks pass the same `overrides`. The readers
+turn run folders into pandas tables and need no torch; only `run_grid` and `passk_eval` import it,
+lazily, to train or evaluate.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Config, from_preset
+from .runs import read_json, write_json
+
+# Phases of a training step (metrics.jsonl keys, seconds). time/thr runs inside time/update on
+# on-policy steps and before it otherwise; runtime_table separates the two.
+PHASES = ("time/generate", "time/reward", "time/old_logp", "time/ref_logp", "time/thr",
+          "time/update")
+
+
+def grid_config(preset: str, method: str, seed: int, overrides: dict | None = None) -> Config:
+    """The config of one cell of the grid: preset, then METHODS[method], then overrides."""
+    return from_preset(preset, method, **dict(overrides or {}, seed=seed))
+
+
+def llama_swap(preset: str) -> tuple[str, dict]:
+    """E6's preset swap: (preset, extra overrides) of the Llama run for a given preset.
+
+    tiny -> the tiny model built with the Llama architecture (its own cold start);
+    any paper preset -> llama-3.2-3b-instruct.
+    """
+    return ("tiny", {"tiny_arch": "llama"}) if preset == "tiny" else ("llama-3.2-3b-instruct", {})
+
+
+def run_grid(preset: str, methods: list[str], seeds: list[int], overrides: dict | None = None,
+             runs_root: str | Path = "runs", *, per_method: dict | None = None,
+             progress: bool = False) -> pd.DataFrame:
+    """Run (or reuse) every (seed, method) cell; one row per run: method, seed, run_id, run_dir.
+
+    per_method: extra overrides for one method, e.g. {"kl_cov": {"cov_ratio": 0.1}}.
+    """
+    from .experiment import run_experiment
+
+    rows = []
+    for seed in seeds:  # seed-major: one seed's whole comparison finishes first
+        for method in methods:
+            cfg = grid_config(preset, method, seed,
+                              dict(overrides or {}, **(per_method or {}).get(method, {})))
+            run_dir = Path(runs_root) / cfg.run_id()
+            reused = (run_dir / "COMPLETE").exists()
+            t0 = time.time()
+            run_experiment(cfg, run_dir, progress=progress)
+            print(f"{method:<16} seed {seed}: {cfg.run_id()} "
+                  f"({'reused' if reused else f'trained in {time.time() - t0:.0f} s'})")
+            rows.append({"method": method, "seed": seed, "run_id": cfg.run_id(),
+                         "run_dir": str(run_dir)})
+    return pd.DataFrame(rows)
+
+
+# -- evaluation tables ---------------------------------------------------------------------------
+def eval_table(runs: pd.DataFrame, phase: str = "eval_after") -> pd.DataFrame:
+    """Long table (method, seed, set, metric, value) of eval_<phase>.json; set "average" = mean."""
+    rows = []
+    for r in runs.itertuples():
+        res = read_json(Path(r.run_dir) / f"{phase}.json")
+        for name, vals in [*res["sets"].items(), ("average", res["mean"])]:
+            rows += [{"method": r.method, "seed": r.seed, "set": name, "metric": k, "value": v}
+                     for k, v in vals.items() if isinstance(v, (int, float))]
+    return pd.DataFrame(rows)
+
+
+def by_method(long: pd.DataFrame, metric: str, set_name: str = "average") -> dict[str, list]:
+    """{method: [value per seed]} for one metric and set, methods in first-seen order."""
+    sel = long[(long.metric == metric) & (long.set == set_name)]
+    return {m: sel[sel.method == m].sort_values("seed").value.tolist()
+            for m in dict.fromkeys(sel.method)}
+
+
+def mean_std_table(long: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """method x set table of 'mean +- std (n seeds)' strings for one metric."""
+    sel = long[long.metric == metric]
+    g = sel.groupby(["method", "set"], sort=False).value
+    stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "n": g.count()})
+    cells = stats.apply(lambda s: f"{s['mean']:.3f} ± {s['std']:.3f} (n={int(s['n'])})", axis=1)
+    sets = list(dict.fromkeys(sel.set))
+    table = cells.unstack("set")
+    return table.reindex(index=list(dict.fromkeys(sel.method)),
+                         columns=[s for s in sets if s != "average"] + ["average"])
+
+
+def passk_curve(mean: dict) -> tuple[list[int], list[float]]:
+    """(ks, pass@k) from an evaluation's `mean` dict, sorted by k."""
+    ks = sorted(int(k.split("@")[1]) for k in mean if k.startswith("pass@"))
+    return ks, [mean[f"pass@{k}"] for k in ks]
+
+
+def passk_eval(run_dir: str | Path, *, samples: int, limit: int, sets: list[str] | None = None,
+               adapter: bool = True, progress: bool = False) -> dict:
+    """Evaluate a finished run's adapter (or, adapter=False, its base model) with `samples`
+    samples on `limit` problems per set (0 = all); cached in run_dir/extra_eval/<tag>.json."""
+    run_dir = Path(run_dir)
+    cfg = Config.from_json((run_dir / "config.json").read_text())
+    cfg = cfg.replace(eval_samples=samples, eval_limit=limit,
+                      **({"eval_sets": tuple(sets)} if sets else {}))
+    key = hashlib.sha256(json.dumps(list(cfg.eval_sets)).encode()).hexdigest()[:6]
+    tag = f"{'adapter' if adapter else 'base'}-n{samples}-l{limit}-{key}"
+    path = run_dir / "extra_eval" / f"{tag}.json"
+    if path.exists():
+        return read_json(path)
+    import torch
+
+    from .checkpoint import load_adapter_weights
+    from .evaluate import evaluate
+    from .experiment import eval_problems, make_grade_fn, resolve_model_path
+    from .model import load_policy, resolve_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tok = load_policy(cfg, resolve_model_path(cfg, progress), resolve_device(cfg))
+    if adapter:
+        load_adapter_weights(model, run_dir / "adapter")
+    torch.manual_seed(cfg.seed * 1000 + 14)  # after the run's own phases (11-13)
+    res = evaluate(model, tok, eval_problems(cfg), cfg, grade_fn=make_grade_fn(cfg),
+                   progress=progress)
+    write_json(path, res)
+    return res
+
+
+def passk_table(runs: pd.DataFrame, *, samples: int, limit: int, sets: list[str] | None = None,
+                base: bool = True) -> pd.DataFrame:
+    """Long table (method, seed, k, value) of passk_eval for every run, averaged over sets;
+    base=True adds the model before RL (adapter off) as method "base", from the first run."""
+    rows = []
+    todo = [(r.method, r.seed, r.run_dir, True) for r in runs.itertuples()]
+    if base:
+        todo.insert(0, ("base", int(runs.seed.iloc[0]), runs.run_dir.iloc[0], False))
+    for method, seed, run_dir, adapter in todo:
+        res = passk_eval(run_dir, samples=samples, limit=limit, sets=sets, adapter=adapter)
+        ks, vals = passk_curve(res["mean"])
+        rows += [{"method": method, "seed": seed, "k": k, "value": v} for k, v in zip(ks, vals)]
+    return pd.DataFrame(rows)
+
+
+def passk_long(long: pd.DataFrame, set_name: str = "average") -> pd.DataFrame:
+    """The pass@k rows of an eval_table as (method, seed, k, value)."""
+    sel = long[(long.set == set_name) & long.metric.str.startswith("pass@")]
+    return sel.assign(k=sel.metric.str.split("@").str[1].astype(int))[
+        ["method", "seed", "k", "value"]]
+
+
+def curves_from_long(table: pd.DataFrame, x: str = "k"):
+    """(xs, ys, err) dicts per method from a long (method, seed, x, value) table: mean and std
+    over seeds at each x."""
+    xs, ys, err = {}, {}, {}
+    for m, d in table.groupby("method", sort=False):
+        g = d.groupby(x).value
+        xs[m], ys[m], err[m] = list(g.mean().index), g.mean().tolist(), g.std(ddof=0).tolist()
+    return xs, ys, err
+
+
+# -- training metrics ----------------------------------------------------------------------------
+def metrics_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """All metrics.jsonl rows of the runs, with method and seed columns."""
+    from .runs import RunDir
+
+    frames = [pd.DataFrame(RunDir(r.run_dir).metrics()).assign(method=r.method, seed=r.seed)
+              for r in runs.itertuples()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def curve_by_method(metrics: pd.DataFrame, key: str, window: int = 1):
+    """(xs, ys, err) dicts per method: mean over seeds per step of a metric (rolling mean of
+    `window` steps first), err = std over seeds."""
+    xs, ys, err = {}, {}, {}
+    for m, d in metrics.groupby("method", sort=False):
+        w = d.pivot_table(index="step", columns="seed", values=key).rolling(window, 1).mean()
+        xs[m], ys[m], err[m] = w.index.tolist(), w.mean(1).tolist(), w.std(1, ddof=0).tolist()
+    return xs, ys, err
+
+
+def runtime_table(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """method x phase: mean wall seconds per step; THR split out of the update where it is
+    inside (on-policy runs), 'other' = step minus the phases."""
+    out = {}
+    for r in runs.drop_duplicates("method").itertuples():
+        cfg = read_json(Path(r.run_dir) / "config.json")
+        d = metrics[(metrics.method == r.method) & (metrics["train/skipped"] == 0)]
+        row = {p.split("/")[1]: float(d[p].fillna(0.0).mean()) if p in d else 0.0 for p in PHASES}
+        if cfg["epochs"] == 1 and cfg["mini_batches"] == 1:
+            row["update"] -= row["thr"]  # on-policy: THR is computed inside the update pass
+        row["other"] = max(0.0, float(d["time/step"].mean()) - sum(row.values()))
+        out[r.method] = row
+    return pd.DataFrame(out).T
+
+
+# -- per-token THR records (E1, E7) --------------------------------------------------------------
+def token_rows(record: dict, method: str = "", seed: int = 0) -> list[dict]:
+    """One dict per token of one saved step (thrlab.anatomy record): method, seed, step, group,
+    row, pos, token, thr, entropy, reward, mixed (its group has both rewards: THR is defined)."""
+    rewards = {}
+    for resp in record["rows"]:
+        rewards.setdefault(resp["group"], set()).add(resp["reward"])
+    return [{"method": method, "seed": seed, "step": record.get("step", 0), "group": resp["group"],
+             "row": i, "pos": k, "token": t, "thr": v, "entropy": e, "reward": resp["reward"],
+             "mixed": len(rewards[resp["group"]]) > 1}
+            for i, resp in enumerate(record["rows"])
+            for k, (t, v, e) in enumerate(zip(resp["tokens"], resp["thr"], resp["entropy"]))]
+
+
+def token_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """token_rows of every saved step of every run (thr_tokens/ of THR runs)."""
+    from .anatomy import load_token_records
+
+    rows = [row for r in runs.itertuples() for rec in load_token_records(r.run_dir)
+            for row in token_rows(rec, r.method, r.seed)]
+    if not rows:
+        raise ValueError("no THR token records in these runs: they are saved by THR runs "
+                         "(thr_mode != off) every thr_save_every steps")
+    return pd.DataFrame(rows)
+
+
+def top_overlap(score_a, score_b, frac: float) -> float:
+    """Fraction of the top-`frac` tokens by score_a that are also top-`frac` by score_b
+    (n = max(1, round(frac * N)) tokens each; ties broken by position)."""
+    a, b = np.asarray(score_a, float), np.asarray(score_b, float)
+    n = max(1, int(round(frac * len(a))))
+    top_a = set(np.argsort(-a, kind="stable")[:n])
+    top_b = set(np.argsort(-b, kind="stable")[:n])
+    return len(top_a & top_b) / n
+
+
+def overlap_curve(tokens: pd.DataFrame, fracs: list[float]) -> pd.DataFrame:
+    """Overlap of top-|THR| with top-entropy tokens per selection fraction, over the saved
+    batches (one per run and step; tokens of mixed groups only): mean, std, n batches."""
+    tok = tokens[tokens.mixed]
+    rows = []
+    for f in fracs:
+        vals = [top_overlap(d.thr.abs(), d.entropy, f)
+                for _, d in tok.groupby(["method", "seed", "step"]) if len(d)]
+        rows.append({"frac": f, "overlap": float(np.mean(vals)) if vals else float("nan"),
+                     "std": float(np.std(vals)) if vals else float("nan"), "n": len(vals)})
+    return pd.DataFrame(rows)
+
+
+def mass_share(values, top_frac: float) -> float:
+    """Share of sum(|values|) held by the top `top_frac` of entries by |value|."""
+    v = np.sort(np.abs(np.asarray(values, float)))[::-1]
+    if not len(v) or v.sum() == 0:
+        return float("nan")
+    return float(v[:max(1, int(round(top_frac * len(v))))].sum() / v.sum())
+
+
+def example_group(tokens: pd.DataFrame) -> list[tuple[str, list[str], list[float]]]:
+    """The saved mixed group with the largest |THR| (ties: first), as (title, tokens, thr) rows."""
+    tok = tokens[tokens.mixed]
+    if tok.empty:
+        return []
+    best = tok.loc[tok.thr.abs().idxmax()]
+    g = tok[(tok.method == best.method) & (tok.seed == best.seed) & (tok.step == best.step)
+            & (tok.group == best.group)]
+    return [(f"{'correct' if d.reward.iloc[0] == 1 else 'wrong'}", d.token.tolist(),
+             d.thr.tolist()) for _, d in g.groupby("row", sort=True)]
+
+
+# -- notebook outputs ----------------------------------------------------------------------------
+def write_outputs(out_dir: str | Path, *, figures: list[str], run_ids: list[str],
+                  headline: dict, tables: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Write out_dir/outputs.json (figures, run ids, headline values) and tables as CSV; the
+    reproduce command publishes the figures listed here, the tests assert on the values."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in (tables or {}).items():
+        df.to_csv(out / f"{name}.csv")
+    missing = [f for f in figures if not (out / f"{f}.png").exists()]
+    if missing:
+        raise FileNotFoundError(f"figures not written to {out}: {missing}")
+    path = out / "outputs.json"
+    write_json(path, {"figures": list(figures), "run_ids": sorted(set(run_ids)),
+                      "headline": headline, "tables": sorted(tables or {})})
+    return path

@@ -1,0 +1,206 @@
+"""thrlab's one figure style (matplotlib) and the plots of the paper notebooks. No torch import:
+every figure re-plots from run folders on any laptop.
+
+Style: sized for print (single column 3.4 in, double 7 in), 8-9 pt text, Okabe-Ito colours with a
+fixed colour and label per method (one method looks the same in every figure), light grid, no top
+and right spines. Every plot function takes plain numbers (lists, dicts, numpy arrays) and an
+Axes, and labels its axes with units; `save_figure` writes PNG (200 dpi) and PDF with no
+timestamps, so a regenerated figure with the same numbers is byte-stable.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+SINGLE, DOUBLE = 3.4, 7.0  # figure widths in inches (one / two print columns)
+
+# Okabe-Ito, colour-blind safe; one colour per method across all figures.
+METHOD_COLORS = {
+    "base": "#999999", "grpo": "#000000", "thr_p0": "#56B4E9", "thr_explore": "#0072B2",
+    "thr_exploit": "#D55E00", "nthr": "#CC79A7", "passk": "#009E73", "passk_mixed": "#009E73",
+    "kl_cov": "#E69F00", "clip_cov": "#F0E442", "entropy_fork": "#CC79A7",
+    "gspo_token": "#8C564B", "gspo_token_thr": "#CC79A7", "sft_control": "#999999",
+}
+METHOD_LABELS = {
+    "base": "before RL", "grpo": "GRPO", "thr_p0": "THR p=0", "thr_explore": "THR p=-0.1",
+    "thr_exploit": "THR p=+0.1", "nthr": "NTHR", "passk": "Pass@K", "passk_mixed": "Pass@K-mixed",
+    "kl_cov": "KL-Cov", "clip_cov": "Clip-Cov", "entropy_fork": "forking tokens",
+    "gspo_token": "GSPO-token", "gspo_token_thr": "GSPO-token + THR p=+0.1",
+    "sft_control": "SFT control",
+}
+STYLE = {
+    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
+    "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5,
+    "lines.linewidth": 1.5, "lines.markersize": 4, "legend.frameon": False,
+    "figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "pdf.fonttype": 42,
+    "svg.hashsalt": "thrlab", "axes.titleweight": "bold", "axes.titlelocation": "left",
+}
+
+
+def label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def color(method: str, i: int = 0) -> str:
+    return METHOD_COLORS.get(method, plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10])
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = SINGLE, height: float = 2.4):
+    """A styled figure of nrows x ncols panels (axes always returned as a flat array)."""
+    plt.rcParams.update(STYLE)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows), squeeze=False,
+                             layout="constrained")
+    return fig, axes.ravel()
+
+
+def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
+    """Write out_dir/name.png and .pdf (no creation dates, so re-runs are comparable).
+
+    The figure stays open so a notebook shows it (Jupyter's inline backend closes it after).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], metadata={"Software": None})
+    fig.savefig(paths[1], metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    return paths
+
+
+def method_bars(ax, values: dict[str, list[float]], ylabel: str, *, offset: float = 0.0,
+                width: float = 0.8, hatch: str | None = None, legend_label: str | None = None):
+    """Bars of the seed mean per method, error bars = std over seeds, dots = single seeds."""
+    xs = np.arange(len(values)) + offset
+    for x, (m, v) in zip(xs, values.items()):
+        v = np.asarray(v, dtype=float)
+        ax.bar(x, v.mean(), width, color=color(m), alpha=0.85, hatch=hatch,
+               yerr=v.std() if len(v) > 1 else None, capsize=2, ecolor="0.3",
+               label=legend_label if x == xs[0] else None, edgecolor="white")
+        ax.scatter(np.full(len(v), x), v, s=6, color="0.2", zorder=3)
+    ax.set_xticks(np.arange(len(values)), [label(m) for m in values], rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    return ax
+
+
+def curves(ax, xs: dict[str, list], ys: dict[str, list], xlabel: str, ylabel: str, *,
+           err: dict[str, list] | None = None, logx: bool = False, marker: str | None = "o"):
+    """One line per method (optional shaded +-err band), coloured and labelled by method."""
+    for i, m in enumerate(ys):
+        x, y = np.asarray(xs[m], float), np.asarray(ys[m], float)
+        ax.plot(x, y, marker=marker, color=color(m, i), label=label(m))
+        if err and m in err:
+            e = np.asarray(err[m], float)
+            ax.fill_between(x, y - e, y + e, color=color(m, i), alpha=0.15, linewidth=0)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return ax
+
+
+def thr_density(ax, thr_correct, thr_incorrect, bins: int = 60):
+    """Histogram (log counts) of THR over tokens of correct and incorrect responses."""
+    a, b = np.asarray(thr_correct, float), np.asarray(thr_incorrect, float)
+    lim = max(np.abs(np.concatenate([a, b, [1e-12]])).max(), 1e-12)
+    edges = np.linspace(-lim, lim, bins + 1)
+    ax.hist(a, edges, color="#009E73", alpha=0.6, label=f"correct responses ({len(a)} tokens)")
+    ax.hist(b, edges, color="#D55E00", alpha=0.6, label=f"incorrect responses ({len(b)} tokens)")
+    ax.set_yscale("log")
+    ax.axvline(0, color="0.3", linewidth=0.6)
+    ax.set_xlabel("THR of a token (change of correct responses' log-lik., a.u.)")
+    ax.set_ylabel("tokens")
+    ax.legend(loc="upper left")
+    return ax
+
+
+def clean_token(tok: str) -> str:
+    """Display form of a tokenizer piece (byte-level BPE markers to spaces / newlines)."""
+    return tok.replace("\u0120", " ").replace("\u010a", "\\n").replace("\u2581", " ")
+
+
+def _thr_rgb(value: float, scale: float) -> tuple[float, float, float]:
+    """Blue for THR < 0 (exploration), red for THR > 0 (exploitation), white at 0."""
+    t = float(np.clip(value / scale, -1, 1)) if scale > 0 else 0.0
+    target = (0.84, 0.37, 0.0) if t > 0 else (0.0, 0.45, 0.70)
+    return tuple(1 - abs(t) * (1 - c) for c in target)
+
+
+def token_html(tokens: list[str], thr: list[float], scale: float | None = None) -> str:
+    """An HTML snippet of the tokens, each shaded by its THR (hover shows the value)."""
+    scale = scale or max(max(map(abs, thr), default=0.0), 1e-12)
+    spans = []
+    for t, v in zip(tokens, thr):
+        r, g, b = (int(255 * c) for c in _thr_rgb(v, scale))
+        spans.append(f'<span title="THR={v:.4g}" style="background:rgb({r},{g},{b});'
+                     f'font-family:monospace;padding:1px;white-space:pre">'
+                     f"{html.escape(clean_token(t))}</span>")
+    return "".join(spans)
+
+
+def group_html(rows: list[tuple[str, list[str], list[float]]]) -> str:
+    """Several responses (title, tokens, thr) as HTML lines on one shared colour scale."""
+    scale = max((abs(v) for _, _, thr in rows for v in thr), default=0.0) or 1e-12
+    return "<br>".join(f'<span style="font-family:monospace">{html.escape(t):<9}</span> '
+                       + token_html(toks, thr, scale) for t, toks, thr in rows)
+
+
+def token_strip(ax, rows: list[tuple[str, list[str], list[float]]], scale: float | None = None):
+    """Rows of tokens (title, tokens, thr) drawn as boxes shaded by THR, for the PNG figure."""
+    vals = [abs(v) for _, _, thr in rows for v in thr]
+    scale = scale or max(max(vals, default=0.0), 1e-12)
+    ax.set_axis_off()
+    width = max(len(toks) for _, toks, _ in rows) + 8
+    for r, (title, toks, thr) in enumerate(rows):
+        y = len(rows) - r - 1
+        ax.text(0, y + 0.5, title, ha="left", va="center", fontsize=7)
+        for k, (t, v) in enumerate(zip(toks, thr)):
+            ax.add_patch(plt.Rectangle((8 + k, y + 0.1), 0.95, 0.8, color=_thr_rgb(v, scale)))
+            ax.text(8 + k + 0.47, y + 0.5, clean_token(t)[:6], ha="center", va="center",
+                    fontsize=6, family="monospace")
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, len(rows))
+    ax.set_title(f"tokens shaded by THR (red > 0 exploit, blue < 0 explore; |max| = {scale:.3g})",
+                 fontsize=7, fontweight="normal")
+    return ax
+
+
+def stacked_bars(ax, table: dict[str, dict[str, float]], ylabel: str):
+    """Stacked bars: table[method][phase] = seconds; one colour per phase."""
+    phases = list(dict.fromkeys(p for row in table.values() for p in row))
+    palette = ["#0072B2", "#009E73", "#E69F00", "#CC79A7", "#D55E00", "#56B4E9", "#999999"]
+    bottom = np.zeros(len(table))
+    for i, p in enumerate(phases):
+        v = np.array([table[m].get(p, 0.0) for m in table])
+        ax.bar(np.arange(len(table)), v, 0.7, bottom=bottom, label=p,
+               color=palette[i % len(palette)])
+        bottom += v
+    ax.set_xticks(np.arange(len(table)), [label(m) for m in table], rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6, ncols=2)
+    return ax
+
+
+def scatter_fit(ax, x, y, xlabel: str, ylabel: str, *, groups: dict[str, np.ndarray] | None = None,
+                diagonal: bool = False, title: str | None = None):
+    """Scatter of y against x (optionally split into labelled point groups), with y = x line."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    groups = groups or {"": np.ones(len(x), bool)}
+    cols = {"correct": "#009E73", "incorrect": "#D55E00"}
+    for name, sel in groups.items():
+        ax.scatter(x[sel], y[sel], s=8, alpha=0.7, color=cols.get(name, "#0072B2"),
+                   label=name or None)
+    if diagonal and len(x):
+        lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+        ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle="--", label="y = x")
+    ax.axhline(0, color="0.7", linewidth=0.5)
+    ax.axvline(0, color="0.7", linewidth=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return ax
