@@ -14,7 +14,7 @@ TEST_ENV := HF_HOME=$(CURDIR)/.cache/hf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 	JUPYTER_RUNTIME_DIR=$(CURDIR)/.cache/jupyter-runtime THRLAB_CACHE=$(CURDIR)/.cache/thrlab \
 	TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean reproduce
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# Re-run every paper notebook (papermill) and regenerate paper_figures/; finished work is reused.
+# e.g. make reproduce ARGS="--seeds 3" or ARGS="--preset qwen2.5-math-1.5b 03_exploitation"
+reproduce: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m thrlab.reproduce $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache

@@ -1,0 +1,128 @@
+"""The reproduce command on throwaway notebooks: parameters validated before anything runs
+(unknown names, wrong types, non-literal cells), a failing notebook reported in the table with a
+non-zero exit while the others still run, finished notebooks reused, figures published with a
+MANIFEST entry."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from thrlab import reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PARAMS = '''preset = "tiny"
+seeds = [0]
+x = 1
+overrides = {}
+runs_root = "runs"
+out_dir = "out"'''
+OK = '''from thrlab import paper, plotting
+fig, ax = plotting.figure()
+ax[0].plot(seeds, [x] * len(seeds))
+plotting.save_figure(fig, out_dir, "toy_fig")
+paper.write_outputs(out_dir, figures=["toy_fig"], run_ids=[f"{preset}-toy"],
+                    headline={"x": x, "seeds": seeds})'''
+RAISES = 'raise ValueError(f"boom {x}")'
+
+
+def _notebook(path: Path, params: str, code: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# toy"), cell, nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture()
+def books(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _notebook(d / "01_ok.ipynb", PARAMS, OK)
+    _notebook(d / "02_raises.ipynb", PARAMS, RAISES)
+    return d
+
+
+def _run(tmp_path, books, *args):
+    cmd = [sys.executable, "-m", "thrlab.reproduce", "--notebooks-dir", str(books),
+           "--runs-root", str(tmp_path / "runs"), "--figures-dir", str(tmp_path / "figs"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_failure_is_tabled_others_run_and_reruns_reuse(tmp_path, books):
+    out = _run(tmp_path, books, "--seeds", "2", "-p", "01_ok:x=5")
+    assert out.returncode == 1, out.stdout + out.stderr
+    table = out.stdout[out.stdout.index("notebook "):]
+    assert "01_ok" in table and " ran " in table
+    assert "02_raises" in table and "FAILED" in table and "ValueError: boom 1" in table
+    assert "1 of 2 notebooks ok, 1 failed" in out.stdout
+    manifest = json.loads((tmp_path / "figs" / "MANIFEST.json").read_text())
+    entry = manifest["figures"]["toy_fig"]
+    assert entry["parameters"]["seeds"] == [0, 1] and entry["parameters"]["x"] == 5
+    assert entry["parameters"]["preset"] == "tiny" and entry["run_ids"] == ["tiny-toy"]
+    assert entry["notebook"].endswith("01_ok.ipynb") and entry["git_rev"] and entry["date"]
+    assert entry["headline"] == {"x": 5, "seeds": [0, 1]}
+    for ext in ("png", "pdf"):
+        assert (tmp_path / "figs" / f"toy_fig.{ext}").stat().st_size > 1000
+    [run] = (tmp_path / "runs" / "notebooks").glob("01_ok-*")
+    assert (run / "COMPLETE").exists() and (run / "executed.ipynb").exists()
+    executed = nbformat.read(run / "executed.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    [failed] = (tmp_path / "runs" / "notebooks").glob("02_raises-*")
+    assert not (failed / "COMPLETE").exists() and (failed / "executed.ipynb").exists()
+
+    again = _run(tmp_path, books, "--seeds", "2", "-p", "01_ok:x=5")
+    assert again.returncode == 1
+    [row] = [line for line in again.stdout.splitlines() if line.startswith("01_ok ")]
+    assert row.split()[1] == "reused"
+    # different parameters: a different run folder
+    ok_only = _run(tmp_path, books, "01_ok")
+    assert ok_only.returncode == 0 and " ran " in ok_only.stdout
+    assert len(list((tmp_path / "runs" / "notebooks").glob("01_ok-*"))) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "nope=1"], "unknown parameter 'nope'"),
+    (["-p", "x=abc"], "parameter x expects int"),
+    (["-p", "x=True"], "parameter x expects int"),
+    (["-p", "out_dir=/tmp/x"], "out_dir is set by the reproduce command"),
+    (["-p", "03_missing:x=1"], "no selected notebook is called '03_missing'"),
+    (["-p", "x"], "is not KEY=VALUE"),
+    (["99_missing"], "no notebook '99_missing'"),
+])
+def test_bad_parameters_stop_before_anything_runs(tmp_path, books, args, message):
+    out = _run(tmp_path, books, *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_non_literal_parameters_cell_is_rejected(tmp_path, books):
+    _notebook(books / "03_bad.ipynb", PARAMS + "\ny = x + 1", OK)
+    out = _run(tmp_path, books, "03_bad")
+    assert out.returncode == 2 and "not `name = literal`" in out.stderr
+
+
+def test_parse_and_plan_units(tmp_path, books):
+    assert reproduce.parse_value("[0, 1]") == [0, 1]
+    assert reproduce.parse_value("{'steps': 3}") == {"steps": 3}
+    assert reproduce.parse_value("1e-2") == 0.01 and reproduce.parse_value("tiny") == "tiny"
+    assert reproduce.parse_params(["04_x:k=1", "k=v"]) == [("04_x", "k", 1), (None, "k", "v")]
+    nbs = reproduce.find_notebooks(books, [])
+    assert [p.stem for p in nbs] == ["01_ok", "02_raises"]
+    assert reproduce.find_notebooks(books, ["02"]) == [books / "02_raises.ipynb"]
+    jobs = reproduce.plan(nbs, preset="tiny", seeds=3, params=[(None, "x", 2)],
+                          runs_root=tmp_path)
+    assert jobs[0]["params"] == {"preset": "tiny", "seeds": [0, 1, 2], "x": 2}
+    assert jobs[0]["effective"]["overrides"] == {}
+    assert jobs[0]["out_dir"] != jobs[1]["out_dir"]
+
+
+def test_repo_notebooks_declare_valid_parameters():
+    nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
+    jobs = reproduce.plan(nbs, preset="tiny", seeds=2, params=[], runs_root=Path("runs"))
+    assert len(jobs) == 10 and all(j["params"]["preset"] == "tiny" for j in jobs)
