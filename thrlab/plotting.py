@@ -76,12 +76,20 @@ def method_bars(ax, values: dict[str, list[float]], ylabel: str, *, offset: floa
     xs = np.arange(len(values)) + offset
     for x, (m, v) in zip(xs, values.items()):
         v = np.asarray(v, dtype=float)
-        ax.bar(x, v.mean(), width, color=color(m), alpha=0.85, hatch=hatch,
-               yerr=v.std() if len(v) > 1 else None, capsize=2, ecolor="0.3",
-               label=legend_label if x == xs[0] else None, edgecolor="white")
+        ax.bar(x, v.mean(), width, color=color(m), alpha=0.55, hatch=hatch,
+               yerr=v.std() if len(v) > 1 else None, capsize=3, ecolor="0.15",
+               label=legend_label if x == xs[0] else None, edgecolor=color(m))
         ax.scatter(np.full(len(v), x), v, s=6, color="0.2", zorder=3)
     ax.set_xticks(np.arange(len(values)), [label(m) for m in values], rotation=20, ha="right")
     ax.set_ylabel(ylabel)
+    return ax
+
+
+def reference_line(ax, y: float, text: str):
+    """A dashed horizontal reference (e.g. the model before RL), labelled at its right end."""
+    ax.axhline(y, color="0.4", linestyle="--", linewidth=0.8, zorder=1)
+    ax.annotate(text, (1.0, y), xycoords=("axes fraction", "data"), xytext=(-2, 2),
+                textcoords="offset points", ha="right", va="bottom", fontsize=6, color="0.3")
     return ax
 
 
@@ -96,6 +104,10 @@ def curves(ax, xs: dict[str, list], ys: dict[str, list], xlabel: str, ylabel: st
             ax.fill_between(x, y - e, y + e, color=color(m, i), alpha=0.15, linewidth=0)
     if logx:
         ax.set_xscale("log", base=2)
+        ticks = sorted({float(v) for x in xs.values() for v in x})
+        step = max(1, len(ticks) // 9)  # at most ~9 labelled ticks
+        ax.set_xticks(ticks[::step], [f"{t:g}" for t in ticks[::step]])
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend()
@@ -148,24 +160,37 @@ def group_html(rows: list[tuple[str, list[str], list[float]]]) -> str:
                        + token_html(toks, thr, scale) for t, toks, thr in rows)
 
 
-def token_strip(ax, rows: list[tuple[str, list[str], list[float]]], scale: float | None = None):
-    """Rows of tokens (title, tokens, thr) drawn as boxes shaded by THR, for the PNG figure."""
+def token_strip(ax, rows: list[tuple[str, list[str], list[float]]], scale: float | None = None,
+                per_line: int = 48):
+    """Rows of tokens (title, tokens, thr) drawn as boxes shaded by THR, for the PNG figure;
+    a response longer than per_line tokens wraps onto further lines."""
     vals = [abs(v) for _, _, thr in rows for v in thr]
     scale = scale or max(max(vals, default=0.0), 1e-12)
+    lines = [(title if i == 0 else "", toks[i:i + per_line], thr[i:i + per_line])
+             for title, toks, thr in rows for i in range(0, max(len(toks), 1), per_line)]
     ax.set_axis_off()
-    width = max(len(toks) for _, toks, _ in rows) + 8
-    for r, (title, toks, thr) in enumerate(rows):
-        y = len(rows) - r - 1
+    left, cols = 6, min(per_line, max(max(len(t) for _, t, _ in lines), 16))
+    for r, (title, toks, thr) in enumerate(lines):
+        y = len(lines) - r - 1
         ax.text(0, y + 0.5, title, ha="left", va="center", fontsize=7)
         for k, (t, v) in enumerate(zip(toks, thr)):
-            ax.add_patch(plt.Rectangle((8 + k, y + 0.1), 0.95, 0.8, color=_thr_rgb(v, scale)))
-            ax.text(8 + k + 0.47, y + 0.5, clean_token(t)[:6], ha="center", va="center",
+            ax.add_patch(plt.Rectangle((left + k, y + 0.1), 0.95, 0.8, color=_thr_rgb(v, scale)))
+            shown = clean_token(t) if clean_token(t).strip() else "\u2423"  # visible space
+            ax.text(left + k + 0.47, y + 0.5, shown[:6], ha="center", va="center",
                     fontsize=6, family="monospace")
-    ax.set_xlim(0, width)
-    ax.set_ylim(0, len(rows))
+    ax.set_xlim(0, left + cols)
+    ax.set_ylim(0, len(lines))
     ax.set_title(f"tokens shaded by THR (red > 0 exploit, blue < 0 explore; |max| = {scale:.3g})",
                  fontsize=7, fontweight="normal")
     return ax
+
+
+def token_figure(rows: list[tuple[str, list[str], list[float]]], per_line: int = 48):
+    """A double-column figure of token_strip, its height fitted to the wrapped lines."""
+    n = sum(max(1, -(-len(toks) // per_line)) for _, toks, _ in rows)
+    fig, ax = figure(width=DOUBLE, height=0.22 * n + 0.4)
+    token_strip(ax[0], rows, per_line=per_line)
+    return fig, ax
 
 
 def stacked_bars(ax, table: dict[str, dict[str, float]], ylabel: str):
@@ -185,8 +210,9 @@ def stacked_bars(ax, table: dict[str, dict[str, float]], ylabel: str):
 
 
 def scatter_fit(ax, x, y, xlabel: str, ylabel: str, *, groups: dict[str, np.ndarray] | None = None,
-                diagonal: bool = False, title: str | None = None):
-    """Scatter of y against x (optionally split into labelled point groups), with y = x line."""
+                diagonal: bool = False, title: str | None = None, symlog_y: bool = False):
+    """Scatter of y against x (optionally split into labelled point groups), with y = x line;
+    symlog_y for heavy-tailed y."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     groups = groups or {"": np.ones(len(x), bool)}
     cols = {"correct": "#009E73", "incorrect": "#D55E00"}
@@ -198,6 +224,8 @@ def scatter_fit(ax, x, y, xlabel: str, ylabel: str, *, groups: dict[str, np.ndar
         ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle="--", label="y = x")
     ax.axhline(0, color="0.7", linewidth=0.5)
     ax.axvline(0, color="0.7", linewidth=0.5)
+    if symlog_y and len(y):  # heavy tails: linear within the middle half of |y|, log outside
+        ax.set_yscale("symlog", linthresh=max(float(np.quantile(np.abs(y), 0.5)), 1e-12))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

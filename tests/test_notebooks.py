@@ -1,0 +1,130 @@
+"""Every paper notebook executed by papermill through the reproduce command's own runner, with the
+tiny preset and smoke budgets, in notebook order with one shared runs folder (so, as in a real
+reproduction, later notebooks reuse earlier runs); asserts on each notebook's run folder.
+
+Smoke budgets are small but real: the shipped cold-started tiny model (~30% greedy, so groups have
+mixed rewards and THR is non-zero), 3 GRPO steps of 2 prompts x 8 samples, 16 held-out problems.
+"""
+import ast
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from thrlab import reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# steps 3 and 2 x 8 samples: seconds per run; thr_save_every 1 so THR runs save token records;
+# group_size 8 keeps Pass@K-mixed's K = 4 < G; 16 sequences split into KL-Cov's 4 mini-batches.
+SMOKE = {"sft_control": False, "threads": 1, "steps": 3, "prompts_per_step": 2, "group_size": 8,
+         "eval_limit": 16, "eval_samples": 4, "thr_save_every": 1, "save_every": 3}
+EXTRA = {  # per-notebook smoke values of their own budget parameters
+    "04_exploration": {"passk_samples": 16, "passk_limit": 8},
+    # the Llama-architecture cold start at 200 steps (~20 s) instead of 600: plumbing only
+    "06_llama": {"overrides": dict(SMOKE, sft_steps=200)},
+    "09_thr_predictor": {"n_prompts": 4, "probe_prompts": 8, "probe_every": 1},
+}
+
+
+def _in_unit(x):
+    return isinstance(x, (int, float)) and 0.0 <= x <= 1.0
+
+
+def _check_00(h):
+    assert _in_unit(h["greedy_before"]) and _in_unit(h["greedy_after"])
+    assert h["tokens_with_thr"] >= 0
+
+
+def _check_01(h):
+    assert h["tokens"] > 0 and math.isclose(h["frac_pos"] + h["frac_neg"], 1.0, abs_tol=0.05)
+    assert 0.1 <= h["top10pct_share_of_abs_thr"] <= 1.0 and _in_unit(h["dominant_frac"])
+
+
+def _check_02(h):
+    assert all(_in_unit(h[k]) for k in ("greedy_acc_grpo", "greedy_acc_thr_p0", "pass@4_grpo"))
+    assert abs(h["greedy_diff_p0_minus_grpo"]) <= 1
+
+
+def _check_03(h):
+    assert all(_in_unit(h[f"greedy_{m}"]) for m in
+               ("grpo", "thr_p0", "thr_explore", "thr_exploit", "before"))
+
+
+def _check_04(h):
+    assert h["k_max"] == 16
+    for m in ("base", "grpo", "thr_p0", "thr_explore", "passk_mixed", "kl_cov"):
+        assert _in_unit(h[f"pass@1_{m}"]) and h[f"pass@16_{m}"] >= h[f"pass@1_{m}"] - 1e-9
+
+
+def _check_05(h):
+    assert all(_in_unit(h[f"greedy_{m}"]) for m in ("thr_p0", "gspo_token", "gspo_token_thr"))
+
+
+def _check_06(h):
+    assert h["arch"] == "llama" and _in_unit(h["greedy_acc_grpo"])
+
+
+def _check_07(h):
+    assert _in_unit(h["overlap_at_0.2"]) and h["batches"] > 0
+
+
+def _check_08(h):
+    assert h["step_s_grpo"] > 0 and 0 < h["thr_share_thr_p0"] < 1
+
+
+def _check_09(h):
+    # the unembedding-only step is where the first-order theory is exact
+    assert h["spearman_unembedding"] > 0.95
+    assert -1 <= h["spearman_lora"] <= 1 and h["probe_size"] > 0
+
+
+CHECKS = {f"{nb.stem}": globals()[f"_check_{nb.stem[:2]}"] for nb in NOTEBOOKS}
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("nb_runs")
+
+
+def test_every_notebook_has_a_check():
+    assert len(NOTEBOOKS) == 10 and set(CHECKS) == {nb.stem for nb in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_thin_and_clean(nb):
+    """Committed without outputs, kernelspec python3, a header, one literal parameters cell
+    declaring out_dir and runs_root, no def/class, at most 12 code cells / 100 code lines."""
+    book = nbformat.read(nb, as_version=4)
+    assert book.metadata.kernelspec.name == "python3"
+    assert book.cells[0].cell_type == "markdown" and "Expected time" in book.cells[0].source
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert len(code) <= 12 and sum(len(c.source.splitlines()) for c in code) <= 100
+    for c in code:
+        for node in ast.walk(ast.parse(c.source)):
+            assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Lambda)), nb.stem
+    params = reproduce.declared_parameters(nb)
+    assert {"preset", "overrides", "runs_root", "out_dir"} <= set(params)
+    assert not any(Path(str(v)).is_absolute() for v in params.values() if isinstance(v, str))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_with_tiny_smoke_parameters(nb, runs_root):
+    extra = EXTRA.get(nb.stem, {})
+    params = [(None, "overrides", SMOKE)] + [(None, k, v) for k, v in extra.items()]
+    if "seeds" in reproduce.declared_parameters(nb):
+        params.append((None, "seeds", [0]))
+    [job] = reproduce.plan([nb], preset="tiny", seeds=None, params=params, runs_root=runs_root)
+    res = reproduce.run_job(job, runs_root)
+    assert res["status"] == "ran", res["detail"]
+    out = job["out_dir"]
+    assert (out / "COMPLETE").exists() and (out / "executed.ipynb").exists()
+    outputs = json.loads((out / "outputs.json").read_text())
+    for fig in outputs["figures"]:
+        assert (out / f"{fig}.png").stat().st_size > 5000 and (out / f"{fig}.pdf").exists()
+    for r in outputs["run_ids"]:  # experiment runs, or the LLD loops' folders (09)
+        assert (runs_root / r / "COMPLETE").exists() or any(runs_root.glob(f"lld-{r}-*")), r
+    CHECKS[nb.stem](outputs["headline"])
