@@ -63,6 +63,8 @@ DIFFERENCES = [
     "unpadded (the tiny task's prompts all have one length).",
     "TRL scores every position through its fused LM head on CPU (prompt positions too, then masks); "
     "thrlab projects only the completion positions.",
+    "TRL 1.16's default use_bias_correction_kl=True multiplies the k3 KL by the importance ratio; "
+    "the race sets it False (METHOD.md's k3 KL, as thrlab).",
 ]
 
 
