@@ -308,9 +308,9 @@ def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool) -> 
 
     With grad the (B, T, V) logits are kept for the backward; the entropy (no grad) is still
     computed in row chunks. Without grad logits exist one chunk at a time. Every row's result is
-    computed by the same ops as in one pass: bit for bit on one thread (and always when B*T*V
-    fits one chunk, as on the tiny preset); with several threads a GEMM's rounding can depend on
-    its row count, so chunked lm_head rows then agree to rounding.
+    computed by the same ops as in one pass: bit for bit when B*T*V fits one chunk (always on
+    the tiny preset); across chunks a GEMM's rounding can depend on its row count (thread
+    blocking, kernel choice), so chunked lm_head rows agree to rounding.
     """
     B, T, H = h.shape
     V = lm_head.weight.shape[0]
