@@ -82,6 +82,9 @@ def method_bars(ax, values: dict[str, list[float]], ylabel: str, *, offset: floa
         ax.scatter(np.full(len(v), x), v, s=6, color="0.2", zorder=3)
     ax.set_xticks(np.arange(len(values)), [label(m) for m in values], rotation=20, ha="right")
     ax.set_ylabel(ylabel)
+    n = sorted({len(v) for v in values.values()})
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    ax.set_xlabel(f"bars: mean over {seeds} seed(s); whiskers: std; dots: seeds", fontsize=6)
     return ax
 
 
@@ -225,7 +228,8 @@ def scatter_fit(ax, x, y, xlabel: str, ylabel: str, *, groups: dict[str, np.ndar
     ax.axhline(0, color="0.7", linewidth=0.5)
     ax.axvline(0, color="0.7", linewidth=0.5)
     if symlog_y and len(y):  # heavy tails: linear within the middle half of |y|, log outside
-        ax.set_yscale("symlog", linthresh=max(float(np.quantile(np.abs(y), 0.5)), 1e-12))
+        ax.set_yscale("symlog", linthresh=max(float(np.quantile(np.abs(y), 0.5)), 1e-12),
+                      linscale=2.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
