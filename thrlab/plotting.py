@@ -73,6 +73,8 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
 def method_bars(ax, values: dict[str, list[float]], ylabel: str, *, offset: float = 0.0,
                 width: float = 0.8, hatch: str | None = None, legend_label: str | None = None):
     """Bars of the seed mean per method, error bars = std over seeds, dots = single seeds."""
+    if not values or not all(len(v) for v in values.values()):
+        raise ValueError(f"nothing to plot for {ylabel!r}: {values} (metric not evaluated?)")
     xs = np.arange(len(values)) + offset
     for x, (m, v) in zip(xs, values.items()):
         v = np.asarray(v, dtype=float)
