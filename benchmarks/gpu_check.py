@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -140,8 +141,8 @@ def generation_before_after(tr, n_prompts: int, new_tokens: int) -> dict:
     for name in ("thrlab", "transformers"):
         patch = contextlib.ExitStack()
         if name == "transformers":  # the path generate() took before the shared prefill
-            patch.enter_context(_patched(rollout, "_plain_sampling", lambda lm: False))
-            patch.enter_context(_patched(rollout, "dequantized_4bit_cpu", contextlib.nullcontext))
+            patch.enter_context(mock.patch.object(rollout, "_plain_sampling", lambda lm: False))
+            patch.enter_context(mock.patch.object(rollout, "dequantized_4bit_cpu", contextlib.nullcontext))
         with patch:
             torch.manual_seed(1)
             _sync()
@@ -157,15 +158,6 @@ def generation_before_after(tr, n_prompts: int, new_tokens: int) -> dict:
     return dict(out, tokens_equal=same,
                 speedup=out["transformers"]["wall_s"] / out["thrlab"]["wall_s"])
 
-
-@contextlib.contextmanager
-def _patched(obj, name, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
 
 
 def _sync():

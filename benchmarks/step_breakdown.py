@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -177,9 +178,9 @@ def ablation(cfg, model_path: str, reps: int) -> dict:
         for name, (shared, dq) in variants.items():
             with contextlib.ExitStack() as stack:
                 if not shared:
-                    stack.enter_context(_patched(rollout, "_plain_sampling", lambda lm: False))
+                    stack.enter_context(mock.patch.object(rollout, "_plain_sampling", lambda lm: False))
                 if not dq:
-                    stack.enter_context(_patched(rollout, "dequantized_4bit_cpu",
+                    stack.enter_context(mock.patch.object(rollout, "dequantized_4bit_cpu",
                                                  contextlib.nullcontext))
                 torch.manual_seed(rep)
                 t0 = time.perf_counter()
@@ -227,15 +228,6 @@ def ablation(cfg, model_path: str, reps: int) -> dict:
                       "reps": reps}
     return table
 
-
-@contextlib.contextmanager
-def _patched(obj, name, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
 
 
 def format_table(res: dict) -> str:
