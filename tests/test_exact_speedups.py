@@ -141,3 +141,17 @@ def test_shared_prompt_chunked_completion_forward_is_exact(policy, monkeypatch):
     assert len(shared) == 3  # every completion_forward call above took the shared path
     scale = max(float(a.abs().max()) for a in grads[0])
     assert max(float((a - b).abs().max()) for a, b in zip(*grads)) < 1e-5 * scale
+
+
+def test_completion_forward_of_an_empty_batch_is_empty(policy):
+    model, tok = policy
+    torch.manual_seed(0)
+    r = rollout.generate(model, tok, PROMPTS[:1], n=2, do_sample=True, temperature=1.0, top_p=1.0,
+                         max_new_tokens=4)
+    none = torch.zeros(0, dtype=torch.long)
+    with torch.no_grad():
+        out = completion_forward(model, r.input_ids[none], r.attention_mask[none], r.prompt_len,
+                                 1.0, need_hidden=True)
+    T = r.input_ids.shape[1] - r.prompt_len
+    assert out["logp"].shape == out["entropy"].shape == (0, T)
+    assert out["hidden"].shape == (0, T, model.config.hidden_size)

@@ -326,8 +326,10 @@ METHODS: dict[str, dict] = {
     "entropy_fork": dict(entropy_top_frac=0.2),
     "clip_higher": dict(clip_eps_high=0.28),  # DAPO
     "dr_grpo": dict(adv_std_norm=False, loss_agg="seq_mean_token_sum_norm"),
-    "gspo_token": dict(objective="gspo_token"),
-    "gspo_token_thr": dict(objective="gspo_token", thr_mode="thr", thr_p=0.1),
+    # GSPO-token: the GSPO paper's clip range on the sequence ratio, no KL (METHOD.md section 1).
+    "gspo_token": dict(objective="gspo_token", clip_eps_low=3e-4, clip_eps_high=4e-4, kl_coef=0.0),
+    "gspo_token_thr": dict(objective="gspo_token", clip_eps_low=3e-4, clip_eps_high=4e-4,
+                           kl_coef=0.0, thr_mode="thr", thr_p=0.1),
 }
 
 

@@ -245,22 +245,28 @@ def completion_states(backbone, input_ids, attention_mask, prompt_len: int) -> t
     B, L = input_ids.shape
     T = L - prompt_len
     pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
-    first, inv = _distinct_rows(torch.cat([input_ids[:, :prompt_len],
-                                           attention_mask[:, :prompt_len]], 1))
-    cache_kw = _cache_kwarg(backbone)
-    grad_ckpt = torch.is_grad_enabled() and getattr(backbone, "gradient_checkpointing", False)
-    saved = B * L - (len(first) * L + B * T)  # token rows the sharing does not compute
-    if T < 1 or cache_kw is None or grad_ckpt or saved < max(0.1 * B * L, _MIN_SHARED_ROWS):
+
+    def plain():
+        if B == 0:  # an empty micro-batch: attention layers cannot reshape 0 rows
+            return backbone.get_input_embeddings()(input_ids)[:, prompt_len - 1:-1]
         h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                      use_cache=False).last_hidden_state  # (B, L, H)
         return h[:, prompt_len - 1:-1]  # state at t predicts token t+1
+
+    cache_kw = _cache_kwarg(backbone)
+    grad_ckpt = torch.is_grad_enabled() and getattr(backbone, "gradient_checkpointing", False)
+    if B == 0 or T < 1 or cache_kw is None or grad_ckpt:
+        return plain()
+    first, inv = _distinct_rows(torch.cat([input_ids[:, :prompt_len],
+                                           attention_mask[:, :prompt_len]], 1))
+    saved = B * L - (len(first) * L + B * T)  # token rows the sharing does not compute
+    if saved < max(0.1 * B * L, _MIN_SHARED_ROWS):
+        return plain()
     head = backbone(input_ids=input_ids[first], attention_mask=attention_mask[first],
                     position_ids=pos[first], use_cache=True)  # (U, L, H) one row per prompt
     cache = getattr(head, cache_kw)
     if not _plain_kv_cache(cache):  # sliding-window / linear-attention layers: no sharing
-        h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                     use_cache=False).last_hidden_state  # (B, L, H)
-        return h[:, prompt_len - 1:-1]
+        return plain()
     cache.crop(-T)  # keep the prompt positions
     cache.reorder_cache(inv)  # (U, ...) -> (B, ...)
     tail = backbone(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
@@ -315,6 +321,7 @@ def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool) -> 
     B, T, H = h.shape
     V = lm_head.weight.shape[0]
     rows = max(1, _LOGIT_ELEMENTS // V)  # (b*t) rows per chunk
+    starts = range(0, max(B * T, 1), rows)  # one (empty) chunk for an empty batch
     flat_h, flat_y = h.reshape(B * T, H), tokens.reshape(B * T)
     if torch.is_grad_enabled():
         logits = lm_head(h).float() / temperature  # (B, T, V), kept for the backward
@@ -324,10 +331,10 @@ def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool) -> 
             with torch.no_grad():
                 flat = logits.detach().reshape(B * T, V)
                 out["entropy"] = torch.cat([_entropy(flat[s:s + rows], logz.reshape(-1)[s:s + rows])
-                                            for s in range(0, B * T, rows)]).view(B, T)
+                                            for s in starts]).view(B, T)
         return out
     logp, ent = [], []
-    for s in range(0, B * T, rows):
+    for s in starts:
         logits = lm_head(flat_h[s:s + rows]).float() / temperature  # (n, V)
         logz = torch.logsumexp(logits, dim=-1)  # (n,)
         logp.append(logits.gather(-1, flat_y[s:s + rows, None]).squeeze(-1) - logz)
