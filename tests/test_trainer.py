@@ -138,3 +138,24 @@ def test_thr_token_records_saved_and_bounded(tiny_model_dir, tmp_path):
     for r in rows:
         assert len(r["thr"]) == len(r["entropy"]) == len(r["tokens"]) <= 3
         assert all(e >= 0 for e in r["entropy"]) and r["reward"] in (0.0, 1.0)
+
+
+def test_prompt_order_is_one_seeded_shuffle_per_pass_and_resumes_from_the_cursor():
+    import random
+    from types import SimpleNamespace
+
+    problems, seed = list(range(7)), 3
+
+    def naive(cursor):  # reshuffle from scratch for every prompt
+        epoch, pos = divmod(cursor, len(problems))
+        order = list(range(len(problems)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        return problems[order[pos]]
+
+    t = SimpleNamespace(cfg=SimpleNamespace(seed=seed), problems=problems, cursor=0,
+                        _order=(-1, []))
+    got = GRPOTrainer.next_prompts(t, 5) + GRPOTrainer.next_prompts(t, 12)  # crosses 2 passes
+    assert got == [naive(c) for c in range(17)]
+    assert sorted(got[:7]) == problems and got[:7] != got[7:14]  # each pass a new permutation
+    resumed = SimpleNamespace(cfg=t.cfg, problems=problems, cursor=9, _order=(-1, []))
+    assert GRPOTrainer.next_prompts(resumed, 8) == [naive(c) for c in range(9, 17)]

@@ -49,6 +49,7 @@ class GRPOTrainer:
         self.params, self.opt = make_optimizer(model, cfg)
         self.step = 0
         self.cursor = 0  # position in the seeded prompt order (saved with checkpoints)
+        self._order: tuple[int, list[int]] = (-1, [])  # (pass, its shuffled order), cached
         self.nonfinite_steps = 0  # steps skipped for NaN/inf (saved with checkpoints)
         self.micro_batch_size = cfg.micro_batch_size  # halved on OOM (oom_halve_micro_batch)
         self._thr_parts: list = []  # THR of the current update's micro-batches (token records)
@@ -60,9 +61,11 @@ class GRPOTrainer:
         out = []
         while len(out) < n:
             epoch, pos = divmod(self.cursor, len(self.problems))
-            order = list(range(len(self.problems)))
-            random.Random(self.cfg.seed * 100_003 + epoch).shuffle(order)
-            out.append(self.problems[order[pos]])
+            if self._order[0] != epoch:  # one shuffle per pass (a function of seed and pass)
+                order = list(range(len(self.problems)))
+                random.Random(self.cfg.seed * 100_003 + epoch).shuffle(order)
+                self._order = (epoch, order)
+            out.append(self.problems[self._order[1][pos]])
             self.cursor += 1
         return out
 
