@@ -120,6 +120,33 @@ def test_thr_on_policy_uses_the_update_forward_only(tiny_model_dir, tmp_path):
     assert all(r["time/thr"] > 0 for r in rows)
 
 
+def test_on_policy_thr_from_the_update_logits_equals_streamed_thr(tiny_model_dir, tmp_path):
+    """On-policy, THR reads the update pass's own logits; the result equals THR that streams
+    the probabilities from the unembedding (thr_token_advantages' other source)."""
+    from thrlab.model import lm_parts
+    from thrlab.thr import thr_token_advantages
+
+    tr = _trainer(tiny_model_dir, tmp_path, thr_mode="thr", thr_p=0.1, steps=1)
+    seen, inner = [], tr.token_advantages
+
+    def spy(hidden, tokens, mask, rewards, adv, logits=None):
+        assert logits is not None and logits.shape[:2] == tokens.shape  # handed over, (B, T, V)
+        streamed = thr_token_advantages(tr.cfg, hidden, tokens, mask, rewards, adv,
+                                        lm_parts(tr.model)[1].weight)
+        out = inner(hidden, tokens, mask, rewards, adv, logits)
+        seen.append((out[0], tr._thr_parts[-1], streamed))
+        return out
+
+    tr.token_advantages = spy
+    tr.train(progress=False)
+    assert seen
+    for adv_tok, thr, (adv_ref, thr_ref, _) in seen:
+        assert thr.abs().max() > 0
+        assert torch.allclose(thr, thr_ref, rtol=1e-4, atol=1e-6 * float(thr_ref.abs().max()))
+        # the same dominant tokens (one may sit on tau within rounding)
+        assert int(((adv_tok != 0) != (adv_ref != 0)).sum()) <= 1
+
+
 def test_thr_needs_whole_groups_per_micro_batch():
     with pytest.raises(ValueError, match="whole groups"):
         from_preset("tiny", thr_mode="thr", micro_batch_size=4, group_size=8)

@@ -215,18 +215,26 @@ def lm_parts(model):
 
 
 def completion_forward(model, input_ids, attention_mask, prompt_len: int, temperature: float,
-                       *, need_hidden: bool = False, need_entropy: bool = True):
+                       *, need_hidden: bool = False, need_entropy: bool = True,
+                       need_logits: bool = False):
     """Run the model once over prompt+completion; return per-completion-token quantities.
 
     input_ids, attention_mask: (B, L) with prompts left-padded to prompt_len, completions after.
     Returns dict: logp (B, T) log pi(y_t) at `temperature`; entropy (B, T) (no grad);
-    hidden (B, T, H) post-final-norm states that predict each completion token (if asked).
+    hidden (B, T, H) post-final-norm states that predict each completion token (if asked);
+    logits (B, T, V) at `temperature`, detached (if asked; only with grad enabled, where they are
+    kept for the backward anyway, so THR can reuse them instead of recomputing h W^T).
     Rows sharing a prompt share its computation (`completion_states`); the vocabulary-sized
     tensors are made `_LOGIT_ELEMENTS` at a time where no gradient needs them (`_token_stats`).
     """
     backbone, lm_head = lm_parts(model)
     h = completion_states(backbone, input_ids, attention_mask, prompt_len)  # (B, T, H)
+    if need_logits and not torch.is_grad_enabled():
+        raise ValueError("need_logits is only served with grad enabled (without grad the logits "
+                         "are made in chunks and never held)")
     out = _token_stats(lm_head, h, input_ids[:, prompt_len:], temperature, need_entropy)
+    if not need_logits:
+        out.pop("logits", None)
     if need_hidden:
         out["hidden"] = h
     return out
@@ -326,7 +334,8 @@ def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool) -> 
     if torch.is_grad_enabled():
         logits = lm_head(h).float() / temperature  # (B, T, V), kept for the backward
         logz = torch.logsumexp(logits, dim=-1)  # (B, T)
-        out = {"logp": logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz}  # (B, T)
+        out = {"logp": logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz,  # (B, T)
+               "logits": logits.detach()}  # (B, T, V), a view of what the backward keeps
         if need_entropy:
             with torch.no_grad():
                 flat = logits.detach().reshape(B * T, V)

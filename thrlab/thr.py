@@ -280,18 +280,22 @@ def thr_stats(thr, mask, tau, adv, adv_tok) -> dict:
             "thr/adv_mass_after": float((adv_tok.abs() * m).sum())}
 
 
-def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight):
+def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight=None, *,
+                         logits=None):
     """Per-token advantages (B, T) of whole groups under cfg's thr_* settings; (adv_tok, thr, stats).
 
     The one place the trainer and the TRL integration turn (old-policy hidden states, sampled
     tokens, rewards, GRPO advantages) into reweighted token advantages. cfg is a thrlab Config (or
-    anything with its thr_* fields, temperature and group_size); hidden (B, T, H), lm_head_weight
-    (V, H) the unembedding. Rows are group-major, B a multiple of group_size.
+    anything with its thr_* fields, temperature and group_size); hidden (B, T, H); the
+    probabilities come from lm_head_weight (V, H), the unembedding, streamed in chunks, or from
+    logits (B, T, V) already divided by cfg.temperature (an update pass's, reused). Rows are
+    group-major, B a multiple of group_size.
     """
     G = cfg.group_size
+    source = ({"logits": logits.detach()} if logits is not None else
+              {"lm_head_weight": lm_head_weight.detach(), "temperature": cfg.temperature})
     with torch.no_grad():
-        thr = thr_for_batch(hidden.detach(), tokens, mask, rewards, G,
-                            lm_head_weight=lm_head_weight.detach(), temperature=cfg.temperature,
+        thr = thr_for_batch(hidden.detach(), tokens, mask, rewards, G, **source,
                             vocab=cfg.thr_vocab, length_normalize=cfg.thr_length_normalize,
                             advantage_weighted=cfg.thr_advantage_weighted)  # (B, T)
         groups = [slice(g, g + G) for g in range(0, len(thr), G)]

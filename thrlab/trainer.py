@@ -149,10 +149,13 @@ class GRPOTrainer:
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     # -- 4. per-token advantages ---------------------------------------------------------------
-    def token_advantages(self, hidden, tokens, mask, rewards, adv) -> tuple[torch.Tensor, dict]:
+    def token_advantages(self, hidden, tokens, mask, rewards, adv,
+                         logits=None) -> tuple[torch.Tensor, dict]:
         """Per-token advantages (B, T) of whole groups: plain GRPO, THR or NTHR reweighting.
 
-        hidden (B, T, H) are the old policy's states (needed only when thr_mode != "off").
+        hidden (B, T, H) are the old policy's states (needed only when thr_mode != "off");
+        logits (B, T, V) the same pass's, when it kept them (on-policy), else THR streams
+        them from the unembedding.
         """
         if self.cfg.thr_mode == "off":
             return adv.unsqueeze(-1) * mask.float(), {}
@@ -160,7 +163,9 @@ class GRPOTrainer:
 
         t0 = time.perf_counter()
         w = lm_parts(self.model)[1].weight  # (V, H) unembedding, never LoRA-wrapped
-        adv_tok, thr, stats = thr_token_advantages(self.cfg, hidden, tokens, mask, rewards, adv, w)
+        adv_tok, thr, stats = thr_token_advantages(self.cfg, hidden, tokens, mask, rewards, adv,
+                                                   None if logits is not None else w,
+                                                   logits=logits)
         self._thr_parts.append(thr)
         stats["time/thr"] = time.perf_counter() - t0
         return adv_tok, stats
@@ -207,15 +212,16 @@ class GRPOTrainer:
                 self.opt.zero_grad(set_to_none=True)
                 for idx in self._micro_batches(rows):
                     mask = r.mask[idx]
+                    thr_here = thr_on and old is None  # THR from this pass's states and logits
                     o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
-                                           r.prompt_len, cfg.temperature,
-                                           need_hidden=thr_on and old is None)
+                                           r.prompt_len, cfg.temperature, need_hidden=thr_here,
+                                           need_logits=thr_here)
                     old_logp = o["logp"].detach() if old is None else old["logp"][idx]
                     if adv_tok is None:
                         # On-policy: this forward IS the old-policy pass; whole groups per
                         # micro-batch (config check), so THR needs no extra forward.
                         a_mb, st_mb = self.token_advantages(o["hidden"], r.tokens[idx], mask,
-                                                            r.rewards[idx], adv[idx])
+                                                            r.rewards[idx], adv[idx], o["logits"])
                         _merge_thr_stats(adv_stats, st_mb)
                         ent_parts.append(o["entropy"])
                     else:
