@@ -42,7 +42,8 @@ for p in (HERE.parent, HERE):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from step_breakdown import PHASES, machine_info, make_trainer, phase_row, summarise  # noqa: E402
+from thrlab.runs import environment_info  # noqa: E402
+from step_breakdown import PHASES, make_trainer, phase_row, summarise  # noqa: E402
 
 SHAPES = {  # Qwen2.5-1.5B: hidden 1536, 28 layers, 12 heads / 2 KV heads, FFN 8960, vocab 151,936
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -241,7 +242,7 @@ def main() -> None:
                 "steps": args.steps, "config": {k: getattr(cfg, k) for k in (
                     "lora_r", "lora_alpha", "micro_batch_size", "mini_batches",
                     "gradient_checkpointing", "compute_dtype", "kl_coef", "thr_mode", "thr_p")},
-                "wall_s": time.perf_counter() - t_start, "machine": machine_info()})
+                "wall_s": time.perf_counter() - t_start, "machine": environment_info()})
     g = res["generation"]
     print(f"\n{res['device']}: step {res['phases_s']['step']:.2f} s (median), THR share "
           f"{100 * res['thr_overhead_frac']:.2f}%, generation {g['tokens_per_s']:.0f} tokens/s"

@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -55,26 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from thrlab.runs import environment_info  # noqa: E402
+
 PHASES = ("generate", "reward", "old_logp", "ref_logp", "thr", "update", "other")
-
-
-def machine_info() -> dict:
-    """CPU model, core count, torch threads and versions: the context every timing needs."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            bf16 = "avx512_bf16" in f.read()
-    except OSError:
-        bf16 = None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "avx512_bf16": bf16,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def peak_rss_mb() -> float:
@@ -283,7 +265,7 @@ def main() -> None:
         if args.ablation:
             ab = ablation(cfg, path, args.reps)
             ab.update(preset=cfg.preset, model="random" if args.random_model else cfg.model,
-                      wall_s=time.perf_counter() - t0, machine=machine_info())
+                      wall_s=time.perf_counter() - t0, machine=environment_info())
             for k in ("generate", "ref_pass", "update_fwd_bwd"):
                 print(f"{k:<16} before {ab[k]['before']:.4f} s  now {ab[k]['now']:.4f} s  "
                       f"({ab[k]['speedup']:.2f}x)"
@@ -299,7 +281,7 @@ def main() -> None:
            "shape": {"P": cfg.prompts_per_step, "G": cfg.group_size, "T": cfg.max_new_tokens,
                      "B": cfg.prompts_per_step * cfg.group_size},
            "steps": args.steps, "warmup": args.warmup, "wall_s": wall, **res,
-           "peak_rss_mb": peak_rss_mb(), "machine": machine_info()}
+           "peak_rss_mb": peak_rss_mb(), "machine": environment_info()}
     print(format_table(res))
     print(json.dumps(res))
 

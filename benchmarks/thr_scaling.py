@@ -39,7 +39,8 @@ for p in (HERE.parent, HERE):
         sys.path.insert(0, str(p))
 
 import thr_speed  # noqa: E402
-from thr_speed import cpu_info, make_case, mem_available, naive_peak_bytes  # noqa: E402
+from thr_speed import make_case, mem_available, naive_peak_bytes  # noqa: E402
+from thrlab.runs import environment_info  # noqa: E402
 
 ROUTES = ("naive", "factorised", "gram")
 
@@ -180,7 +181,7 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     t0 = time.perf_counter()
     H, G = args.hidden, args.group_size
-    res = {"machine": cpu_info(), "H": H, "G": G, "correct": args.correct,
+    res = {"machine": environment_info(), "H": H, "G": G, "correct": args.correct,
            "chunk_size": args.chunk_size,
            "measured": "in process" if args.in_process else "one fresh process per point"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,6 @@ import gc
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from thrlab.runs import environment_info  # noqa: E402
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -271,17 +272,6 @@ def tiny_step_share(steps: int, reps: int) -> dict:
 
 
 # -- driver --------------------------------------------------------------------------------------
-def cpu_info() -> dict:
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="T=32 and 3 tiny GRPO steps")
@@ -309,7 +299,7 @@ def main() -> None:
         while Tn > 1 and naive_peak_bytes(G * Tn, V) > 0.5 * mem_available():
             Tn //= 2
     t_start = time.perf_counter()
-    res = {"machine": cpu_info(), "shape": {"V": V, "H": H, "G": G, "T": T, "correct": args.correct,
+    res = {"machine": environment_info(), "shape": {"V": V, "H": H, "G": G, "T": T, "correct": args.correct,
                                             "naive_T": Tn, "chunk_size": args.chunk_size}}
     with tempfile.TemporaryDirectory() as tmp:
         # 1. paper shape: the three routes ------------------------------------------------------
@@ -380,7 +370,7 @@ def main() -> None:
     pc, nc = res["paper_case"], res["naive_case"]
     W_mb = V * H * 4 / 2**20
     print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cpu_count']} CPUs, "
-          f"torch {res['machine']['torch']} with {res['machine']['torch_threads']} threads")
+          f"torch {res['machine']['packages']['torch']} with {res['machine']['torch_threads']} threads")
     print(f"memory: peak RSS added by the call over its inputs (W alone is {W_mb:.0f} MB), "
           f"{sec1['factorised'].get('mem_method', '?')}")
     print(f"\n{'case / route':<34} {'wall s':>9} {'peak +MB':>10}  notes")

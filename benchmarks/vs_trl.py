@@ -52,7 +52,8 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from step_breakdown import machine_info, make_trainer, peak_rss_mb, phase_row, random_tiny_model  # noqa: E402
+from thrlab.runs import environment_info  # noqa: E402
+from step_breakdown import make_trainer, peak_rss_mb, phase_row, random_tiny_model  # noqa: E402
 
 DIFFERENCES = [
     "advantage std: TRL divides by the sample std (Bessel) + 1e-4, thrlab by the population std "
@@ -389,7 +390,7 @@ def main() -> None:
                 "steps_per_round": args.steps, "rounds": args.rounds,
                 "warmup_rounds": args.warmup_rounds, "differences": DIFFERENCES,
                 "trl_version": trl.__version__, "wall_s": time.perf_counter() - t0,
-                "peak_rss_mb": peak_rss_mb(), "machine": machine_info()})
+                "peak_rss_mb": peak_rss_mb(), "machine": environment_info()})
     print(format_table(res))
     print(json.dumps(res))
 

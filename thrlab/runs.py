@@ -110,18 +110,31 @@ class RunDir:
 
 
 def environment_info() -> dict:
-    """Package versions, git revision and platform, for env.json."""
+    """Package versions, git revision, platform and machine (CPU model, whether it has bf16
+    instructions, torch threads, GPU), for env.json and every benchmark's JSON."""
     from importlib import metadata
 
     pkgs = {}
     for name in ("thrlab", "torch", "transformers", "peft", "bitsandbytes", "accelerate",
-                 "math-verify", "datasets", "papermill", "numpy"):
+                 "math-verify", "datasets", "papermill", "trl", "numpy"):
         try:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pkgs[name] = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                    if line.startswith("model name")), platform.processor())
+        bf16 = "avx512_bf16" in info
+    except OSError:
+        cpu, bf16 = platform.processor(), None
+    torch = sys.modules.get("torch")  # reported when the caller uses it; never imported here
+    cuda = torch is not None and torch.cuda.is_available()
     return {"python": sys.version.split()[0], "platform": platform.platform(),
-            "packages": pkgs, "git_sha": git_sha(), "cpu_count": os.cpu_count()}
+            "packages": pkgs, "git_sha": git_sha(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "avx512_bf16": bf16, "torch_threads": torch.get_num_threads() if torch else None,
+            "gpu": torch.cuda.get_device_name() if cuda else None}
 
 
 def git_sha() -> str | None:
