@@ -138,12 +138,14 @@ def environment_info() -> dict:
 
 
 def git_sha() -> str | None:
-    """The repository's HEAD sha (with -dirty), or None outside a git checkout."""
+    """The repository's HEAD sha (with -dirty), or None outside a git checkout. Changes under
+    paper_figures/ do not count: `thrlab.reproduce` writes them while it runs."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)paper_figures"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
