@@ -232,9 +232,8 @@ def completion_forward(model, input_ids, attention_mask, prompt_len: int, temper
     if need_logits and not torch.is_grad_enabled():
         raise ValueError("need_logits is only served with grad enabled (without grad the logits "
                          "are made in chunks and never held)")
-    out = _token_stats(lm_head, h, input_ids[:, prompt_len:], temperature, need_entropy)
-    if not need_logits:
-        out.pop("logits", None)
+    out = _token_stats(lm_head, h, input_ids[:, prompt_len:], temperature, need_entropy,
+                       need_logits)
     if need_hidden:
         out["hidden"] = h
     return out
@@ -317,7 +316,8 @@ def _cache_kwarg(backbone) -> str | None:
 _LOGIT_ELEMENTS = 2 ** 26
 
 
-def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool) -> dict:
+def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool,
+                 need_logits: bool = False) -> dict:
     """logp (B, T) of `tokens` and entropy (B, T) at `temperature` from states h (B, T, H).
 
     With grad the (B, T, V) logits are kept for the backward; the entropy (no grad) is still
@@ -334,8 +334,9 @@ def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool) -> 
     if torch.is_grad_enabled():
         logits = lm_head(h).float() / temperature  # (B, T, V), kept for the backward
         logz = torch.logsumexp(logits, dim=-1)  # (B, T)
-        out = {"logp": logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz,  # (B, T)
-               "logits": logits.detach()}  # (B, T, V), a view of what the backward keeps
+        out = {"logp": logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz}  # (B, T)
+        if need_logits:
+            out["logits"] = logits.detach()  # (B, T, V), a view of what the backward keeps
         if need_entropy:
             with torch.no_grad():
                 flat = logits.detach().reshape(B * T, V)

@@ -162,9 +162,9 @@ class GRPOTrainer:
         from .thr import thr_token_advantages
 
         t0 = time.perf_counter()
-        w = lm_parts(self.model)[1].weight  # (V, H) unembedding, never LoRA-wrapped
-        adv_tok, thr, stats = thr_token_advantages(self.cfg, hidden, tokens, mask, rewards, adv,
-                                                   None if logits is not None else w,
+        # the unembedding (V, H), never LoRA-wrapped, streams probabilities when no logits
+        w = lm_parts(self.model)[1].weight if logits is None else None
+        adv_tok, thr, stats = thr_token_advantages(self.cfg, hidden, tokens, mask, rewards, adv, w,
                                                    logits=logits)
         self._thr_parts.append(thr)
         stats["time/thr"] = time.perf_counter() - t0
