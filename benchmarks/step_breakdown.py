@@ -55,22 +55,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from thrlab.runs import environment_info  # noqa: E402
+from thrlab.tiny import save_random_model  # noqa: E402
 
 PHASES = ("generate", "reward", "old_logp", "ref_logp", "thr", "update", "other")
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def random_tiny_model(cfg, folder: str) -> str:
-    """Save a randomly initialised model of the tiny preset's shape (no cold start) to folder."""
-    from thrlab.tiny import build_model, build_tokenizer
-
-    tok = build_tokenizer()
-    build_model(cfg, len(tok)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def make_trainer(cfg, model_path: str, run_dir: str, problems=None, grade_fn=None):
@@ -141,8 +132,6 @@ def plain_completion_forward(model, ids, att, lp: int, temperature: float,
 
 def ablation(cfg, model_path: str, reps: int) -> dict:
     """Before/after timings of the generation and forward-pass changes (module docstring)."""
-    import contextlib
-
     from thrlab import rollout
     from thrlab.experiment import train_problems
     from thrlab.model import completion_forward, load_policy, reference_policy, resolve_device
@@ -258,7 +247,7 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory() as d:
         if args.random_model:
-            path = random_tiny_model(cfg, d)
+            path = save_random_model(cfg, d)
         else:
             path = resolve_model_path(cfg, progress=False)
         t0 = time.perf_counter()

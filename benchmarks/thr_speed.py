@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from thrlab.model import _available_memory as mem_available  # noqa: E402
 from thrlab.runs import environment_info  # noqa: E402
 
 
@@ -107,14 +108,6 @@ def naive_peak_bytes(n: int, v: int) -> int:
     """Rough peak of naive_thr: about four (N x V) fp32 matrices alive at once (logits, their
     scaled copy, probabilities, g)."""
     return 4 * n * v * 4
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 8 * 2**30
 
 
 # -- one measurement, in its own process ---------------------------------------------------------
@@ -233,17 +226,14 @@ def tiny_step_share(steps: int, reps: int) -> dict:
     from thrlab.runs import RunDir
     from thrlab.tasks import arithmetic_problems
     from thrlab.thr import thr_for_batch
-    from thrlab.tiny import build_model, build_tokenizer
+    from thrlab.tiny import save_random_model
     from thrlab.trainer import GRPOTrainer
 
     cfg = from_preset("tiny", steps=steps, thr_mode="thr", thr_p=0.1, sft_control=False,
                       thr_save_every=0, save_every=10**6, device="cpu")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
-        tok = build_tokenizer()
-        build_model(cfg, len(tok)).save_pretrained(d)
-        tok.save_pretrained(d)
-        model, tok = load_policy(cfg, d, torch.device("cpu"))
+        model, tok = load_policy(cfg, save_random_model(cfg, d), torch.device("cpu"))
         tr = GRPOTrainer(cfg, model, tok, arithmetic_problems(256, "train", seed=0),
                          RunDir(Path(d) / "run"), ParityGrade())
         rows = tr.train(progress=False)

@@ -53,7 +53,8 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 from thrlab.runs import environment_info  # noqa: E402
-from step_breakdown import make_trainer, peak_rss_mb, phase_row, random_tiny_model  # noqa: E402
+from thrlab.tiny import save_random_model  # noqa: E402
+from step_breakdown import make_trainer, peak_rss_mb, phase_row  # noqa: E402
 
 DIFFERENCES = [
     "advantage std: TRL divides by the sample std (Bessel) + 1e-4, thrlab by the population std "
@@ -378,7 +379,7 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        path = random_tiny_model(cfg, d) if args.random_model else resolve_model_path(cfg, False)
+        path = save_random_model(cfg, d) if args.random_model else resolve_model_path(cfg, False)
         res = race(cfg, path, args.steps, args.rounds, args.warmup_rounds, not args.no_thr,
                    not args.no_parity)
     import trl

@@ -70,16 +70,14 @@ def main(argv=None) -> dict:
 
     from thrlab.config import from_preset
     from thrlab.integrations.trl import THRGRPOTrainer
-    from thrlab.tiny import build_model, build_tokenizer
+    from thrlab.tiny import save_random_model
 
     cfg = from_preset("tiny", "thr_exploit", tiny_hidden=a.hidden, tiny_layers=a.layers,
                       tiny_ffn=4 * a.hidden, steps=a.steps, prompts_per_step=a.prompts,
                       group_size=a.group_size, max_new_tokens=a.max_new_tokens,
                       mini_batches=a.mini_batches, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        tok = build_tokenizer()
-        build_model(cfg, len(tok)).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        save_random_model(cfg, tmp)
         logs = {name: run(cls, cfg, tmp, str(Path(tmp) / name))
                 for name, cls in (("trl", GRPOTrainer), ("thr", THRGRPOTrainer))}
 

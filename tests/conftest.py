@@ -11,13 +11,10 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def tiny_model_dir(tmp_path_factory):
     """A randomly initialised tiny Qwen2 model + char tokenizer saved to disk (built in-process)."""
     from thrlab.config import from_preset
-    from thrlab.tiny import build_model, build_tokenizer
+    from thrlab.tiny import save_random_model
 
     out = tmp_path_factory.mktemp("tiny_random")
-    tok = build_tokenizer()
-    model = build_model(from_preset("tiny"), len(tok))
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_random_model(from_preset("tiny"), out)
     return out
 
 

@@ -69,6 +69,15 @@ def tiny_model_dir(cfg: Config) -> Path:
     return cache_root() / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
+def save_random_model(cfg: Config, folder) -> str:
+    """Save an untrained model of cfg's tiny shape and the character tokenizer to folder (no
+    cold start; for tests and benchmarks that need a model, not a competent one); returns it."""
+    tok = build_tokenizer()
+    build_model(cfg, len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
 def ensure_tiny_model(cfg: Config, progress: bool = True) -> Path:
     """Return the cold-started tiny model folder, training it first if not cached."""
     out = tiny_model_dir(cfg)
