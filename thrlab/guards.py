@@ -29,8 +29,6 @@ def is_nonfinite_sampling_error(err: BaseException) -> bool:
 def is_oom(err: BaseException) -> bool:
     import torch
 
-    if isinstance(err, OutOfMemoryReport):
-        return False  # already explained
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 

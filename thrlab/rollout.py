@@ -6,7 +6,7 @@ old-policy pass, THR): `input_ids (B, L)`, `attention_mask (B, L)`, `tokens (B, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -24,7 +24,6 @@ class Rollout:
     texts: list[str]  # decoded completions (special tokens dropped)
     problem_index: list[int]  # (B,) index of the prompt each row answers
     rewards: torch.Tensor | None = None  # (B,) filled by the reward stage
-    extras: dict = field(default_factory=dict)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -37,7 +36,7 @@ class Rollout:
         return Rollout(self.input_ids[idx], self.attention_mask[idx], self.prompt_len,
                        self.tokens[idx], self.mask[idx], self.truncated[idx],
                        [self.texts[i] for i in il], [self.problem_index[i] for i in il],
-                       None if self.rewards is None else self.rewards[idx], dict(self.extras))
+                       None if self.rewards is None else self.rewards[idx])
 
 
 def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -96,7 +95,7 @@ def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, tempera
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p,
                     max_new_tokens=max_new_tokens, pad_id=tok.pad_token_id, eos_ids=eos_ids)
-    parts = []
+    parts, plain = [], _plain_sampling(lm)
     step = batch_size or len(prompts)
     try:
         with dequantized_4bit_cpu(model):
@@ -104,7 +103,7 @@ def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, tempera
                 enc = tok(prompts[s:s + step], return_tensors="pt", padding=True,
                           add_special_tokens=False)
                 ids, att = enc.input_ids.to(device), enc.attention_mask.to(device)  # (b, Lp)
-                if _plain_sampling(lm):
+                if plain:
                     comp = _shared_prefill_sample(lm, ids, att, n, **sampling)  # (b*n, T)
                 else:
                     comp = _hf_generate(model, ids, att, n, **sampling)

@@ -94,13 +94,11 @@ def _probs_reusing(probs, rows, where, held, offset: int):
     return out
 
 
-def _factorised(h, y, w, anchors, probs, n_vocab, chunk_size):
+def _factorised(h, y, w, anchors, where, probs, n_vocab, chunk_size):
     """Return g^T M h per real token, building M from the anchors by scatter-add and chunks."""
     wh = w[anchors, None] * h[anchors]  # (N_c, H)
     M = h.new_zeros(n_vocab, h.shape[1])  # (V, H)
     M.index_add_(0, y[anchors], wh)  # sum w e_y h^T without materialising one-hot rows
-    where = torch.full((len(y),), -1, dtype=torch.long, device=h.device)  # (N,)
-    where[anchors] = torch.arange(len(anchors), device=h.device)
     held, offset = h.new_empty(0, n_vocab), 0
     for s in range(0, len(anchors), chunk_size):
         held, offset = probs(anchors[s:s + chunk_size]), s  # (n_a, V), the last chunk is kept
@@ -115,15 +113,13 @@ def _factorised(h, y, w, anchors, probs, n_vocab, chunk_size):
     return score
 
 
-def _gram(h, y, w, anchors, probs, chunk_size):
+def _gram(h, y, w, anchors, where, probs, chunk_size):
     """Return sum over anchors of w (g.g')(h.h') per real token, chunking anchors and tokens.
 
     Anchors are tokens too: within an anchor chunk their probability rows are made once and
     reused for the token rows they are, so with N_c <= chunk_size every row is made once.
     """
     score = h.new_zeros(len(y))  # (N,)
-    where = torch.full((len(y),), -1, dtype=torch.long, device=h.device)  # (N,)
-    where[anchors] = torch.arange(len(anchors), device=h.device)
     for a0 in range(0, len(anchors), chunk_size):
         a = anchors[a0:a0 + chunk_size]  # (n_a,)
         pi_a = probs(a)  # (n_a, V)
@@ -200,13 +196,15 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
         return torch.exp(x[:, cols] - torch.logsumexp(x, dim=-1, keepdim=True))  # (n, V_g)
 
     anchors = (w > 0).nonzero().squeeze(1)  # (N_c,) real tokens of correct responses
+    where = torch.full((len(y),), -1, dtype=torch.long, device=h.device)  # (N,) anchor index
+    where[anchors] = torch.arange(len(anchors), device=h.device)  # or -1
     if method == "auto":
         cost = route_flops(len(y), len(anchors), n_vocab, H, logits is None, chunk_size)
         method = min(cost, key=cost.get)
     if method == "factorised":
-        score = _factorised(h, y, w, anchors, probs, n_vocab, chunk_size)  # (N,)
+        score = _factorised(h, y, w, anchors, where, probs, n_vocab, chunk_size)  # (N,)
     else:
-        score = _gram(h, y, w, anchors, probs, chunk_size)  # (N,)
+        score = _gram(h, y, w, anchors, where, probs, chunk_size)  # (N,)
     out.view(-1)[flat] = (c[resp] * score).float()
     return out
 
@@ -218,6 +216,9 @@ def thr_for_batch(hidden, tokens, mask, rewards, group_size: int, **kw) -> torch
         raise ValueError(f"need B = {B} rows, a multiple of group_size={group_size}, and rewards "
                          f"(B,), got rewards {tuple(rewards.shape)}")
     logits = kw.pop("logits", None)
+    if kw.get("lm_head_weight") is not None:  # cast (V, H) once per batch, not once per group
+        kw["lm_head_weight"] = kw["lm_head_weight"].to(
+            torch.promote_types(hidden.dtype, torch.float32))
     out = []
     for s in range(0, B, group_size):
         g = slice(s, s + group_size)

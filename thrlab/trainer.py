@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 
@@ -240,20 +241,21 @@ class GRPOTrainer:
                         acc["cov"] += float(st["cov_selected"].sum())
                     loss = aggregate(loss_tok, loss_mask, cfg.loss_agg, n_tokens=n_tok,
                                      n_seqs=float(len(rows)), max_len=cfg.max_new_tokens)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteError(f"loss is {loss.item()}")
+                    loss_value = loss.item()  # one device sync per micro-batch
+                    if not math.isfinite(loss_value):
+                        raise NonFiniteError(f"loss is {loss_value}")
                     loss.backward()
                     failpoint("update")
                     mf = mask.float()
-                    acc["loss"] += loss.item()
+                    acc["loss"] += loss_value
                     acc["clip"] += float((st["clipped"].float() * mf).sum())
                     acc["kl"] += float((st.get("kl", torch.zeros_like(mf)) * mf).sum())
                     acc["ent"] += float((o["entropy"] * mf).sum())
                     acc["tok"] += float(mf.sum())
-                gn = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                if not torch.isfinite(gn):
-                    raise NonFiniteError(f"gradient norm is {gn.item()}")
-                acc["gn"] += float(gn)
+                gn = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                if not math.isfinite(gn):
+                    raise NonFiniteError(f"gradient norm is {gn}")
+                acc["gn"] += gn
                 self.opt.step()
                 self._opt_steps += 1
         adv_stats.pop("_n", None)
@@ -286,6 +288,8 @@ class GRPOTrainer:
                 stats["train/skipped"] = 0
         except NonFiniteError as err:
             self._skip_nonfinite(stats, f"non-finite update ({err})")
+        except OutOfMemoryReport:  # guarded_update's explained OOM: not a generation OOM
+            raise
         except RuntimeError as err:
             if is_nonfinite_sampling_error(err):
                 self._skip_nonfinite(stats, "NaN/inf in the sampling distribution")
