@@ -168,30 +168,13 @@ def measure(name: str, inputs: str, outdir: str, impl: str, method: str = "auto"
 
 
 # -- comparisons ---------------------------------------------------------------------------------
-def _rank(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 0..n-1 with ties given their average rank (Spearman's convention)."""
-    x = x.double()
-    order = torch.argsort(x)
-    r = torch.empty_like(x)
-    r[order] = torch.arange(len(x), dtype=torch.float64)
-    _, inv, counts = torch.unique(x, return_inverse=True, return_counts=True)
-    if (counts > 1).any():  # average the ranks within each tie
-        r = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, r)[inv] / counts[inv]
-    return r
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = _rank(a), _rank(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
-
-
 def agreement(x: torch.Tensor, ref: torch.Tensor) -> float:
     """max |x - ref| / max |ref|: the largest deviation on the scale of the scores."""
     return float((x.double() - ref.double()).abs().max() / ref.double().abs().max())
 
 
 def approx_error(approx, exact, mask, rewards) -> dict:
+    from thrlab.predictor import spearman
     from thrlab.thr import thr_threshold
 
     m = mask.bool()
@@ -200,7 +183,7 @@ def approx_error(approx, exact, mask, rewards) -> dict:
     kept_e, kept_a = exact[m].abs() > tau_e, approx[m].abs() > tau_a
     return {"rel_l2": float((a - e).norm() / e.norm()),
             "max_abs_over_max": float((a - e).abs().max() / e.abs().max()),
-            "spearman": spearman(a, e),
+            "spearman": spearman(a.numpy(), e.numpy()),
             "sign_flip_frac": float((torch.sign(a) != torch.sign(e)).double().mean()),
             "sign_flip_frac_kept": float((torch.sign(a) != torch.sign(e))[kept_e].double().mean())
             if kept_e.any() else 0.0,

@@ -97,7 +97,7 @@ def run_experiment(cfg: Config, run_dir: str | Path | None = None, *, runs_root=
         torch.set_num_threads(cfg.threads)
     t0 = time.time()
     write_json(run / "config.json", cfg.to_dict())
-    write_json(run / "env.json", dict(environment_info(), torch_threads=torch.get_num_threads()))
+    write_json(run / "env.json", environment_info())  # torch is imported: its threads included
     device = resolve_device(cfg)
     path = resolve_model_path(cfg, progress)
     grade_fn = make_grade_fn(cfg)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, from_preset
-from .runs import read_json, write_json
+from .runs import RunDir, read_json, write_json
 
 # Phases of a training step (metrics.jsonl keys, seconds). time/thr runs inside time/update on
 # on-policy steps and before it otherwise; runtime_table separates the two.
@@ -54,13 +54,14 @@ def run_grid(preset: str, methods: list[str], seeds: list[int], overrides: dict 
         for method in methods:
             cfg = grid_config(preset, method, seed,
                               dict(overrides or {}, **(per_method or {}).get(method, {})))
-            run_dir = Path(runs_root) / cfg.run_id()
-            reused = (run_dir / "COMPLETE").exists()
+            run_id = cfg.run_id()
+            run_dir = Path(runs_root) / run_id
+            reused = RunDir(run_dir).complete
             t0 = time.time()
             run_experiment(cfg, run_dir, progress=progress)
-            print(f"{method:<16} seed {seed}: {cfg.run_id()} "
+            print(f"{method:<16} seed {seed}: {run_id} "
                   f"({'reused' if reused else f'trained in {time.time() - t0:.0f} s'})")
-            rows.append({"method": method, "seed": seed, "run_id": cfg.run_id(),
+            rows.append({"method": method, "seed": seed, "run_id": run_id,
                          "run_dir": str(run_dir)})
     return pd.DataFrame(rows)
 
@@ -169,8 +170,6 @@ def curves_from_long(table: pd.DataFrame, x: str = "k"):
 # -- training metrics ----------------------------------------------------------------------------
 def metrics_table(runs: pd.DataFrame) -> pd.DataFrame:
     """All metrics.jsonl rows of the runs, with method and seed columns."""
-    from .runs import RunDir
-
     frames = [pd.DataFrame(RunDir(r.run_dir).metrics()).assign(method=r.method, seed=r.seed)
               for r in runs.itertuples()]
     return pd.concat(frames, ignore_index=True)

@@ -70,17 +70,14 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
-def method_bars(ax, values: dict[str, list[float]], ylabel: str, *, offset: float = 0.0,
-                width: float = 0.8, hatch: str | None = None, legend_label: str | None = None):
+def method_bars(ax, values: dict[str, list[float]], ylabel: str):
     """Bars of the seed mean per method, error bars = std over seeds, dots = single seeds."""
     if not values or not all(len(v) for v in values.values()):
         raise ValueError(f"nothing to plot for {ylabel!r}: {values} (metric not evaluated?)")
-    xs = np.arange(len(values)) + offset
-    for x, (m, v) in zip(xs, values.items()):
+    for x, (m, v) in enumerate(values.items()):
         v = np.asarray(v, dtype=float)
-        ax.bar(x, v.mean(), width, color=color(m), alpha=0.55, hatch=hatch,
-               yerr=v.std() if len(v) > 1 else None, capsize=3, ecolor="0.15",
-               label=legend_label if x == xs[0] else None, edgecolor=color(m))
+        ax.bar(x, v.mean(), 0.8, color=color(m), alpha=0.55,
+               yerr=v.std() if len(v) > 1 else None, capsize=3, ecolor="0.15", edgecolor=color(m))
         ax.scatter(np.full(len(v), x), v, s=6, color="0.2", zorder=3)
     ax.set_xticks(np.arange(len(values)), [label(m) for m in values], rotation=20, ha="right")
     ax.set_ylabel(ylabel)
