@@ -41,16 +41,11 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
-    from .experiment import eval_problems, make_grade_fn, resolve_model_path
-    from .model import load_policy, resolve_device
+    from .experiment import eval_problems, load_run_policy, make_grade_fn
     from .runs import write_json
 
     cfg = _config(args)
-    model, tok = load_policy(cfg, resolve_model_path(cfg, not args.quiet), resolve_device(cfg))
-    if args.adapter:
-        from .checkpoint import load_adapter_weights
-
-        load_adapter_weights(model, args.adapter)
+    model, tok = load_run_policy(cfg, args.adapter, progress=not args.quiet)
     res = evaluate(model, tok, eval_problems(cfg), cfg, grade_fn=make_grade_fn(cfg),
                    progress=not args.quiet)
     if args.out:

@@ -20,6 +20,21 @@ from .runs import RunDir, environment_info, read_json, write_json
 EVAL_SEED = 0
 
 
+def load_run_policy(cfg: Config, adapter=None, progress: bool = True):
+    """(model, tok): cfg's 4-bit + LoRA policy on its device, with cfg.threads applied and, when
+    given, a saved adapter folder's weights loaded (e.g. a run's `adapter/`)."""
+    from .model import load_policy, resolve_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tok = load_policy(cfg, resolve_model_path(cfg, progress), resolve_device(cfg))
+    if adapter:
+        from .checkpoint import load_adapter_weights
+
+        load_adapter_weights(model, adapter)
+    return model, tok
+
+
 def resolve_model_path(cfg: Config, progress: bool = True) -> str:
     """Path or hub id of the base model; builds the cached tiny model for model='tiny'."""
     if cfg.model == "tiny":

@@ -20,14 +20,16 @@ FAILPOINTS = (
 _hits: dict[str, int] = {}
 
 
+def armed(name: str) -> bool:
+    """Whether THRLAB_FAILPOINT names this point (for code that must prepare the fault)."""
+    return os.environ.get("THRLAB_FAILPOINT", "").partition("@")[0] == name
+
+
 def failpoint(name: str) -> None:
     """SIGKILL this process if THRLAB_FAILPOINT names this point and its hit count is reached."""
-    spec = os.environ.get("THRLAB_FAILPOINT")
-    if not spec:
+    if not armed(name):
         return
-    target, _, nth = spec.partition("@")
-    if target != name:
-        return
+    nth = os.environ["THRLAB_FAILPOINT"].partition("@")[2]
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)

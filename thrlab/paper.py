@@ -118,16 +118,10 @@ def passk_eval(run_dir: str | Path, *, samples: int, limit: int, sets: list[str]
         return read_json(path)
     import torch
 
-    from .checkpoint import load_adapter_weights
     from .evaluate import evaluate
-    from .experiment import eval_problems, make_grade_fn, resolve_model_path
-    from .model import load_policy, resolve_device
+    from .experiment import eval_problems, load_run_policy, make_grade_fn
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    model, tok = load_policy(cfg, resolve_model_path(cfg, progress), resolve_device(cfg))
-    if adapter:
-        load_adapter_weights(model, run_dir / "adapter")
+    model, tok = load_run_policy(cfg, run_dir / "adapter" if adapter else None, progress)
     torch.manual_seed(cfg.seed * 1000 + 14)  # after the run's own phases (11-13)
     res = evaluate(model, tok, eval_problems(cfg), cfg, grade_fn=make_grade_fn(cfg),
                    progress=progress)
@@ -229,11 +223,16 @@ def token_table(runs: pd.DataFrame) -> pd.DataFrame:
 def top_overlap(score_a, score_b, frac: float) -> float:
     """Fraction of the top-`frac` tokens by score_a that are also top-`frac` by score_b
     (n = max(1, round(frac * N)) tokens each; ties broken by position)."""
-    a, b = np.asarray(score_a, float), np.asarray(score_b, float)
-    n = max(1, int(round(frac * len(a))))
-    top_a = set(np.argsort(-a, kind="stable")[:n])
-    top_b = set(np.argsort(-b, kind="stable")[:n])
-    return len(top_a & top_b) / n
+    a = np.asarray(score_a, float)
+    return top_k_overlap(a, np.asarray(score_b, float), max(1, int(round(frac * len(a)))))
+
+
+def top_k_overlap(a, b, k: int) -> float:
+    """Fraction of the k largest entries of b that are among the k largest of a (ties broken
+    by position). Random ranking expects k / n."""
+    top_a = np.argsort(-np.asarray(a, float), kind="stable")[:k]
+    top_b = np.argsort(-np.asarray(b, float), kind="stable")[:k]
+    return len(set(top_a) & set(top_b)) / k
 
 
 def overlap_curve(tokens: pd.DataFrame, fracs: list[float]) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import torch
 from .config import Config
 from .loss import group_advantages
 from .model import completion_forward, lm_parts
+from .paper import top_k_overlap
 from .runs import RunDir, read_json, write_json
 
 
@@ -90,8 +91,7 @@ def spearman(x, y) -> float:
 def bottom_k_overlap(pred, meas, k: int) -> float:
     """Fraction of the k most negative `meas` entries that are among the k most negative `pred`
     (the responses that push correct responses down most). Random ranking expects k / n."""
-    p, m = np.argsort(np.asarray(pred), kind="stable"), np.argsort(np.asarray(meas), kind="stable")
-    return len(set(p[:k]) & set(m[:k])) / k
+    return top_k_overlap(-np.asarray(pred, float), -np.asarray(meas, float), k)
 
 
 # -- measurements on a model ---------------------------------------------------------------------
@@ -137,17 +137,10 @@ def lora_step_effects(model, r, adv, *, eta: float, temperature: float,
 
 
 def _policy(cfg: Config, adapter=None):
-    from .experiment import resolve_model_path
-    from .model import load_policy, resolve_device
+    from .experiment import load_run_policy
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed * 1000 + 1)  # run_experiment's seeding: the same LoRA init
-    model, tok = load_policy(cfg, resolve_model_path(cfg, False), resolve_device(cfg))
-    if adapter:
-        from .checkpoint import load_adapter_weights
-
-        load_adapter_weights(model, adapter)
+    model, tok = load_run_policy(cfg, adapter, progress=False)
     model.train()
     return model, tok
 

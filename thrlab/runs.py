@@ -76,9 +76,9 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         line = json.dumps(row, sort_keys=True, default=_jsonable) + "\n"
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            if os.environ.get("THRLAB_FAILPOINT"):
-                from .faults import failpoint
+            from .faults import armed, failpoint
 
+            if armed("metrics"):  # a torn line: half written when the failpoint kills
                 f.write(line[:len(line) // 2])
                 f.flush()
                 failpoint("metrics")

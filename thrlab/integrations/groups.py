@@ -62,7 +62,8 @@ def exchange_shared_rows(accelerator, layout: GroupLayout, hidden, tokens, mask)
     Rows come back padded to the largest T over ranks (hidden 0, token 0, mask False).
     """
     G, dev = layout.G, hidden.device
-    send = [i for i in range(layout.b) if not layout.is_local((layout.start + i) // G)]  # local
+    shared = set(layout.shared())
+    send = [i for i in range(layout.b) if (layout.start + i) // G in shared]  # local indices
     sizes = accelerator.gather(torch.tensor([len(send), hidden.shape[1]], device=dev).view(1, 2))
     s_max, t_max = (int(x) for x in sizes.view(-1, 2).max(0).values)
     s_max = max(s_max, 1)  # collectives need a non-empty tensor on every rank
