@@ -141,7 +141,6 @@ def generation_before_after(tr, n_prompts: int, new_tokens: int) -> dict:
     for name in ("thrlab", "transformers"):
         patch = contextlib.ExitStack()
         if name == "transformers":  # the path generate() took before the shared prefill
-            patch.enter_context(mock.patch.object(rollout, "_plain_sampling", lambda lm: False))
             patch.enter_context(mock.patch.object(rollout, "dequantized_4bit_cpu", contextlib.nullcontext))
         with patch:
             torch.manual_seed(1)
@@ -149,7 +148,8 @@ def generation_before_after(tr, n_prompts: int, new_tokens: int) -> dict:
             t0 = time.perf_counter()
             r = rollout.generate(tr.model, tr.tok, prompts, n=cfg.group_size, do_sample=True,
                                  temperature=cfg.temperature, top_p=cfg.top_p,
-                                 max_new_tokens=new_tokens)
+                                 max_new_tokens=new_tokens,
+                                 engine="generate" if name == "transformers" else "auto")
             _sync()
             dt = time.perf_counter() - t0
         out[name] = {"wall_s": dt, "tokens": int(r.mask.sum()),

@@ -148,14 +148,13 @@ def ablation(cfg, model_path: str, reps: int) -> dict:
     for rep in range(reps):
         for name, (shared, dq) in variants.items():
             with contextlib.ExitStack() as stack:
-                if not shared:
-                    stack.enter_context(mock.patch.object(rollout, "_plain_sampling", lambda lm: False))
                 if not dq:
                     stack.enter_context(mock.patch.object(rollout, "dequantized_4bit_cpu",
                                                  contextlib.nullcontext))
                 torch.manual_seed(rep)
                 t0 = time.perf_counter()
-                r = rollout.generate(model, tok, prompts, **kw)
+                r = rollout.generate(model, tok, prompts, engine="auto" if shared else "generate",
+                                     **kw)
                 gen[name].append(time.perf_counter() - t0)
             out[name] = (r, torch.get_rng_state())
         same = all(torch.equal(out["before"][0].tokens, out[k][0].tokens)

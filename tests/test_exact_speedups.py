@@ -51,13 +51,13 @@ def test_shared_prefill_sampling_equals_generate(policy, case):
 def test_generate_equals_the_plain_transformers_path(policy, monkeypatch):
     model, tok = policy
     got, want = [], []
-    for fast, acc in ((True, got), (False, want)):
-        if not fast:  # what generate() did before: transformers' generate, bnb's own layers
-            monkeypatch.setattr(rollout, "_plain_sampling", lambda lm: False)
+    for engine, acc in (("auto", got), ("generate", want)):
+        if engine == "generate":  # what generate() did before: transformers' generate, bnb's layers
             monkeypatch.setattr(rollout, "dequantized_4bit_cpu", contextlib.nullcontext)
         torch.manual_seed(3)
         for kw in CASES.values():
-            r = rollout.generate(model, tok, PROMPTS, n=4, max_new_tokens=5, batch_size=2, **kw)
+            r = rollout.generate(model, tok, PROMPTS, n=4, max_new_tokens=5, batch_size=2,
+                                 engine=engine, **kw)
             acc.append((r.input_ids, r.attention_mask, r.texts, r.prompt_len))
     for a, b in zip(got, want):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2:] == b[2:]
@@ -78,16 +78,6 @@ def test_dequantized_4bit_layers_are_bit_identical(policy):
         model(input_ids=ids).logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.zero_grad(set_to_none=True)
-
-
-def test_models_asking_for_more_processors_keep_transformers_generate(policy):
-    lm = policy[0].get_base_model()
-    assert rollout._plain_sampling(lm)
-    lm.generation_config.repetition_penalty = 1.1  # e.g. Qwen2.5-Instruct's generation_config
-    try:
-        assert not rollout._plain_sampling(lm)
-    finally:
-        lm.generation_config.repetition_penalty = 1.0
 
 
 def _plain_forward(model, ids, att, lp, temperature):

@@ -1,9 +1,12 @@
 """Completion masks and batched generation on the tiny model."""
+import logging
+
+import pytest
 import torch
 
 from thrlab.config import from_preset
 from thrlab.model import load_policy
-from thrlab.rollout import Rollout, cat_rollouts, completion_mask, generate
+from thrlab.rollout import Rollout, cat_rollouts, completion_mask, generate, stop_token_ids
 
 
 def test_completion_mask_against_loop():
@@ -46,3 +49,61 @@ def test_select_and_cat_keep_rows_consistent():
     assert c.input_ids.shape == (4, 7) and c.prompt_len == 4
     assert c.attention_mask[:2, 0].tolist() == [0, 0] and c.mask[:2, 2].tolist() == [False] * 2
     assert c.select([1, 2]).texts == ["b", "a"]
+
+
+def _argmax_loop(model, tok, prompt: str, max_new_tokens: int, eos: list[int]) -> list[int]:
+    """Greedy decoding the naive way: the whole sequence through the model, argmax, repeat."""
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    out = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+            out.append(nxt)
+            if nxt in eos:
+                break
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    return out
+
+
+PENALISED = dict(repetition_penalty=50.0, no_repeat_ngram_size=1, top_k=3)
+
+
+@pytest.mark.parametrize("engine", ["auto", "generate"])
+def test_checkpoint_generation_config_does_not_change_sampling(tiny_model_dir, engine, caplog):
+    """A checkpoint asking for penalties (Qwen2.5/Llama-3 Instruct ship such configs) is still
+    decoded with the plain policy the loss assumes: greedy = the argmax loop, on both engines."""
+    model, tok = load_policy(from_preset("tiny"), str(tiny_model_dir), torch.device("cpu"))
+    lm = model.get_base_model()
+    for k, v in PENALISED.items():
+        setattr(lm.generation_config, k, v)
+    prompts = ["Q: 12*7+35=? A:", "Q: 1*2=? A:", "Q: 99*9+99=? A:"]
+    with caplog.at_level(logging.WARNING, logger="thrlab.rollout"):
+        r = generate(model, tok, prompts, n=1, do_sample=False, temperature=1.0, top_p=1.0,
+                     max_new_tokens=6, engine=engine)
+        generate(model, tok, prompts[:1], n=2, do_sample=True, temperature=1.0, top_p=1.0,
+                 max_new_tokens=3, engine=engine)
+    model.eval()
+    for b, p in enumerate(prompts):
+        want = _argmax_loop(model, tok, p, 6, [tok.eos_token_id])
+        assert r.tokens[b][r.mask[b]].tolist() == want, f"prompt {b} decoded with penalties"
+    warned = [m for m in caplog.messages if "repetition_penalty" in m]
+    assert len(warned) == 1 and "no_repeat_ngram_size" in warned[0]  # once per model
+    assert lm.generation_config.repetition_penalty == 50.0  # the checkpoint's config is restored
+
+
+def test_stop_tokens_include_the_checkpoint_eos_list(tiny_model_dir):
+    """Llama-3.x Instruct lists several EOS ids in generation_config; each one ends a row."""
+    model, tok = load_policy(from_preset("tiny"), str(tiny_model_dir), torch.device("cpu"))
+    lm = model.get_base_model()
+    assert stop_token_ids(tok, lm) == [tok.eos_token_id]
+    greedy = generate(model, tok, ["Q: 1*2=? A:"], n=1, do_sample=False, temperature=1.0,
+                      top_p=1.0, max_new_tokens=6).tokens[0].tolist()
+    # a token the greedy row produces ends it there (the first id that is new after position 0)
+    k = next((i for i in range(1, len(greedy)) if greedy[i] not in greedy[:i]), 0)
+    lm.generation_config.eos_token_id = [tok.eos_token_id, greedy[k]]
+    assert stop_token_ids(tok, lm) == sorted({tok.eos_token_id, greedy[k]})
+    for engine in ("auto", "generate"):
+        r = generate(model, tok, ["Q: 1*2=? A:"], n=1, do_sample=False, temperature=1.0,
+                     top_p=1.0, max_new_tokens=6, engine=engine)
+        assert r.tokens[0][r.mask[0]].tolist() == greedy[:k + 1]
+        assert not r.truncated[0]

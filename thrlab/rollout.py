@@ -6,11 +6,15 @@ old-policy pass, THR): `input_ids (B, L)`, `attention_mask (B, L)`, `tokens (B, 
 """
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from .model import dequantized_4bit_cpu
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,32 +82,41 @@ def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Ten
 
 @torch.no_grad()  # not inference_mode: the tensors feed the autograd update later
 def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, temperature: float,
-             top_p: float, max_new_tokens: int, batch_size: int = 0) -> Rollout:
+             top_p: float, max_new_tokens: int, batch_size: int = 0,
+             engine: str = "auto") -> Rollout:
     """Sample n completions per prompt (greedy when do_sample is False).
 
     Rows are prompt-major: row i*n + g is sample g of prompt i. Generation runs in eval mode
     with the KV cache; batch_size bounds the prompts per generate() call (0 = all at once).
-    Each prompt is tokenised and prefilled once, not n times (`_shared_prefill_sample`), and CPU
-    4-bit weights are dequantised once per call, not once per token; the tokens equal those of
-    transformers' generate() bit for bit, which still runs for models whose generation_config
-    asks for more than temperature / top-p (`_plain_sampling`).
+    The sampling distribution is exactly the one the loss and THR assume: softmax(logits /
+    temperature), then top-p, nothing else. The checkpoint's own generation_config (which may ask
+    for repetition_penalty, no_repeat_ngram_size, top_k, ...) is replaced, for the call, by one
+    built from these arguments only (`thrlab_generation_config`); a warning names what is
+    overridden, once per model. Generation stops on the tokenizer's EOS, chat end-of-turn tokens
+    and every id of the checkpoint's `generation_config.eos_token_id` (`stop_token_ids`).
+    engine="auto" prefills each prompt once, not n times (`_shared_prefill_sample`), where the
+    architecture allows; "generate" always calls transformers' generate(). Both give the same
+    tokens bit for bit (tested). CPU 4-bit weights are dequantised once per call, not per token.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    eos_ids = _eos_ids(tok)
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    eos_ids = stop_token_ids(tok, lm)
     sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p,
                     max_new_tokens=max_new_tokens, pad_id=tok.pad_token_id, eos_ids=eos_ids)
-    parts, plain = [], _plain_sampling(lm)
+    parts = []
+    shared = engine == "auto" and _shared_prefill_supported(lm)
     step = batch_size or len(prompts)
     try:
-        with dequantized_4bit_cpu(model):
+        with dequantized_4bit_cpu(model), _own_generation_config(lm, **sampling):
             for s in range(0, len(prompts), step):
                 enc = tok(prompts[s:s + step], return_tensors="pt", padding=True,
                           add_special_tokens=False)
                 ids, att = enc.input_ids.to(device), enc.attention_mask.to(device)  # (b, Lp)
-                if plain:
+                if shared:
                     comp = _shared_prefill_sample(lm, ids, att, n, **sampling)  # (b*n, T)
                 else:
                     comp = _hf_generate(model, ids, att, n, **sampling)
@@ -112,6 +125,9 @@ def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, tempera
     finally:
         model.train(was_training)
     return parts[0] if len(parts) == 1 else cat_rollouts(parts, tok.pad_token_id)
+
+
+ENGINES = ("auto", "generate")
 
 
 def _rollout(tok, ids, att, comp, eos_ids, first: int, n: int) -> Rollout:
@@ -126,37 +142,79 @@ def _rollout(tok, ids, att, comp, eos_ids, first: int, n: int) -> Rollout:
 def _hf_generate(model, ids, att, n: int, *, do_sample: bool, temperature: float, top_p: float,
                  max_new_tokens: int, pad_id: int, eos_ids: list[int]) -> torch.Tensor:
     """Completions (b*n, T) from transformers' generate() on the prompts repeated n times."""
-    kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample \
-        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     ids, att = ids.repeat_interleave(n, 0), att.repeat_interleave(n, 0)  # (b*n, Lp)
-    out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
-                         pad_token_id=pad_id, eos_token_id=eos_ids, **kw)
+    gc = thrlab_generation_config(do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                  max_new_tokens=max_new_tokens, pad_id=pad_id, eos_ids=eos_ids)
+    out = model.generate(input_ids=ids, attention_mask=att, generation_config=gc)
     return out[:, ids.shape[1]:]
 
 
-# generation_config entries that leave generate()'s sampling as plain temperature / top-p
-# multinomial sampling or greedy argmax (thrlab passes do_sample, temperature, top_p, top_k=0,
-# max_new_tokens, pad and EOS ids itself).
-_PLAIN_GENERATION_KEYS = {
+def thrlab_generation_config(*, do_sample: bool, temperature: float, top_p: float,
+                             max_new_tokens: int, pad_id: int, eos_ids: list[int]):
+    """A complete GenerationConfig of thrlab's own fields: plain tempered softmax + top-p
+    sampling (top_k=0: no cut) or greedy argmax, and neutral values for every other processor."""
+    from transformers import GenerationConfig
+
+    # greedy leaves temperature / top-p / top-k at the library's neutral defaults (setting them
+    # with do_sample=False only draws warnings); sampling sets top_k=0 (no cut, generate()'s
+    # default is 50)
+    kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample \
+        else dict(do_sample=False)
+    return GenerationConfig(**kw, max_new_tokens=max_new_tokens, min_length=0, num_beams=1,
+                            repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0,
+                            epsilon_cutoff=0.0, eta_cutoff=0.0, pad_token_id=pad_id,
+                            eos_token_id=list(eos_ids), use_cache=True)
+
+
+@contextmanager
+def _own_generation_config(lm, **sampling):
+    """Swap lm.generation_config for thrlab's for the duration of a call.
+
+    transformers' generate() fills every field left unset in the config it is given from the
+    model's own generation_config (defaults_only merge), so passing a config is not enough: the
+    checkpoint's config itself must not be there. Restored on exit, whatever happens.
+    """
+    own = getattr(lm, "generation_config", None)
+    if own is None:
+        yield
+        return
+    _warn_overridden(lm, own)
+    lm.generation_config = thrlab_generation_config(**sampling)
+    try:
+        yield
+    finally:
+        lm.generation_config = own
+
+
+# generation_config entries that do not change the sampling distribution (or that thrlab sets
+# itself): anything else in a checkpoint's config is overridden and named in a warning.
+_NEUTRAL_GENERATION_KEYS = {
     "_from_model_config", "transformers_version", "bos_token_id", "eos_token_id", "pad_token_id",
-    "do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "max_length", "use_cache",
+    "do_sample", "temperature", "top_p", "max_new_tokens", "max_length", "use_cache",
     "output_attentions", "output_hidden_states", "output_scores", "output_logits",
     "return_dict_in_generate"}
 
 
-def _plain_sampling(lm) -> bool:
-    """Whether `_shared_prefill_sample` reproduces lm.generate(): a decoder-only model with a
-    `cache`-taking forward and no extra logits processors in its generation_config (a model
-    whose config asks for e.g. repetition_penalty keeps going through generate())."""
+def _warn_overridden(lm, gc) -> None:
+    """Log once per model which of its checkpoint's generation settings thrlab overrides."""
+    extra = sorted(set(gc.to_diff_dict()) - _NEUTRAL_GENERATION_KEYS)
+    if extra and not getattr(lm, "_thrlab_warned_generation_config", False):
+        log.warning("the checkpoint's generation_config sets %s; thrlab samples from the plain "
+                    "tempered softmax (+ top-p) that its loss and THR assume, so these are "
+                    "overridden (%s)", ", ".join(extra),
+                    ", ".join(f"{k}={getattr(gc, k)!r}" for k in extra))
+        lm._thrlab_warned_generation_config = True
+
+
+def _shared_prefill_supported(lm) -> bool:
+    """Whether `_shared_prefill_sample` runs this model: a decoder-only model with a
+    `cache`-taking forward that also accepts logits_to_keep and position_ids."""
     import inspect
 
-    gc = getattr(lm, "generation_config", None)
-    if gc is None or getattr(lm.config, "is_encoder_decoder", False):
+    if getattr(lm.config, "is_encoder_decoder", False):
         return False
     params = inspect.signature(lm.forward).parameters
-    if not {"cache", "logits_to_keep", "position_ids"} <= set(params):
-        return False
-    return not set(gc.to_diff_dict()) - _PLAIN_GENERATION_KEYS
+    return {"cache", "logits_to_keep", "position_ids"} <= set(params)
 
 
 def _shared_prefill_sample(lm, ids, att, n: int, *, do_sample: bool, temperature: float,
@@ -230,8 +288,12 @@ def _sample_loop(lm, ids, att, n: int, *, do_sample: bool, temperature: float, t
     return torch.stack(tokens, 1)  # (B, T)
 
 
-def _eos_ids(tok) -> list[int]:
-    """EOS ids to stop on: the tokenizer's EOS plus chat end-of-turn tokens where they exist."""
+def stop_token_ids(tok, lm=None) -> list[int]:
+    """Ids that end a completion: the tokenizer's EOS, chat end-of-turn tokens where the vocab has
+    them, and every id of the checkpoint's generation_config.eos_token_id (Llama-3.x Instruct
+    lists 128001, 128008 and 128009)."""
     vocab = tok.get_vocab()
     ids = {tok.eos_token_id} | {vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab}
-    return sorted(i for i in ids if i is not None)
+    gc_eos = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
+    ids |= set(gc_eos) if isinstance(gc_eos, (list, tuple)) else {gc_eos}
+    return sorted(int(i) for i in ids if i is not None)
