@@ -91,8 +91,24 @@ def test_cpu_4bit_gradients_exact_after_eval_generate(tiny_model_dir):
 
 
 def test_unguarded_repack_corrupts_gradients(tiny_model_dir):
-    """The comparison above detects the bug: without the guard the gradients are wrong."""
-    errors = _grad_errors_after_generate(str(tiny_model_dir), force_repack=True)
+    """The comparison above detects the bug in either form it takes on this CPU kind.
+
+    Forcing bitsandbytes' AVX512-BF16 repack (what an unguarded CPU with that instruction set
+    does) breaks LoRA training in one of two documented ways (ENVIRONMENT.md): the backward
+    silently returns wrong gradients (seen on CPUs without AVX512-BF16, where the repacked
+    layout falls back to a kernel with no autograd), or it raises `a view of a leaf Variable
+    that requires grad is being used in an in-place operation` at the bias add after gemv_4bit
+    (seen on an AMD EPYC with AVX512-BF16, bnb 0.50.2). Either is the bug the guard prevents;
+    the test fails only if the unguarded path trained correctly, i.e. if the comparison could
+    not tell a broken gradient from a good one.
+    """
+    try:
+        errors = _grad_errors_after_generate(str(tiny_model_dir), force_repack=True)
+    except RuntimeError as err:  # the form seen on AVX512-BF16 CPUs
+        assert "in-place operation" in str(err) or "gemv_4bit" in str(err), err
+        print(f"unguarded repack raised (form 2): {str(err)[:120]}")
+        return
+    print(f"unguarded repack gave wrong gradients (form 1): max rel error {max(errors.values()):.2e}")
     assert max(errors.values()) > 1e-3
 
 
