@@ -157,6 +157,51 @@ def test_clip_cov_zeroes_value_and_gradient_of_selected_tokens():
     torch.testing.assert_close(loss[~sel], plain[~sel])
 
 
+def _verl_style_clip_cov(logp, old, adv, mask, eps, frac, lb, ub, generator):
+    """Clip-Cov as the authors' code (adapted in verl) writes it, token by token: candidates
+    are valid tokens inside the window that the PPO clip did not clip; a random draw of them
+    gets its clipped loss zeroed."""
+    B, T = mask.shape
+    n_valid = int(mask.sum())
+    a_mean = sum(float(adv[b, t]) for b in range(B) for t in range(T) if mask[b, t]) / n_valid
+    l_mean = sum(float(logp[b, t]) for b in range(B) for t in range(T) if mask[b, t]) / n_valid
+    losses, cand = {}, []
+    for b in range(B):
+        for t in range(T):
+            rho = math.exp(float(logp[b, t]) - float(old[b, t]))
+            l1 = -float(adv[b, t]) * rho
+            l2 = -float(adv[b, t]) * min(max(rho, 1 - eps), 1 + eps)
+            losses[b, t] = max(l1, l2)
+            cov = (float(adv[b, t]) - a_mean) * (float(logp[b, t]) - l_mean)
+            if mask[b, t] and not l2 > l1 and lb < cov < ub:
+                cand.append((b, t))
+    n = min(max(1, int(frac * n_valid)), len(cand))
+    pick = {cand[i] for i in torch.randperm(len(cand), generator=generator)[:n].tolist()}
+    return pick, {k: (0.0 if k in pick else v) for k, v in losses.items()}
+
+
+def test_clip_cov_never_spends_its_budget_on_tokens_the_clip_already_clipped():
+    """Off-policy (ratios far from 1), many window tokens are clipped; none may be drawn."""
+    torch.manual_seed(4)
+    adv = torch.randn(6, 1).repeat(1, 8) * 3.0  # (B, T) token advantages, one per response
+    old = torch.randn(6, 8) - 2.0
+    logp = old + 0.5 * torch.randn(6, 8)  # several updates away from the old policy
+    mask = torch.rand(6, 8) > 0.15
+    loss, st = policy_loss(logp, old, adv, mask, objective="grpo", eps_low=0.2, eps_high=0.2,
+                           cov_mode="clip_cov", cov_ratio=0.3, cov_bounds=(0.0, 50.0),
+                           generator=torch.Generator().manual_seed(1))
+    sel = {tuple(x) for x in st["cov_selected"].nonzero().tolist()}
+    want_sel, want_loss = _verl_style_clip_cov(logp, old, adv, mask, 0.2, 0.3, 0.0, 50.0,
+                                               torch.Generator().manual_seed(1))
+    clipped = {tuple(x) for x in st["clipped"].nonzero().tolist()}
+    assert clipped & {tuple(x) for x in mask.nonzero().tolist()}  # the case is exercised
+    assert sel and not sel & clipped
+    assert sel == want_sel
+    for (b, t), v in want_loss.items():
+        if mask[b, t]:
+            assert float(loss[b, t]) == pytest.approx(v, rel=1e-5, abs=1e-6)
+
+
 # -- two real steps of every baseline on the tiny model ------------------------------------------
 @pytest.mark.parametrize("method", ["passk", "passk_mixed", "kl_cov", "clip_cov", "entropy_fork",
                                     "clip_higher", "dr_grpo"])

@@ -16,7 +16,7 @@ Baselines (METHOD.md section 4):
 7. Token covariance (Cui et al. 2025)  cov_t = (A_t - mean A)(logp_t - mean logp) over valid tokens;
    KL-Cov: l_t = -rho_t A_t + kl_coef * |logp_t - old_logp_t| on the top `ratio` tokens by cov
    (no clipping, as in the paper); Clip-Cov: clipped l_t, zeroed (value and gradient) on a random
-   `ratio` of the tokens with lb < cov < ub
+   `ratio` of the tokens with lb < cov < ub that the PPO clip has not already clipped
 8. Forking tokens (Wang et al. 2025): keep only the top `frac` tokens by entropy
 Selections count n_sel = max(1, floor(frac * N_valid)) tokens of the micro-batch (verl's rule).
 Shapes: B sequences, T completion tokens; `mask` (B, T) bool marks real completion tokens.
@@ -102,10 +102,19 @@ def top_tokens(score: torch.Tensor, mask: torch.Tensor, frac: float) -> torch.Te
 
 
 def clip_cov_tokens(cov: torch.Tensor, mask: torch.Tensor, frac: float, lb: float, ub: float,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bool (B, T): a random selection_count(frac, N) of the valid tokens with lb < cov < ub."""
+                    generator: torch.Generator | None = None,
+                    clipped: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool (B, T): a random selection_count(frac, N) of the valid tokens with lb < cov < ub.
+
+    Tokens the PPO clip already clipped (`clipped` (B, T), the clipped branch active) are not
+    candidates: their gradient is already zero, so detaching them would spend the budget on
+    nothing (the Clip-Cov authors' code, and verl's, set their covariance to -inf first).
+    """
     m = mask.bool()
-    cand = (m & (cov > lb) & (cov < ub)).flatten().nonzero().flatten()
+    cand = m & (cov > lb) & (cov < ub)
+    if clipped is not None:
+        cand = cand & ~clipped.bool()
+    cand = cand.flatten().nonzero().flatten()
     n_sel = min(selection_count(frac, int(m.sum())), len(cand))
     keep = torch.zeros_like(m)
     if n_sel:
@@ -184,7 +193,7 @@ def policy_loss(logp, old_logp, adv_tok, mask, *, objective: str, eps_low: float
         stats["clipped"], stats["cov_selected"] = torch.zeros_like(clipped), sel
     elif cov_mode == "clip_cov":
         sel = clip_cov_tokens(token_covariance(adv_tok, logp, mask), mask, cov_ratio, *cov_bounds,
-                              generator=generator)
+                              generator=generator, clipped=clipped)
         loss_tok = loss_tok * ~sel
         stats["cov_selected"] = sel
     elif cov_mode != "off":
