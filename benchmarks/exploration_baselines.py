@@ -11,8 +11,10 @@ and, on its last line, JSON.
 
 Scaled for tiny batches (~700 completion tokens per step): KL-Cov's `cov_ratio` is 1e-2 instead of
 the paper's 2e-4 (2e-4 of a tiny batch is under one token; at the paper's ~6M tokens per batch it
-is ~1,200). With the recipe's 4 mini-batches of ~175 tokens, 1e-2 still selects only 1-2 tokens
-each; the E4 notebook uses 0.1 (~0.6 tokens per response, the paper's density) instead.
+is ~1,200). With 2 mini-batches of ~350 tokens, 1e-2 still selects only 3-4 tokens each; the E4
+notebook uses 0.1 (~0.6 tokens per response, the paper's density) instead. Every method takes the
+same `--mini-batches` optimizer steps per rollout batch (default 2; KL-Cov's penalty acts from the
+second), so no method gets more updates than another.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--eval-limit", type=int, default=100)
     ap.add_argument("--eval-samples", type=int, default=256)
+    ap.add_argument("--mini-batches", type=int, default=2,
+                    help="optimizer steps per rollout batch, for every method")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--runs-root", default="runs")
     args = ap.parse_args()
@@ -41,6 +45,7 @@ def main() -> None:
         for seed in args.seeds:
             over = dict(TINY_SCALED.get(method, {}), seed=seed, sft_control=False,
                         eval_limit=args.eval_limit, eval_samples=args.eval_samples,
+                        mini_batches=args.mini_batches,
                         **parse_overrides(args.set))
             cfg = from_preset("tiny", method, **over)
             s = run_experiment(cfg, runs_root=args.runs_root, progress=False)

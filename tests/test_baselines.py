@@ -213,6 +213,8 @@ def test_each_baseline_trains_two_steps(tiny_model_dir, tmp_path, method):
     if "cov" in method:  # the random model's log-probs barely vary: widen the Clip-Cov window too
         over.update(cov_ratio=0.05, cov_clip_lb=0.0)
     over["micro_batch_size"] = 8 if "cov" in method else 0
+    if "cov" in method:  # KL-Cov acts from the second update of a batch on
+        over["mini_batches"] = 2
     if "passk" in method:
         over["passk_k"] = 2  # K < G = 4: at K = G every K-subset is the whole group (no signal)
     tr = _trainer(tiny_model_dir, tmp_path, **over)
@@ -236,13 +238,14 @@ def test_each_baseline_trains_two_steps(tiny_model_dir, tmp_path, method):
 @pytest.mark.parametrize("over", [
     dict(entropy_top_frac=1.0),                       # forking on all tokens = no forking
     dict(adv_estimator="passk_mixed", passk_chi=0.0, passk_k=2),  # mixed, chi 0 = GRPO
-    dict(cov_mode="clip_cov", cov_clip_lb=1e8, cov_clip_ub=1e9),  # empty window = no detaching
+    dict(cov_mode="clip_cov", cov_clip_lb=1e8, cov_clip_ub=1e9, mini_batches=2),  # empty window
 ])
 def test_baselines_reduce_to_grpo_at_their_neutral_settings(tiny_model_dir, tmp_path, over):
     from tests.test_trainer import _split_params, _trainer
 
     torch.manual_seed(3)
-    a = _trainer(tiny_model_dir, tmp_path / "a", kl_coef=0.0)
+    a = _trainer(tiny_model_dir, tmp_path / "a", kl_coef=0.0,
+                 **{k: v for k, v in over.items() if k == "mini_batches"})
     a.train(progress=False)
     torch.manual_seed(3)
     b = _trainer(tiny_model_dir, tmp_path / "b", kl_coef=0.0, **over)
@@ -262,3 +265,26 @@ def test_baseline_config_values_are_checked():
         from_preset("tiny", entropy_top_frac=20.0)
     with pytest.raises(ValueError, match="unknown method"):
         from_preset("tiny", "kl-cov")
+
+
+# Fields that set how many optimizer steps a rollout batch gets, and how large they are.
+SCHEDULE = ("epochs", "mini_batches", "micro_batch_size", "prompts_per_step", "group_size", "lr",
+            "steps", "max_grad_norm", "dynamic_sampling")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "qwen2.5-math-1.5b"])
+def test_recipes_never_change_the_optimizer_schedule(preset):
+    """Methods of one comparison take the same optimizer steps per rollout batch at the same lr;
+    a recipe that forced its own schedule (KL-Cov's mini_batches=4 did) confounds the comparison."""
+    base = from_preset(preset, mini_batches=2)
+    for name in METHODS:
+        cfg = from_preset(preset, name, mini_batches=2)
+        changed = [k for k in SCHEDULE if getattr(cfg, k) != getattr(base, k)]
+        assert not changed, f"recipe {name!r} changes the schedule: {changed}"
+
+
+def test_kl_cov_refuses_an_on_policy_schedule():
+    with pytest.raises(ValueError, match="mini_batches >= 2"):
+        from_preset("tiny", "kl_cov")
+    assert from_preset("tiny", "kl_cov", mini_batches=2).mini_batches == 2
+    assert from_preset("qwen2.5-math-1.5b", "kl_cov").mini_batches == 2  # the preset's own

@@ -129,3 +129,31 @@ def test_policy_loss_on_policy_gradient_is_reinforce():
     with pytest.raises(ValueError, match="ref_logp"):
         policy_loss(logp, logp.detach(), adv, mask, objective="grpo", eps_low=.2, eps_high=.2,
                     kl_coef=0.1)
+
+
+def test_gspo_token_recipes_are_the_gspo_objective():
+    """GSPO's J = mean over responses of each response's token mean of min(s A, clip(s) A), with
+    the GSPO paper's clip and no KL; the paper's GSPO-token + THR result takes p < 0."""
+    from thrlab.config import from_preset
+
+    gspo = from_preset("tiny", "gspo_token")
+    assert (gspo.loss_agg, gspo.clip_eps_low, gspo.clip_eps_high, gspo.kl_coef) == \
+        ("seq_mean_token_mean", 3e-4, 4e-4, 0.0)
+    assert from_preset("tiny", "gspo_token_thr").thr_p < 0
+    assert from_preset("tiny", "gspo_token_thr_exploit").thr_p > 0
+    torch.manual_seed(5)
+    old = torch.randn(3, 6)
+    logp = (old + 1e-3 * torch.randn(3, 6)).requires_grad_()  # inside and outside the clip
+    adv = torch.randn(3, 6)  # per-token advantages (THR makes them vary within a response)
+    mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 4 + [0] * 2], dtype=torch.bool)
+    loss_tok, _ = policy_loss(logp, old, adv, mask, objective="gspo_token",
+                              eps_low=gspo.clip_eps_low, eps_high=gspo.clip_eps_high)
+    got = aggregate(loss_tok, mask, gspo.loss_agg, n_tokens=float(mask.sum()), n_seqs=3.0,
+                    max_len=6)
+    want = 0.0
+    for b in range(3):
+        n = int(mask[b].sum())
+        s = math.exp(sum(float(logp[b, t] - old[b, t]) for t in range(n)) / n)
+        clip_s = min(max(s, 1 - 3e-4), 1 + 4e-4)
+        want += sum(-min(s * float(adv[b, t]), clip_s * float(adv[b, t])) for t in range(n)) / n
+    assert float(got) == pytest.approx(want / 3, rel=1e-5)

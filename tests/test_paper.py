@@ -20,6 +20,18 @@ def test_grid_config_is_preset_then_method_then_overrides():
         paper.grid_config("tiny", "grpo", 0, {"nope": 1})
 
 
+def test_e4_passk_average_is_table_2s_sets_on_paper_presets():
+    """The paper's Table 2 averages Pass@K over AIME24, AIME25 and AMC23 only."""
+    from thrlab.config import PRESETS
+
+    for preset in set(PRESETS) - {"tiny"}:
+        sets = paper.exploration_sets(preset, [])
+        assert sets == ["aime24", "aime25", "amc23"]
+        assert set(sets) < set(from_preset(preset).eval_sets)  # a subset of what the runs evaluate
+    assert paper.exploration_sets("tiny", []) is None  # the runs' own (arithmetic) set
+    assert paper.exploration_sets("qwen2.5-math-7b", ["math500"]) == ["math500"]
+
+
 def test_llama_swap():
     assert paper.llama_swap("tiny") == ("tiny", {"tiny_arch": "llama"})
     assert paper.llama_swap("qwen2.5-math-1.5b") == ("llama-3.2-3b-instruct", {})

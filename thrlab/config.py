@@ -266,6 +266,11 @@ def _check_values(c: Config) -> None:
     need(0 <= c.entropy_top_frac <= 1, f"entropy_top_frac={c.entropy_top_frac} is a fraction "
          "in [0, 1] (0 = off, paper 0.2)")
     on_policy = c.epochs == 1 and c.mini_batches == 1
+    need(c.cov_mode != "kl_cov" or not on_policy,
+         "cov_mode=kl_cov with epochs=1 and mini_batches=1 is GRPO under another name: its "
+         "penalty |logp - old_logp| is 0, with zero gradient, on an on-policy update. Set "
+         "mini_batches >= 2 (or epochs >= 2) for every method of the comparison, e.g. "
+         "--set mini_batches=2")
     need(c.thr_mode == "off" or not on_policy or c.micro_batch_size % c.group_size == 0,
          f"THR needs whole groups per micro-batch: micro_batch_size={c.micro_batch_size} must be "
          f"a multiple of group_size={c.group_size} (or 0)")
@@ -319,17 +324,26 @@ METHODS: dict[str, dict] = {
     "nthr": dict(thr_mode="nthr"),
     "passk": dict(adv_estimator="passk"),
     "passk_mixed": dict(adv_estimator="passk_mixed", passk_chi=0.2),
-    # KL-Cov's penalty |logp - old_logp| is 0 with zero gradient on the first (on-policy) update,
-    # so it acts only from the second mini-batch on: the recipe takes 4 optimizer steps per batch.
-    "kl_cov": dict(cov_mode="kl_cov", mini_batches=4),
-    "clip_cov": dict(cov_mode="clip_cov", mini_batches=4),
+    # Recipes change the objective only, never the optimizer-step schedule (epochs, mini_batches,
+    # micro_batch_size, lr, batch): methods of one comparison run the schedule the comparison
+    # sets for all of them. KL-Cov's penalty |logp - old_logp| is 0 with zero gradient on an
+    # on-policy update, so it needs an off-policy schedule (config check below).
+    "kl_cov": dict(cov_mode="kl_cov"),
+    "clip_cov": dict(cov_mode="clip_cov"),
     "entropy_fork": dict(entropy_top_frac=0.2),
     "clip_higher": dict(clip_eps_high=0.28),  # DAPO
     "dr_grpo": dict(adv_std_norm=False, loss_agg="seq_mean_token_sum_norm"),
-    # GSPO-token: the GSPO paper's clip range on the sequence ratio, no KL (METHOD.md section 1).
-    "gspo_token": dict(objective="gspo_token", clip_eps_low=3e-4, clip_eps_high=4e-4, kl_coef=0.0),
+    # GSPO-token (METHOD.md section 1): the GSPO paper's clip range on the sequence ratio, no KL,
+    # and its aggregation: the mean over responses of each response's token mean. The paper's
+    # GSPO-token + THR result uses p < 0 (exploration); the p > 0 variant is there to compare.
+    "gspo_token": dict(objective="gspo_token", clip_eps_low=3e-4, clip_eps_high=4e-4, kl_coef=0.0,
+                       loss_agg="seq_mean_token_mean"),
     "gspo_token_thr": dict(objective="gspo_token", clip_eps_low=3e-4, clip_eps_high=4e-4,
-                           kl_coef=0.0, thr_mode="thr", thr_p=0.1),
+                           kl_coef=0.0, loss_agg="seq_mean_token_mean", thr_mode="thr",
+                           thr_p=-0.1),
+    "gspo_token_thr_exploit": dict(objective="gspo_token", clip_eps_low=3e-4, clip_eps_high=4e-4,
+                                   kl_coef=0.0, loss_agg="seq_mean_token_mean", thr_mode="thr",
+                                   thr_p=0.1),
 }
 
 

@@ -26,6 +26,18 @@ PHASES = ("time/generate", "time/reward", "time/old_logp", "time/ref_logp", "tim
           "time/update")
 
 
+# E4's Pass@K average, as in the paper's Table 2: the competition sets only.
+E4_PASSK_SETS = ("aime24", "aime25", "amc23")
+
+
+def exploration_sets(preset: str, sets=None) -> list[str] | None:
+    """Evaluation sets of E4's Pass@K curves: `sets` when given; on tiny the runs' own set (None);
+    on a paper preset AIME24, AIME25 and AMC23 (Table 2), not every benchmark the runs evaluate."""
+    if sets:
+        return list(sets)
+    return None if preset == "tiny" else list(E4_PASSK_SETS)
+
+
 def grid_config(preset: str, method: str, seed: int, overrides: dict | None = None) -> Config:
     """The config of one cell of the grid: preset, then METHODS[method], then overrides."""
     return from_preset(preset, method, **dict(overrides or {}, seed=seed))

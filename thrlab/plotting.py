@@ -22,13 +22,15 @@ METHOD_COLORS = {
     "base": "#999999", "grpo": "#000000", "thr_p0": "#56B4E9", "thr_explore": "#0072B2",
     "thr_exploit": "#D55E00", "nthr": "#CC79A7", "passk": "#009E73", "passk_mixed": "#009E73",
     "kl_cov": "#E69F00", "clip_cov": "#F0E442", "entropy_fork": "#CC79A7",
-    "gspo_token": "#8C564B", "gspo_token_thr": "#CC79A7", "sft_control": "#999999",
+    "gspo_token": "#8C564B", "gspo_token_thr": "#0072B2", "gspo_token_thr_exploit": "#D55E00",
+    "sft_control": "#999999",
 }
 METHOD_LABELS = {
     "base": "before RL", "grpo": "GRPO", "thr_p0": "THR p=0", "thr_explore": "THR p=-0.1",
     "thr_exploit": "THR p=+0.1", "nthr": "NTHR", "passk": "Pass@K", "passk_mixed": "Pass@K-mixed",
     "kl_cov": "KL-Cov", "clip_cov": "Clip-Cov", "entropy_fork": "forking tokens",
-    "gspo_token": "GSPO-token", "gspo_token_thr": "GSPO-token + THR p=+0.1",
+    "gspo_token": "GSPO-token", "gspo_token_thr": "GSPO-token + THR p=-0.1",
+    "gspo_token_thr_exploit": "GSPO-token + THR p=+0.1",
     "sft_control": "SFT control",
 }
 STYLE = {
