@@ -170,6 +170,11 @@ def test_oom_in_update_halves_micro_batch_and_matches_a_smaller_micro_batch(tiny
     lm_parts(c.model)[1].register_forward_hook(oom_over_4)
     with pytest.raises(RuntimeError, match="out of memory during update.*micro_batch_size"):
         c.train_step()
+    # KL-Cov / Clip-Cov select per micro-batch: halving would change the algorithm mid-run
+    d = _trainer(tiny_model_dir, tmp_path / "d", cov_mode="clip_cov", mini_batches=2)
+    lm_parts(d.model)[1].register_forward_hook(oom_over_4)
+    with pytest.raises(RuntimeError, match="selects its tokens per micro-batch"):
+        d.train_step()
 
 
 def test_oom_in_generation_names_the_knobs(tiny_model_dir, tmp_path):

@@ -169,3 +169,14 @@ def test_cuda_4bit_loads(tiny_model_dir):
     out = generate(model, tok, ["Q: 1*2+3=? A:"], n=2, do_sample=True, temperature=1.0,
                    top_p=1.0, max_new_tokens=4)
     assert out.tokens.shape[0] == 2
+
+
+def test_thr_refuses_lora_on_the_unembedding(tiny_model_dir):
+    """THR streams probabilities from lm_head's base weight: a LoRA delta there would be ignored."""
+    with pytest.raises(ValueError, match="lm_head"):
+        from_preset("tiny", thr_mode="thr", lora_targets="all-linear|lm_head")
+    # a pattern that matches the head without naming it is caught once the adapters exist
+    cfg = from_preset("tiny", thr_mode="thr", lora_targets=r".*(q_proj|_head)")
+    with pytest.raises(ValueError, match="wrapped the unembedding"):
+        load_policy(cfg, str(tiny_model_dir), CPU)
+    load_policy(cfg.replace(thr_mode="off"), str(tiny_model_dir), CPU)  # plain GRPO may train it

@@ -11,7 +11,7 @@ G, T, H, V = 4, 5, 8, 11  # small enough for the O((G T)^2 V) python loop below
 
 
 def naive_thr(hidden, tokens, mask, rewards, logits, length_normalize=True,
-              advantage_weighted=False, vocab="full"):
+              advantage_weighted=False, vocab="full", adv=None):
     """The pairwise definition (METHOD.md section 2) in float64 with explicit loops."""
     hidden, logits, r = hidden.double(), logits.double(), rewards.double()
     g = F.one_hot(tokens, logits.shape[-1]).double() - torch.softmax(logits, -1)  # (G, T, V)
@@ -22,6 +22,8 @@ def naive_thr(hidden, tokens, mask, rewards, logits, length_normalize=True,
         return out
     std = ((r - r.mean()) ** 2).mean().sqrt()  # population std
     c = (r - r.mean()) / (std + 1e-6) if advantage_weighted else 2 * r - 1
+    if advantage_weighted and adv is not None:
+        c = adv.double()
     for j in range(len(r)):
         for kp in range(tokens.shape[1]):
             if not mask[j, kp]:
@@ -75,6 +77,31 @@ def test_matches_naive_pairwise_definition(method, pattern, opts):
     got_w = token_hidden_reward(hidden, tokens, mask, r, lm_head_weight=W, temperature=0.7,
                                 method=method, chunk_size=3, **opts)
     close(got_w, want)
+
+
+def test_advantage_weighted_thr_uses_the_advantages_the_run_trains_with():
+    """advantage_weighted weights response j by the run's own A_j (Pass@K, Dr. GRPO, ...), not
+    by GRPO's std-normalised advantage recomputed from the rewards."""
+    from thrlab.config import from_preset
+    from thrlab.loss import group_advantages, passk_advantages
+    from thrlab.thr import thr_token_advantages
+
+    hidden, W, tokens, mask = make_group()
+    r = torch.tensor([0., 1., 1., 0.])
+    logits = hidden @ W.T
+    for est, adv in (("passk", passk_advantages(r, G, 2)),
+                     ("dr_grpo", group_advantages(r, G, std_norm=False))):
+        want = naive_thr(hidden, tokens, mask, r, logits, advantage_weighted=True, adv=adv)
+        close(token_hidden_reward(hidden, tokens, mask, r, logits=logits,
+                                  advantage_weighted=True, adv=adv), want)
+        cfg = from_preset("tiny", thr_mode="thr", thr_advantage_weighted=True, group_size=G,
+                          adv_estimator="passk" if est == "passk" else "grpo", passk_k=2,
+                          adv_std_norm=est != "dr_grpo")
+        _, thr, _ = thr_token_advantages(cfg, hidden, tokens, mask, r, adv, W)
+        close(thr, want)
+    with pytest.raises(ValueError, match=r"adv must be \(G,\)"):
+        token_hidden_reward(hidden, tokens, mask, r, logits=logits, advantage_weighted=True,
+                            adv=torch.zeros(G, 1))
 
 
 @pytest.mark.parametrize("method", ["factorised", "gram"])

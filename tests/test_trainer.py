@@ -186,3 +186,119 @@ def test_prompt_order_is_one_seeded_shuffle_per_pass_and_resumes_from_the_cursor
     assert sorted(got[:7]) == problems and got[:7] != got[7:14]  # each pass a new permutation
     resumed = SimpleNamespace(cfg=t.cfg, problems=problems, cursor=9, _order=(-1, []))
     assert GRPOTrainer.next_prompts(resumed, 8) == [naive(c) for c in range(9, 17)]
+
+
+# -- the update runs exactly the algorithm its config names ---------------------------------------
+def test_mini_batch_rows_partition_every_row():
+    from thrlab.trainer import mini_batch_rows
+
+    for B in range(1, 30):
+        perm = torch.randperm(B)
+        for n in range(1, 6):
+            parts = mini_batch_rows(perm, n)
+            assert torch.equal(torch.cat(parts), perm)  # every row once, in order: none dropped
+            sizes = [len(p) for p in parts]
+            assert len(parts) == min(n, B) and max(sizes) - min(sizes) <= 1
+
+
+def test_update_never_drops_rows_dynamic_sampling_returned(tiny_model_dir, tmp_path):
+    """Dynamic sampling can keep 3 of 4 groups (12 rows) for mini_batches=8: all 12 rows train."""
+    from thrlab.rollout import generate
+    from thrlab.tasks import format_prompt
+
+    tr = _trainer(tiny_model_dir, tmp_path, mini_batches=8, kl_coef=0.0)
+    probs = tr.next_prompts(3)
+    r = generate(tr.model, tr.tok, [format_prompt(p.question, "plain") for p in probs], n=4,
+                 do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=6)
+    r.rewards = torch.tensor([1.0, 0.0, 0.0, 1.0] * 3)
+    tr._opt_steps = 0
+    st = tr.update(r, tr.response_advantages(r.rewards))
+    assert st["train/tokens"] == float(r.mask.sum())  # 12 // 8 = 1 row per step dropped 4 before
+    assert st["train/opt_steps"] == 8
+
+
+def test_dynamic_sampling_keeps_groups_with_a_nonzero_advantage(tiny_model_dir, tmp_path):
+    """Pass@K: a group with fewer than K wrong answers has mixed rewards but zero advantages;
+    dynamic sampling must drop it (filter on advantages, not rewards)."""
+    G, K = 4, 2
+
+    def grade(texts, golds):  # per group of G: 1 wrong (even gold) or 2 wrong (odd gold)
+        from thrlab.rewards import GradeResult
+
+        rew = []
+        for g in range(0, len(golds), G):
+            rew += [0.0, 1.0, 1.0, 1.0] if int(golds[g]) % 2 == 0 else [0.0, 0.0, 1.0, 1.0]
+        return GradeResult(rewards=rew, status=["correct" if x else "wrong" for x in rew])
+
+    tr = _trainer(tiny_model_dir, tmp_path, steps=1, adv_estimator="passk", passk_k=K,
+                  dynamic_sampling=True, max_sampling_rounds=4, kl_coef=0.0)
+    tr.grade_fn = grade
+    seen = []
+    inner = tr.update
+    tr.update = lambda r, adv: seen.append((r, adv)) or inner(r, adv)
+    row = tr.train(progress=False)[-1]
+    r, adv = seen[0]
+    assert len(r.tokens) == 4 * G or row["train/sampling_rounds"] == 4
+    assert adv.view(-1, G).ne(0).any(-1).all()  # no zero-advantage group diluting the mean
+    assert all(int(r.rewards[g:g + G].sum()) == 2 for g in range(0, len(r.tokens), G))
+    assert row["train/frac_zero_adv_groups"] > 0  # the first round did contain such groups
+
+
+def test_forking_tokens_do_not_depend_on_the_micro_batch(tiny_model_dir, tmp_path):
+    """The top-entropy fraction is taken over the mini-batch (the unit of one optimizer step), so
+    micro_batch_size, a memory knob, leaves the update unchanged (170% apart before)."""
+    out = {}
+    for mbs in (0, 4):
+        torch.manual_seed(2)
+        tr = _trainer(tiny_model_dir, tmp_path / str(mbs), steps=1, entropy_top_frac=0.2,
+                      micro_batch_size=mbs, lr=1e-4)
+        lora0 = _split_params(tr.model)[0]
+        row = tr.train(progress=False)[-1]
+        lora1 = _split_params(tr.model)[0]
+        out[mbs] = (row, {n: lora1[n] - lora0[n] for n in lora0})
+    (a, da), (b, db) = out[0], out[4]
+    assert a["train/fork_selected_frac"] == b["train/fork_selected_frac"] > 0
+    assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-4)
+    assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4, abs=1e-7)
+    for n in da:
+        torch.testing.assert_close(db[n], da[n], rtol=1e-3, atol=1e-6)  # lr 1e-4: 1% of a step
+
+
+def test_lora_dropout_never_reaches_the_old_policy_or_thr(tiny_model_dir, tmp_path):
+    """With lora_dropout > 0 the old-policy log-probs and THR's hidden states come from a pass
+    without dropout (eval mode), not from the noisy update pass."""
+    from thrlab.model import completion_forward, lm_parts
+    from thrlab.thr import thr_token_advantages
+
+    torch.manual_seed(0)
+    tr = _trainer(tiny_model_dir, tmp_path, steps=1, lora_dropout=0.5, thr_mode="thr",
+                  thr_p=0.1, kl_coef=0.0)
+    _randomise_lora(tr.model)  # LoRA B = 0 at init would hide the dropout on the LoRA branch
+    want, inner = [], tr.update
+
+    def spy(r, adv):
+        tr.model.eval()
+        with torch.no_grad():
+            o = completion_forward(tr.model, r.input_ids, r.attention_mask, r.prompt_len,
+                                   tr.cfg.temperature, need_hidden=True)
+            want.append(thr_token_advantages(tr.cfg, o["hidden"], r.tokens, r.mask, r.rewards,
+                                             adv, lm_parts(tr.model)[1].weight)[1])
+            again = tr.frozen_pass(r, reference=False)
+        assert torch.equal(again["logp"], o["logp"])  # deterministic: no dropout
+        tr.model.train()
+        return inner(r, adv)
+
+    tr.update = spy
+    row = tr.train(progress=False)[-1]
+    assert row["time/old_logp"] > 0
+    got = torch.cat(tr._thr_parts)
+    assert got.abs().max() > 0
+    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-6 * float(want[0].abs().max()))
+
+
+def _randomise_lora(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)

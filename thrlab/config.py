@@ -274,6 +274,10 @@ def _check_values(c: Config) -> None:
     need(c.thr_mode == "off" or not on_policy or c.micro_batch_size % c.group_size == 0,
          f"THR needs whole groups per micro-batch: micro_batch_size={c.micro_batch_size} must be "
          f"a multiple of group_size={c.group_size} (or 0)")
+    need(c.thr_mode == "off" or "lm_head" not in c.lora_targets,
+         f"lora_targets={c.lora_targets!r} puts LoRA on lm_head, but THR streams its "
+         "probabilities from the unembedding's base weight and would ignore the LoRA delta; "
+         "leave lm_head out (the default 'all-linear' does)")
     need(all(1 <= lv <= 5 for lv in c.train_levels), "train_levels must be MATH levels 1..5")
     for w in ("tiny_hidden", "tiny_ffn"):
         need(getattr(c, w) % 64 == 0, f"{w}={getattr(c, w)} must be a multiple of 64 "

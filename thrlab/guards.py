@@ -8,6 +8,8 @@
 - Out of memory in the update: with `oom_halve_micro_batch` the micro-batch is halved (never below
   one group when THR needs whole groups) and the update retried, if no optimizer step of that
   update had run yet; otherwise, or in generation, the error is re-raised with the knobs to turn.
+  Never for KL-Cov / Clip-Cov: they select tokens per micro-batch (verl's choice), so halving would
+  change the algorithm mid-run. Forking tokens select per mini-batch, which halving leaves alone.
 """
 from __future__ import annotations
 
@@ -41,7 +43,10 @@ def oom_message(cfg, where: str, micro_batch_size: int) -> str:
              f"group_size / prompts_per_step (now {cfg.group_size} x {cfg.prompts_per_step}; "
              f"{n_seq} sequences are generated at once)",
              f"lora_r (now {cfg.lora_r})"]
-    if where == "update" and not cfg.oom_halve_micro_batch:
+    if where == "update" and cfg.cov_mode != "off":
+        knobs[0] += (f"; {cfg.cov_mode} selects its tokens per micro-batch, so thrlab does not "
+                     "halve it mid-run: a smaller micro_batch_size is a new run")
+    elif where == "update" and not cfg.oom_halve_micro_batch:
         knobs.insert(0, "oom_halve_micro_batch=true (halve the micro-batch and retry)")
     return (f"out of memory during {where}. Lower one of: "
             + "; ".join(k for k in knobs if k) + ". e.g. --set micro_batch_size="

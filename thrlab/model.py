@@ -105,6 +105,12 @@ def add_lora(model, cfg: Config):
         model.enable_input_require_grads()
     peft_model = get_peft_model(model, lcfg)
     guard_cpu_4bit(peft_model)
+    head = peft_model.get_base_model().get_output_embeddings()
+    if cfg.thr_mode != "off" and hasattr(head, "lora_A"):  # e.g. a regex that also matched it
+        raise ValueError(f"lora_targets={cfg.lora_targets!r} wrapped the unembedding (lm_head) in "
+                         "LoRA, but THR streams its probabilities from the base weight and would "
+                         "ignore the LoRA delta; choose targets that leave lm_head alone (the "
+                         "default 'all-linear' does)")
     return peft_model
 
 

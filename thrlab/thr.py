@@ -2,8 +2,8 @@
 
 For one group, token k of response j has hidden state h_{j,k} (post-final-norm, the vector the
 unembedding W multiplies), next-token distribution pi_{j,k} and g_{j,k} = e_{y_{j,k}} - pi_{j,k}.
-P = correct responses (reward 1), w_i = 1/|y_i| (length_normalize) and c_j = 2 r_j - 1 (or the GRPO
-advantage A_j when advantage_weighted):
+P = correct responses (reward 1), w_i = 1/|y_i| (length_normalize) and c_j = 2 r_j - 1 (or the
+advantage A_j the run trains with, when advantage_weighted):
 
 1. THR_{j,k'} = c_j * sum_{i in P} w_i sum_k <g_{i,k}, g_{j,k'}> <h_{i,k}, h_{j,k'}>      (pairwise)
 2. M = sum_{i in P} w_i sum_k g_{i,k} h_{i,k}^T  (V x H),  THR_{j,k'} = c_j * g_{j,k'}^T M h_{j,k'}
@@ -136,7 +136,7 @@ def _gram(h, y, w, anchors, where, probs, chunk_size):
 
 def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_weight=None,
                         temperature=1.0, length_normalize=True, advantage_weighted=False,
-                        vocab="full", method="auto", chunk_size=1024) -> torch.Tensor:
+                        adv=None, vocab="full", method="auto", chunk_size=1024) -> torch.Tensor:
     """Score every completion token of one group by its token hidden reward; (G, T) float32.
 
     hidden (G, T, H) post-final-norm states; tokens (G, T); mask (G, T) real tokens; rewards (G,)
@@ -145,7 +145,10 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
     the full-vocab softmax) to the token ids occurring in the group: the NTHR paper's
     approximation; measured against "full" at the Qwen2.5-1.5B shape (benchmarks/thr_speed.py,
     synthetic states): relative L2 error 4e-3, Spearman 0.85, sign flips only among tokens below
-    tau (none above it, the mask unchanged). method="auto" takes the route with fewer estimated multiply-adds
+    tau (none above it, the mask unchanged). advantage_weighted=True weights response j by its
+    advantage A_j instead of 2 r_j - 1: `adv` (G,), the advantages the run trains with (any
+    estimator); without it, GRPO's std-normalised advantages of `rewards`.
+    method="auto" takes the route with fewer estimated multiply-adds
     (route_flops); with given logits and V >> H that is gram roughly when N_c < H.
     0 on padding and for groups whose rewards are all equal.
     """
@@ -169,7 +172,14 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
     lengths = mask.sum(1).clamp(min=1).to(cdt)  # (G,)
     w_resp = (1.0 / lengths if length_normalize else torch.ones_like(lengths)) * (r == 1)  # (G,)
     w = w_resp[resp]  # (N,) anchor weight, 0 outside P
-    c = group_advantages(r, G).to(cdt) if advantage_weighted else 2 * r.to(cdt) - 1  # (G,)
+    if not advantage_weighted:
+        c = 2 * r.to(cdt) - 1  # (G,)
+    elif adv is not None:
+        if tuple(adv.shape) != (G,):
+            raise ValueError(f"adv must be (G,) = ({G},) like rewards, got {tuple(adv.shape)}")
+        c = adv.to(device=hidden.device, dtype=cdt)  # (G,) the run's own advantages
+    else:
+        c = group_advantages(r, G).to(cdt)  # (G,)
     cols = None
     if vocab == "group":
         cols = torch.unique(y)  # (V_g,) sorted ids of the group's real tokens
@@ -216,6 +226,9 @@ def thr_for_batch(hidden, tokens, mask, rewards, group_size: int, **kw) -> torch
         raise ValueError(f"need B = {B} rows, a multiple of group_size={group_size}, and rewards "
                          f"(B,), got rewards {tuple(rewards.shape)}")
     logits = kw.pop("logits", None)
+    adv = kw.pop("adv", None)
+    if adv is not None and tuple(adv.shape) != (B,):
+        raise ValueError(f"adv must be (B,) = ({B},), got {tuple(adv.shape)}")
     if kw.get("lm_head_weight") is not None:  # cast (V, H) once per batch, not once per group
         kw["lm_head_weight"] = kw["lm_head_weight"].to(
             torch.promote_types(hidden.dtype, torch.float32))
@@ -223,6 +236,8 @@ def thr_for_batch(hidden, tokens, mask, rewards, group_size: int, **kw) -> torch
     for s in range(0, B, group_size):
         g = slice(s, s + group_size)
         extra = {} if logits is None else {"logits": logits[g]}
+        if adv is not None:
+            extra["adv"] = adv[g]
         out.append(token_hidden_reward(hidden[g], tokens[g], mask[g], rewards[g], **extra, **kw))
     return torch.cat(out)  # (B, T)
 
@@ -298,7 +313,8 @@ def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight
     with torch.no_grad():
         thr = thr_for_batch(hidden.detach(), tokens, mask, rewards, G, **source,
                             vocab=cfg.thr_vocab, length_normalize=cfg.thr_length_normalize,
-                            advantage_weighted=cfg.thr_advantage_weighted)  # (B, T)
+                            advantage_weighted=cfg.thr_advantage_weighted,
+                            adv=adv.detach() if cfg.thr_advantage_weighted else None)  # (B, T)
         groups = [slice(g, g + G) for g in range(0, len(thr), G)]
         if cfg.thr_tau_mode == "quantile":
             taus = [thr_quantile_threshold(thr[s], mask[s], cfg.thr_tau_quantile) for s in groups]

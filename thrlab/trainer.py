@@ -71,7 +71,8 @@ class GRPOTrainer:
         return out
 
     def rollout(self):
-        """Generate and grade P groups (with dynamic sampling, only groups of mixed rewards)."""
+        """Generate and grade P groups (with dynamic sampling, only groups with a non-zero
+        advantage under the run's estimator)."""
         cfg, G = self.cfg, self.cfg.group_size
         kept, timers, rounds, grading = [], {"time/generate": 0.0, "time/reward": 0.0}, 0, {}
         n_kept = 0
@@ -96,9 +97,10 @@ class GRPOTrainer:
                 break
             if rounds == 1:
                 first = r
-            grp = r.rewards.view(-1, G)
-            mixed = (grp.max(-1).values != grp.min(-1).values).nonzero().flatten().tolist()
-            take = mixed[:cfg.prompts_per_step - n_kept]
+            # keep the groups that carry a learning signal under the run's own estimator: a
+            # Pass@K group with fewer than K wrong answers has mixed rewards but zero advantages
+            signal = self.response_advantages(r.rewards).view(-1, G).ne(0).any(-1)  # (P,)
+            take = signal.nonzero().flatten().tolist()[:cfg.prompts_per_step - n_kept]
             if take:
                 kept.append(r.select([g * G + j for g in take for j in range(G)]))
                 n_kept += len(take)
@@ -112,6 +114,8 @@ class GRPOTrainer:
         stats["train/reward_std"] = float(grp.std(-1, unbiased=False).mean())
         stats["train/frac_zero_std_groups"] = float((grp.max(-1).values == grp.min(-1).values)
                                                     .float().mean())
+        stats["train/frac_zero_adv_groups"] = float(
+            self.response_advantages(first.rewards).view(-1, G).eq(0).all(-1).float().mean())
         stats["train/completion_len"] = float(first.lengths.float().mean())
         stats["train/truncated_frac"] = float(first.truncated.float().mean())
         if not kept:
@@ -135,18 +139,27 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def frozen_pass(self, r, reference: bool) -> dict:
-        """Log-probs (and hidden states of the old policy) without grad, in micro-batches."""
-        outs = []
-        for idx in self._micro_batches(torch.arange(len(r.tokens))):
-            if reference:
-                with reference_policy(self.model):
+        """Log-probs (and hidden states, entropy of the old policy) without grad, in micro-batches.
+
+        Runs in eval mode: the old policy that sampled the rollout (and THR's hidden states) has
+        no dropout noise, whatever lora_dropout the update trains with.
+        """
+        outs, was_training = [], self.model.training
+        self.model.eval()
+        try:
+            for idx in self._micro_batches(torch.arange(len(r.tokens))):
+                if reference:
+                    with reference_policy(self.model):
+                        o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
+                                               r.prompt_len, self.cfg.temperature,
+                                               need_entropy=False)
+                else:
                     o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
-                                           r.prompt_len, self.cfg.temperature, need_entropy=False)
-            else:
-                o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
-                                       r.prompt_len, self.cfg.temperature,
-                                       need_hidden=self.cfg.thr_mode != "off")
-            outs.append(o)
+                                           r.prompt_len, self.cfg.temperature,
+                                           need_hidden=self.cfg.thr_mode != "off")
+                outs.append(o)
+        finally:
+            self.model.train(was_training)
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     # -- 4. per-token advantages ---------------------------------------------------------------
@@ -172,14 +185,26 @@ class GRPOTrainer:
         return adv_tok, stats
 
     # -- 5. the update -------------------------------------------------------------------------
+    def update_pass_is_old_policy(self) -> bool:
+        """Whether the update pass itself computes the old policy exactly: on-policy (one epoch,
+        one mini-batch) and without dropout noise (lora_dropout = 0). Then its detached log-probs
+        are old_logp (ratio exactly 1) and THR reads its states and logits."""
+        cfg = self.cfg
+        return cfg.epochs == 1 and cfg.mini_batches == 1 and cfg.lora_dropout == 0
+
+    def needs_old_pass(self) -> bool:
+        """Whether the old policy needs its own no-grad pass: when the update pass is not the old
+        policy (above), and for forking tokens, whose top fraction is taken over the whole
+        mini-batch before any backward (so micro-batching cannot change the selection)."""
+        return not self.update_pass_is_old_policy() or self.cfg.entropy_top_frac > 0
+
     def update(self, r, adv: torch.Tensor) -> dict:
         cfg = self.cfg
         B = len(r.tokens)
-        on_policy = cfg.epochs == 1 and cfg.mini_batches == 1
         timers = {"time/old_logp": 0.0, "time/ref_logp": 0.0}
         self.model.train()
         old = None
-        if not on_policy:
+        if self.needs_old_pass():
             t0 = time.perf_counter()
             old = self.frozen_pass(r, reference=False)
             timers["time/old_logp"] = time.perf_counter() - t0
@@ -189,36 +214,35 @@ class GRPOTrainer:
             ref_logp = self.frozen_pass(r, reference=True)["logp"]
             timers["time/ref_logp"] = time.perf_counter() - t0
         thr_on = cfg.thr_mode != "off"
+        update_is_old = self.update_pass_is_old_policy()
+        thr_here = thr_on and update_is_old  # THR from the update pass's states and logits
         self._thr_parts, ent_parts = [], []
         adv_tok, adv_stats = None, {}
-        if old is not None or not thr_on:  # THR once per rollout batch, fixed across epochs
-            adv_tok, adv_stats = self.token_advantages(None if old is None else old.get("hidden"),
-                                                       r.tokens, r.mask,
-                                                       r.rewards, adv)
+        if not thr_here:  # THR once per rollout batch from the old pass, fixed across epochs
+            adv_tok, adv_stats = self.token_advantages(old.get("hidden") if thr_on else None,
+                                                       r.tokens, r.mask, r.rewards, adv)
         t0 = time.perf_counter()
         acc = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ent": 0.0, "tok": 0.0, "gn": 0.0,
                "cov": 0.0, "fork": 0.0}
         fork = cfg.entropy_top_frac > 0
-        mb_size = B // cfg.mini_batches
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         for _ in range(cfg.epochs):
             perm = torch.randperm(B, generator=gen) if cfg.mini_batches > 1 else torch.arange(B)
-            for m in range(cfg.mini_batches):
-                rows = perm[m * mb_size:(m + 1) * mb_size]
-                if fork:  # the loss is the mean over the selected tokens of the mini-batch
-                    n_tok = float(sum(selection_count(cfg.entropy_top_frac, int(r.mask[i].sum()))
-                                      for i in self._micro_batches(rows)))
-                else:
-                    n_tok = float(r.mask[rows].sum())
+            for rows in mini_batch_rows(perm, cfg.mini_batches):
+                keep = r.mask[rows]  # (b, T) tokens that carry gradient
+                if fork:  # forking tokens: the top fraction by the old policy's entropy
+                    keep = top_tokens(old["entropy"][rows], keep, cfg.entropy_top_frac)
+                    acc["fork"] += float(keep.sum())
+                n_tok = float(keep.sum())  # token-mean: over the tokens that carry gradient
                 self.opt.zero_grad(set_to_none=True)
-                for idx in self._micro_batches(rows):
+                for pos in self._micro_batches(torch.arange(len(rows))):
+                    idx = rows[pos]
                     mask = r.mask[idx]
-                    thr_here = thr_on and old is None  # THR from this pass's states and logits
                     o = completion_forward(self.model, r.input_ids[idx], r.attention_mask[idx],
                                            r.prompt_len, cfg.temperature, need_hidden=thr_here,
                                            need_logits=thr_here)
-                    old_logp = o["logp"].detach() if old is None else old["logp"][idx]
-                    if adv_tok is None:
+                    old_logp = o["logp"].detach() if update_is_old else old["logp"][idx]
+                    if thr_here:
                         # On-policy: this forward IS the old-policy pass; whole groups per
                         # micro-batch (config check), so THR needs no extra forward.
                         a_mb, st_mb = self.token_advantages(o["hidden"], r.tokens[idx], mask,
@@ -233,13 +257,9 @@ class GRPOTrainer:
                         ref_logp=None if ref_logp is None else ref_logp[idx], kl_coef=cfg.kl_coef,
                         cov_mode=cfg.cov_mode, cov_ratio=cfg.cov_ratio, cov_kl_coef=cfg.cov_kl_coef,
                         cov_bounds=(cfg.cov_clip_lb, cfg.cov_clip_ub), generator=gen)
-                    loss_mask = mask
-                    if fork:  # forking tokens: only the highest-entropy tokens carry gradient
-                        loss_mask = top_tokens(o["entropy"].detach(), mask, cfg.entropy_top_frac)
-                        acc["fork"] += float(loss_mask.sum())
                     if "cov_selected" in st:
                         acc["cov"] += float(st["cov_selected"].sum())
-                    loss = aggregate(loss_tok, loss_mask, cfg.loss_agg, n_tokens=n_tok,
+                    loss = aggregate(loss_tok, keep[pos], cfg.loss_agg, n_tokens=n_tok,
                                      n_seqs=float(len(rows)), max_len=cfg.max_new_tokens)
                     loss_value = loss.item()  # one device sync per micro-batch
                     if not math.isfinite(loss_value):
@@ -262,17 +282,18 @@ class GRPOTrainer:
         if thr_on and cfg.thr_save_every and (self.step + 1) % cfg.thr_save_every == 0:
             from .anatomy import save_token_records, token_records
 
-            entropy = old["entropy"] if old is not None else torch.cat(ent_parts)
+            entropy = torch.cat(ent_parts) if thr_here else old["entropy"]
             save_token_records(self.run.path, self.step + 1, token_records(
                 self.tok, r.tokens, r.mask, torch.cat(self._thr_parts), entropy, r.rewards, adv,
                 cfg.group_size, cfg.thr_save_rows, cfg.thr_save_tokens))
-        n_opt = cfg.epochs * cfg.mini_batches
+        n_opt = max(self._opt_steps, 1)
         ntok = max(acc["tok"], 1.0)
         return dict(timers, **adv_stats, **{
             "time/update": time.perf_counter() - t0, "train/loss": acc["loss"] / n_opt,
             "train/clip_frac": acc["clip"] / ntok, "train/kl": acc["kl"] / ntok,
             "train/entropy": acc["ent"] / ntok, "train/grad_norm": acc["gn"] / n_opt,
             "train/adv_abs_mean": float(adv.abs().mean()),
+            "train/tokens": acc["tok"] / cfg.epochs, "train/opt_steps": self._opt_steps,
             "train/cov_selected_frac": acc["cov"] / ntok,
             "train/fork_selected_frac": acc["fork"] / ntok})
 
@@ -315,7 +336,10 @@ class GRPOTrainer:
                 if not is_oom(err):
                     raise
                 mb = self.micro_batch_size or len(r.tokens) // self.cfg.mini_batches
-                if not self.cfg.oom_halve_micro_batch or self._opt_steps or mb // 2 < floor:
+                # KL-Cov / Clip-Cov select their tokens per micro-batch (as verl does): a
+                # smaller micro-batch is another algorithm, so it is never changed mid-run.
+                halve = self.cfg.oom_halve_micro_batch and self.cfg.cov_mode == "off"
+                if not halve or self._opt_steps or mb // 2 < floor:
                     raise OutOfMemoryReport(oom_message(self.cfg, "update", mb)) from err
                 self.opt.zero_grad(set_to_none=True)
                 if torch.cuda.is_available():
@@ -355,6 +379,13 @@ class GRPOTrainer:
                 save_checkpoint(self, self.run / "checkpoint")
         bar.close()
         return self.run.metrics()
+
+
+def mini_batch_rows(perm: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Split a permutation of the B rows into n mini-batches of sizes differing by at most one
+    (the first ones larger), dropping none: dynamic sampling can return any multiple of G rows.
+    Empty mini-batches (B < n) are left out: they would be optimizer steps without a gradient."""
+    return [rows for rows in torch.tensor_split(perm, n) if len(rows)]
 
 
 def _merge_thr_stats(acc: dict, new: dict) -> None:
