@@ -89,8 +89,10 @@ def main(argv=None) -> int:
     p = sub.add_parser("presets", help="list the named presets and method recipes")
     p.set_defaults(fn=cmd_presets)
     args = ap.parse_args(argv)
+    from .errors import ThrlabError
+
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ThrlabError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"thrlab: error: {err}", file=sys.stderr)
         return 2
