@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import RunFolderError, SetupError
+from .errors import ConfigError, RunFolderError, SetupError
 from .faults import failpoint
 
 
@@ -125,6 +125,25 @@ def _swap(tmp: Path, path: Path) -> None:
     failpoint("swap")
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# LoRA fields of Config that change the adapter's tensors or its output, and their names in
+# peft's adapter_config.json.
+_ADAPTER_KEYS = {"lora_r": "r", "lora_alpha": "lora_alpha"}
+
+
+def check_adapter(path, cfg) -> None:
+    """Refuse an adapter folder that is missing, or whose adapter_config.json contradicts cfg."""
+    f = Path(path) / "adapter_model.safetensors"
+    if not f.exists():
+        raise SetupError(f"{f} not found; pass a run's adapter/ folder")
+    conf = Path(path) / "adapter_config.json"
+    saved = json.loads(conf.read_text()) if conf.exists() else {}
+    bad = [f"{k}={getattr(cfg, k)} (the adapter has {saved[a]})"
+           for k, a in _ADAPTER_KEYS.items() if a in saved and saved[a] != getattr(cfg, k)]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} contradicts {conf}; drop those --set values (with "
+                         "--run-dir the run's own config is used), or set the adapter's")
 
 
 def load_adapter_weights(model, path) -> None:

@@ -257,6 +257,7 @@ def _check_values(c: Config) -> None:
     need(c.lora_r >= 1, "lora_r must be >= 1")
     need(c.eval_samples >= 1, "eval_samples must be >= 1")
     need(c.eval_limit >= 0, "eval_limit must be >= 0")
+    need(len(c.eval_sets) >= 1, "eval_sets is empty; name at least one set (e.g. arithmetic)")
     need(c.grader_timeout_s > 0, "grader_timeout_s must be > 0")
     need(c.save_every >= 1, "save_every must be >= 1")
     need(c.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
@@ -389,6 +390,15 @@ def method_of(cfg: Config) -> str:
         if all(getattr(cfg, k) == getattr(want, k) for k in keys):
             return name
     return "custom"
+
+
+def config_diff(stored: dict, cfg: Config) -> dict[str, tuple]:
+    """{field: (stored, cfg's)} for the result fields where a stored config.json (a dict) differs
+    from cfg; fields outside the hash (threads, ...) never count."""
+    new, missing = cfg.result_dict(), "<absent>"
+    keys = sorted((set(stored) | set(new)) - set(_NOT_HASHED))
+    return {k: (stored.get(k, missing), new.get(k, missing)) for k in keys
+            if stored.get(k, missing) != new.get(k, missing)}
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -350,7 +350,8 @@ def load_benchmark(name_or_path: str, *, data_dir: str | None = None, limit: int
             if not path.is_file():
                 origin = "data_dir" if data_dir else "$THRLAB_DATA_DIR"
                 raise DataError(f"{origin} is {folder}, which has no {bench.filename}; put the "
-                                f"file there, or unset {origin} to load {bench.hub_id} from the hub")
+                                f"file there, or unset {origin} to load {bench.hub_id} from the "
+                                "hub")
             problems = _read_file(path, name_or_path, name_or_path)
         else:
             problems = _load_hub(name_or_path, bench)
