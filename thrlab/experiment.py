@@ -18,7 +18,7 @@ import torch
 
 from .config import Config, config_diff, method_of
 from .errors import RunFolderError, SetupError
-from .runs import LOCK, RunDir, environment_info, read_json, write_json
+from .runs import RunDir, environment_info, read_json, write_json
 
 # Held-out arithmetic problems are drawn with this seed, independent of the run's seed, so runs
 # with different seeds are scored on the same problems.
@@ -162,7 +162,7 @@ def check_folder(run: RunDir, cfg: Config, own: Path) -> None:
             raise RunFolderError(
                 f"{p} holds a run of a different config ({shown}{more}); use another --run-dir, "
                 f"or leave --run-dir out to use this config's own run folder {own}")
-    elif any(x.name != LOCK for x in p.iterdir()):
+    elif any(not x.name.startswith(".") for x in p.iterdir()):  # .lock, temp files, .DS_Store
         raise RunFolderError(f"{p} is not a thrlab run folder (it holds files but no "
                              "config.json); pass a new or empty folder as --run-dir")
 
