@@ -101,6 +101,7 @@ def test_presets_prints_every_field_a_preset_changes_and_every_recipe(capsys):
         assert all(getattr(preset_config(name), k) != getattr(default, k) for k in pairs), name
     lines = dict(re.findall(r"^  (\S+) +(.*)$", methods, re.M))
     assert list(lines) == list(METHODS)
+    base = preset_config("qwen2.5-math-1.5b")  # an off-policy schedule takes every recipe
     for name, recipe in METHODS.items():
         pairs = dict(t.split("=", 1) for t in lines[name].split() if "=" in t)
-        assert default.replace(**pairs) == default.replace(**recipe), name
+        assert base.replace(**pairs) == base.replace(**recipe), name

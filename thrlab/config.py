@@ -386,8 +386,9 @@ def method_of(cfg: Config) -> str:
     base = preset_config(cfg.preset)
     keys = set().union(*METHODS.values())
     for name, recipe in METHODS.items():
-        want = base.replace(**recipe)  # coerced like cfg's own values
-        if all(getattr(cfg, k) == getattr(want, k) for k in keys):
+        # values coerced like cfg's own; no Config is built (a recipe may not suit this preset)
+        if all(getattr(cfg, k) == (_coerce(Config, k, recipe[k]) if k in recipe
+                                   else getattr(base, k)) for k in keys):
             return name
     return "custom"
 
