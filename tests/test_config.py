@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from thrlab.config import PRESETS, Config, from_preset, parse_overrides
+from thrlab.config import METHODS, PRESETS, Config, field_docs, from_preset, parse_overrides
+from thrlab.errors import ConfigError
 
 
 def test_json_round_trip_every_preset():
@@ -21,6 +22,10 @@ def test_unknown_keys_rejected_with_suggestion():
         Config.from_dict({"nope": 1})
     with pytest.raises(ValueError, match="unknown preset"):
         from_preset("gpt5")
+    with pytest.raises(ValueError, match="unknown preset 'tinny' \\(did you mean 'tiny'\\?\\)"):
+        from_preset("tinny")
+    with pytest.raises(ValueError, match="unknown method 'thr_explor' \\(did you mean 'thr_explore'"):
+        from_preset("tiny", "thr_explor")
 
 
 @pytest.mark.parametrize("override,msg", [
@@ -30,6 +35,7 @@ def test_unknown_keys_rejected_with_suggestion():
     (dict(thr_p=1.5), r"thr_p=1.5 must be in \[-1, 1\]"), (dict(thr_p=-2.0), "thr_p"),
     (dict(adv_estimator="passk", passk_k=9), "passk_k=9"),  # K > n = group_size
     (dict(max_nonfinite_steps=-1), "max_nonfinite_steps"), (dict(steps=-1), "steps"),
+    (dict(train_levels=(3,)), r"train_levels=\(3,\) filters MATH levels .* arithmetic task"),
 ])
 def test_bad_values_rejected(override, msg):
     with pytest.raises(ValueError, match=msg):
@@ -47,13 +53,44 @@ def test_wrong_types_rejected_and_strings_coerced():
                                                                 ("math500", "aime24"))
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["lr"])
+    # a scalar for a tuple field is a 1-tuple
+    math = dict(task="math_train", sft_control=False)
+    assert from_preset("tiny", **math, train_levels=3).train_levels == (3,)
+    assert from_preset("tiny", eval_sets="math500").eval_sets == ("math500",)
 
 
 def test_hash_changes_with_results_not_with_threads():
     c = from_preset("tiny")
     assert c.replace(lr=c.lr * 2).run_id() != c.run_id()
     assert c.replace(threads=1).run_id() == c.run_id()
-    assert c.run_id().startswith("tiny-")
+    assert c.run_id() == f"tiny-grpo-{c.config_hash()}"
+
+
+def test_run_id_shows_the_method_derived_from_the_config():
+    from thrlab.config import method_of
+
+    c = from_preset("tiny", "thr_explore", steps=5)  # fields outside every recipe do not matter
+    assert method_of(c) == "thr_explore" and c.run_id() == f"tiny-thr_explore-{c.config_hash()}"
+    # derived from the values, not from the name a caller passed
+    assert method_of(from_preset("tiny", thr_mode="thr", thr_p=-0.1)) == "thr_explore"
+    assert method_of(from_preset("tiny", "thr_explore", thr_p=0.3)) == "custom"
+    assert method_of(from_preset("qwen2.5-math-1.5b", "kl_cov")) == "kl_cov"
+    assert method_of(from_preset("tiny", "dr_grpo", seed=3)) == "dr_grpo"
+    for preset in PRESETS:
+        for m in METHODS:  # the label names a recipe that rebuilds the same config
+            try:
+                c = from_preset(preset, m)
+            except ConfigError:  # a recipe this preset's schedule refuses
+                continue
+            assert from_preset(preset, method_of(c)) == c, (preset, m)
+
+
+def test_every_field_is_documented():
+    import dataclasses
+
+    docs = field_docs()
+    assert set(docs) == {f.name for f in dataclasses.fields(Config)}
+    assert all(len(d) > 3 for d in docs.values())
 
 
 def test_hash_is_stable_across_processes():

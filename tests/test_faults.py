@@ -75,6 +75,33 @@ def test_kill_anywhere_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert not any(p.name.endswith((".tmp", ".old")) for p in b.path.iterdir())
 
 
+class _Payload:
+    """Pickles as a call to exec: what a malicious state.pt would carry."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def test_a_checkpoint_state_carrying_code_is_refused_without_running_it(tiny_model_dir, tmp_path):
+    from thrlab.checkpoint import load_checkpoint
+    from thrlab.errors import RunFolderError
+    from tests.test_trainer import _trainer
+
+    tr = _trainer(tiny_model_dir, tmp_path, steps=1)
+    tr.train(progress=False)
+    state = tr.run / "checkpoint" / "state.pt"
+    assert torch.load(state, weights_only=True)["optimizer"]["state"]  # thrlab's own: plain data
+    marker = tmp_path / "payload_ran"
+    torch.save({"optimizer": _Payload(f"open({str(marker)!r}, 'w').close()")}, state)
+    with pytest.raises(RunFolderError, match="state.pt is not a thrlab checkpoint state.*nothing "
+                                             "in it was run"):
+        load_checkpoint(_trainer(tiny_model_dir, tmp_path, steps=2), tr.run / "checkpoint")
+    assert not marker.exists()
+
+
 def test_failpoint_counts_hits_and_ignores_other_names(monkeypatch):
     from thrlab import faults
 

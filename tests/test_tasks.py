@@ -5,11 +5,13 @@ import json
 import re
 import sys
 import types
+import warnings
 import zlib
 from pathlib import Path
 
 import pytest
 
+from thrlab.errors import DataError
 from thrlab.tasks import (BENCHMARKS, SYSTEM_BOXED, TEMPLATES, arithmetic_problems, format_prompt,
                           load_benchmark)
 
@@ -153,6 +155,64 @@ def test_generic_reader_and_empty_gold(tmp_path):
         load_benchmark(str(f), levels=(5,))
 
 
+# Two rows as openai/gsm8k stores them: the gold is the number after "####".
+GSM8K_ROWS = [
+    {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+                 "clips in May. How many clips did Natalia sell altogether in April and May?",
+     "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = "
+               "<<48+24=72>>72 clips altogether in April and May.\n#### 72"},
+    {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
+                 "babysitting. How much did she earn?",
+     "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she earned "
+               "0.2 x 50 = $<<0.2*50=10>>10.\n#### 1,000"},
+]
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_row_format_is_read_from_the_rows_not_the_file_name(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and nothing to warn about
+        probs = load_benchmark(_jsonl(tmp_path / "gsm8k_copy.jsonl", GSM8K_ROWS))
+    assert [p.answer for p in probs] == ["72", "1000"]
+    assert probs[0].question == GSM8K_ROWS[0]["question"] and probs[0].source == "gsm8k_copy"
+    ob = load_benchmark(_jsonl(tmp_path / "olymp.jsonl", [
+        {"question": "q", "final_answer": ["$3$"]}]))
+    assert [p.answer for p in ob] == ["3"]
+    # a known benchmark's file name holding another benchmark's rows is refused, not misread
+    with pytest.raises(DataError, match="named like the math500 benchmark, but its rows are in "
+                                        "gsm8k's format; rename the file"):
+        load_benchmark(_jsonl(tmp_path / "math500.jsonl", GSM8K_ROWS))
+
+
+def test_golds_that_look_like_solutions_warn_once_with_counts_and_an_example(tmp_path):
+    rows = [{"question": "q1", "answer": "Add them.\nSo the answer is 4."},
+            {"question": "q2", "answer": "5"}, {"question": "q3", "answer": "x" * 301}]
+    with pytest.warns(UserWarning) as rec:
+        probs = load_benchmark(_jsonl(tmp_path / "worked.jsonl", rows))
+    msgs = [str(w.message) for w in rec if "do not look like answers" in str(w.message)]
+    assert len(msgs) == 1 and len(probs) == 3
+    assert "2 of 3 gold answers" in msgs[0] and "line 1: 'Add them.\\nSo" in msgs[0]
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", b'{"question": "q", "answer": ""}\n'])
+def test_empty_sets_are_refused_naming_the_file(tmp_path, content):
+    path = _write(tmp_path, "empty.jsonl", content)
+    with pytest.raises(DataError, match=r"empty\.jsonl holds no problems"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped-empty-gold warning of the third case
+        load_benchmark(path)
+
+
+def test_unknown_benchmark_lists_arithmetic_with_a_suggestion():
+    with pytest.raises(DataError, match="unknown benchmark 'arithmetc' \\(did you mean "
+                                        "'arithmetic'\\?\\); use one of arithmetic"):
+        load_benchmark("arithmetc")
+
+
 def test_hub_path_uses_the_spec(monkeypatch):
     calls = []
 
@@ -172,7 +232,7 @@ def test_hub_path_uses_the_spec(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
-    with pytest.raises(RuntimeError, match="HuggingFaceH4/MATH-500.*Offline\\? Pass data_dir"):
+    with pytest.raises(DataError, match="HuggingFaceH4/MATH-500.*Offline\\? Pass data_dir"):
         load_benchmark("math500")
 
 

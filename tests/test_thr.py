@@ -1,5 +1,7 @@
 """THR against a naive pairwise loop written here, and the first-order identity of METHOD.md
 section 6 (one SGD step on the unembedding of a real tiny model) checked by finite differences."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -314,3 +316,46 @@ def test_quantile_threshold_against_sorting():
     assert kept == pytest.approx(0.25 * len(vals), abs=1)
     with pytest.raises(ValueError, match="quantile"):
         thr_quantile_threshold(thr, mask, 1.5)
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    import thrlab.thr
+
+    res = doctest.testmod(thrlab.thr)
+    assert res.attempted >= 8 and res.failed == 0
+    doc = token_hidden_reward.__doc__
+    assert "hidden_states[-1][:, prompt_len - 1:-1]" in doc and "thr_for_batch" in doc
+
+
+def test_shapes_and_values_are_checked_with_messages_that_name_them():
+    from thrlab.guards import NonFiniteError
+
+    hidden, W, tokens, mask = make_group()
+    r = torch.tensor(REWARDS["two"])
+    wide = torch.randn(G, T, H + 1)
+    with pytest.raises(ValueError, match=rf"hidden \(G, T, H\) = \({G}, {T}, {H + 1}\) and "
+                                         rf"lm_head_weight \(V, H\) = \({V}, {H}\) disagree on H"):
+        token_hidden_reward(wide, tokens, mask, r, lm_head_weight=W)
+    thr = token_hidden_reward(hidden, tokens, mask, r, lm_head_weight=W)
+    for adv in (torch.zeros(G, 1), torch.zeros(G, T), torch.zeros(G + 1)):
+        with pytest.raises(ValueError, match=rf"adv must be \(B,\) = \({G},\).*got "
+                                             rf"{re.escape(str(tuple(adv.shape)))}"):
+            reweight_advantages(adv, thr, mask)
+        with pytest.raises(ValueError, match=rf"adv must be \(B,\) = \({G},\)"):
+            nthr_advantages(adv, thr, mask, r)
+    for x in (float("nan"), float("inf")):
+        bad = hidden.clone()
+        bad[2, 1, 0] = x
+        with pytest.raises(ValueError, match="hidden holds NaN/inf at 1 real tokens "
+                                             r"\(responses \[2\]\)") as err:
+            token_hidden_reward(bad, tokens, mask, r, lm_head_weight=W)
+        assert isinstance(err.value, NonFiniteError)  # so the trainer skips such a step
+        logits = hidden @ W.T
+        logits[0, 0, 3] = x
+        with pytest.raises(ValueError, match="logits .* hold NaN/inf on real tokens"):
+            token_hidden_reward(hidden, tokens, mask, r, logits=logits)
+    padded = hidden.clone()
+    padded[1, 4] = float("nan")  # padding (mask[1, 3:] is False) is never read
+    assert torch.equal(token_hidden_reward(padded, tokens, mask, r, lm_head_weight=W), thr)

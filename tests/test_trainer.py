@@ -167,6 +167,30 @@ def test_thr_token_records_saved_and_bounded(tiny_model_dir, tmp_path):
         assert all(e >= 0 for e in r["entropy"]) and r["reward"] in (0.0, 1.0)
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_thr_token_records_at_the_last_step_carry_each_rows_question(tiny_model_dir, tmp_path,
+                                                                     dynamic):
+    from thrlab.anatomy import load_token_records
+
+    over = dict(thr_mode="thr", thr_p=0.1, thr_save_every=5, thr_save_rows=8,
+                dynamic_sampling=dynamic)
+    tr = _trainer(tiny_model_dir, tmp_path, **over)  # 2 steps, fewer than thr_save_every
+    tr.train(progress=False)
+    (rec,) = load_token_records(tr.run.path)
+    assert rec["step"] == 2
+    questions = [r["question"] for r in rec["rows"]]
+    assert all(len(set(questions[g:g + 4])) == 1 for g in range(0, len(questions), 4))
+    if dynamic:  # kept groups of several sampling rounds: each group one training question
+        assert set(questions) <= {p.question for p in tr.problems}
+    else:  # step 2's prompts in the seeded order, G rows each (prompt-major)
+        fresh = _trainer(tiny_model_dir, tmp_path / "fresh", **over)
+        drawn = [p.question for _ in range(2) for p in fresh.next_prompts(4)]
+        assert questions == [q for q in drawn[4:6] for _ in range(4)]
+    never = _trainer(tiny_model_dir, tmp_path / "never", **dict(over, thr_save_every=0))
+    never.train(progress=False)
+    assert load_token_records(never.run.path) == []
+
+
 def test_prompt_order_is_one_seeded_shuffle_per_pass_and_resumes_from_the_cursor():
     import random
     from types import SimpleNamespace

@@ -1,8 +1,10 @@
-"""Per-token THR records for the anatomy figures (E1, E7): token text, THR, entropy, reward.
+"""Per-token THR records for the anatomy figures (E1, E7): question, token text, THR, entropy,
+reward.
 
-Saved every `thr_save_every` steps to `runs/<id>/thr_tokens/step_XXXXXX.json`, bounded to
-`thr_save_rows` responses (whole groups, in rollout order) of at most `thr_save_tokens` tokens each,
-so a long run's folder stays small. Reading needs no torch.
+Saved every `thr_save_every` steps and at the last step to
+`runs/<id>/thr_tokens/step_XXXXXX.json`, bounded to `thr_save_rows` responses (whole groups, in
+rollout order) of at most `thr_save_tokens` tokens each, so a long run's folder stays small.
+Reading needs no torch.
 """
 from __future__ import annotations
 
@@ -13,14 +15,17 @@ from .runs import write_json
 
 
 def token_records(tok, tokens, mask, thr, entropy, rewards, adv, group_size: int,
-                  max_rows: int, max_tokens: int) -> dict:
-    """Build the JSON-able record of the first whole groups; tensors are (B, T) / (B,)."""
+                  max_rows: int, max_tokens: int, questions=None) -> dict:
+    """Build the JSON-able record of the first whole groups; tensors are (B, T) / (B,),
+    questions (B,) the question text of each row (None: not recorded)."""
     n_groups = max(1, max_rows // group_size)
     rows = []
     for b in range(min(len(tokens), n_groups * group_size)):
         m = mask[b].bool()
         ids = tokens[b][m][:max_tokens].tolist()
-        rows.append({"group": b // group_size, "reward": float(rewards[b]), "adv": float(adv[b]),
+        rows.append({"group": b // group_size,
+                     "question": None if questions is None else questions[b],
+                     "reward": float(rewards[b]), "adv": float(adv[b]),
                      "tokens": tok.convert_ids_to_tokens(ids),
                      "text": tok.decode(ids, skip_special_tokens=True),
                      "thr": [round(float(x), 6) for x in thr[b][m][:max_tokens]],

@@ -1,18 +1,23 @@
 """Checkpoints of a training run: LoRA adapter + optimizer + RNG + loop position.
 
 A checkpoint folder is written beside the old one and swapped in with renames, so a kill at any
-moment leaves either the previous or the new checkpoint whole, never a mixture.
+moment leaves either the previous or the new checkpoint whole, never a mixture. Everything in it
+is data: safetensors, JSON, and a `state.pt` of tensors and plain values (optimizer and RNG
+state) that is read with `torch.load(weights_only=True)` only, so resuming a run folder from
+someone else never runs code stored in it.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
 
 import torch
 
+from .errors import ConfigError, RunFolderError, SetupError
 from .faults import failpoint
 
 
@@ -38,6 +43,7 @@ def save_checkpoint(trainer, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(adapter_state(trainer.model), str(tmp / "adapter.safetensors"))
+    # Tensors, numbers, strings, tuples, lists and dicts only: what weights_only=True loads.
     torch.save({"optimizer": trainer.opt.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "py_rng": random.getstate()}, tmp / "state.pt")
@@ -60,12 +66,12 @@ def load_checkpoint(trainer, path: Path) -> bool:
     params = dict(trainer.model.named_parameters())
     missing = set(state) ^ {n for n, p in params.items() if p.requires_grad}
     if missing:
-        raise RuntimeError(f"checkpoint {path} does not match the model's adapters "
-                           f"(differs in {sorted(missing)[:3]}...); was the config changed?")
+        raise RunFolderError(f"checkpoint {path} does not match the model's adapters "
+                             f"(differs in {sorted(missing)[:3]}...); was the config changed?")
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
-    s = torch.load(path / "state.pt", weights_only=False)
+    s = load_state(path / "state.pt")
     trainer.opt.load_state_dict(s["optimizer"])
     torch.set_rng_state(s["torch_rng"])
     if s["cuda_rng"] is not None and torch.cuda.is_available():
@@ -76,6 +82,18 @@ def load_checkpoint(trainer, path: Path) -> bool:
     trainer.nonfinite_steps = meta.get("nonfinite_steps", 0)
     trainer.micro_batch_size = meta.get("micro_batch_size", trainer.micro_batch_size)
     return True
+
+
+def load_state(path: Path) -> dict:
+    """Read a checkpoint's state.pt as data only; refuse (without running) anything else."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:  # what weights_only raises for a global it refuses
+        raise RunFolderError(
+            f"{path} is not a thrlab checkpoint state: it holds Python objects beyond tensors "
+            "and plain values, so it was refused and nothing in it was run. If you trust its "
+            f"origin, delete {path.parent} to restart this run from step 0; otherwise use "
+            "another --run-dir") from err
 
 
 def _latest_complete(path: Path) -> Path | None:
@@ -109,6 +127,25 @@ def _swap(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# LoRA fields of Config that change the adapter's tensors or its output, and their names in
+# peft's adapter_config.json.
+_ADAPTER_KEYS = {"lora_r": "r", "lora_alpha": "lora_alpha"}
+
+
+def check_adapter(path, cfg) -> None:
+    """Refuse an adapter folder that is missing, or whose adapter_config.json contradicts cfg."""
+    f = Path(path) / "adapter_model.safetensors"
+    if not f.exists():
+        raise SetupError(f"{f} not found; pass a run's adapter/ folder")
+    conf = Path(path) / "adapter_config.json"
+    saved = json.loads(conf.read_text()) if conf.exists() else {}
+    bad = [f"{k}={getattr(cfg, k)} (the adapter has {saved[a]})"
+           for k, a in _ADAPTER_KEYS.items() if a in saved and saved[a] != getattr(cfg, k)]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} contradicts {conf}; drop those --set values (with "
+                         "--run-dir the run's own config is used), or set the adapter's")
+
+
 def load_adapter_weights(model, path) -> None:
     """Load a saved peft adapter folder's weights into a model with the same LoRA config."""
     from peft import set_peft_model_state_dict
@@ -116,5 +153,5 @@ def load_adapter_weights(model, path) -> None:
 
     f = Path(path) / "adapter_model.safetensors"
     if not f.exists():
-        raise FileNotFoundError(f"{f} not found; pass a run's adapter/ folder")
+        raise SetupError(f"{f} not found; pass a run's adapter/ folder")
     set_peft_model_state_dict(model, load_file(str(f)))

@@ -1,25 +1,37 @@
 """Command line: `python -m thrlab train|evaluate|presets`, thin wrappers over thrlab.experiment.
 
     python -m thrlab train --preset tiny [--method thr_explore] --set steps=40 [--run-dir DIR]
+    python -m thrlab evaluate --run-dir runs/<id> [--out FILE]       (the run's own config)
     python -m thrlab evaluate --preset tiny [--adapter runs/<id>/adapter] [--out FILE]
+
+Expected failures (bad config or data, missing files, a run folder in use or of another config,
+no CUDA, a model not cached offline) print one line, `thrlab: error: ...`, and exit with status 2;
+--debug or THRLAB_DEBUG=1 shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
+import textwrap
+from pathlib import Path
 
 
 def _config(args):
     from .config import from_preset, parse_overrides
 
-    return from_preset(args.preset, args.method, **parse_overrides(args.set or []))
+    return from_preset(args.preset or "tiny", args.method or "grpo",
+                       **parse_overrides(args.set or []))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", help="named preset (see `python -m thrlab presets`)")
-    p.add_argument("--method", default="grpo",
-                   help="objective recipe from thrlab.config.METHODS (e.g. thr_explore, kl_cov)")
+    p.add_argument("--preset", default=None,
+                   help="named preset (default tiny; see `python -m thrlab presets`)")
+    p.add_argument("--method", default=None,
+                   help="objective recipe from thrlab.config.METHODS (default grpo; e.g. "
+                        "thr_explore, kl_cov)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field; repeatable (unknown keys are rejected)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -27,70 +39,117 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> int:
     from .experiment import format_summary, run_experiment
+    from .runs import RunDir
 
     cfg = _config(args)
-    summary = run_experiment(cfg, args.run_dir, runs_root=args.runs_root, progress=not args.quiet)
-    from pathlib import Path
-
-    run_dir = args.run_dir or str(Path(args.runs_root) / cfg.run_id())
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / cfg.run_id()
+    finished = RunDir(run_dir).complete  # run_experiment refuses it if it holds another config
+    summary = run_experiment(cfg, run_dir, progress=not args.quiet)
     print(format_summary(summary))
-    print(f"wall time: {summary['wall_s']:.0f} s")
-    print(f"run folder: {run_dir}")
+    if finished:
+        print(f"reused run folder {run_dir}: finished earlier with this config (its wall time "
+              f"{summary['wall_s']:.0f} s); nothing was run")
+    else:
+        print(f"wall time: {summary['wall_s']:.0f} s")
+        print(f"run folder: {run_dir}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
-    from .experiment import eval_problems, load_run_policy, make_grade_fn
+    from .config import parse_overrides
+    from .errors import ConfigError
+    from .experiment import check_inputs, evaluate_run, load_run_policy, run_config
     from .runs import write_json
 
-    cfg = _config(args)
-    model, tok = load_run_policy(cfg, args.adapter, progress=not args.quiet)
-    res = evaluate(model, tok, eval_problems(cfg), cfg, grade_fn=make_grade_fn(cfg),
-                   progress=not args.quiet)
+    if args.run_dir:
+        if args.preset or args.method or args.adapter:
+            raise ConfigError("--run-dir evaluates the run's own config and adapter; drop "
+                              "--preset/--method/--adapter (--set still overrides fields)")
+        cfg = run_config(args.run_dir).replace(**parse_overrides(args.set or []))
+        adapter = Path(args.run_dir) / "adapter"
+    else:
+        cfg, adapter = _config(args), args.adapter
+    if adapter:
+        from .checkpoint import check_adapter
+
+        check_adapter(adapter, cfg)  # before the eval sets and the model
+    sets = check_inputs(cfg, progress=not args.quiet, train=False).sets
+    model, tok = load_run_policy(cfg, adapter, progress=not args.quiet)
+    res = evaluate_run(model, tok, cfg, sets, progress=not args.quiet)
     if args.out:
         write_json(args.out, res)
     print(json.dumps(res["mean"], indent=2))
     return 0
 
 
-def cmd_presets(args) -> int:
-    from .config import METHODS, PRESETS, from_preset
+def _value(v) -> str:
+    """A config value as --set takes it (tuples comma-joined, bools lower-case)."""
+    if isinstance(v, tuple):
+        return ",".join(map(str, v))
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
+
+def cmd_presets(args) -> int:
+    from .config import METHODS, PRESETS, Config, preset_config
+
+    default = Config()
+    print("presets (--preset NAME), with every field that differs from the Config defaults:")
     for name in PRESETS:
-        c = from_preset(name)
-        print(f"{name:<24} model={c.model} lr={c.lr} lora_r={c.lora_r} "
-              f"P={c.prompts_per_step} G={c.group_size} steps={c.steps} "
-              f"max_new_tokens={c.max_new_tokens}")
-    print("\nmethods (--method NAME):")
+        c = preset_config(name)
+        diff = [f"{f.name}={_value(getattr(c, f.name))}" for f in dataclasses.fields(Config)
+                if f.name != "preset" and getattr(c, f.name) != getattr(default, f.name)]
+        print(textwrap.fill(" ".join(diff) or "(the Config defaults)", 100,
+                            initial_indent=f"  {name:<24} ", subsequent_indent=" " * 27,
+                            break_long_words=False, break_on_hyphens=False))
+    print("\nmethods (--method NAME), overrides applied on top of the preset:")
     for name, recipe in METHODS.items():
-        print(f"{name:<24} " + (" ".join(f"{k}={v}" for k, v in recipe.items()) or "(defaults)"))
+        print(f"  {name:<24} " + (" ".join(f"{k}={_value(v)}" for k, v in recipe.items())
+                                  or "(the preset as is)"))
     return 0
 
 
-def main(argv=None) -> int:
+def _fields_help() -> str:
     from .config import field_docs
 
-    docs = "\n".join(f"  {k:<24} {v}" for k, v in field_docs().items())
-    ap = argparse.ArgumentParser(prog="thrlab", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="config fields (use with --set):\n" + docs)
+    return "config fields (use with --set KEY=VALUE):\n" + "\n".join(
+        f"  {k:<24} {v}" for k, v in field_docs().items())
+
+
+def _parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog="thrlab", description=__doc__, formatter_class=raw,
+                                 epilog=_fields_help())
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback of an expected failure (or set THRLAB_DEBUG=1)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="evaluate, GRPO-train, evaluate (resumable run folder)")
+    t = sub.add_parser("train", help="evaluate, GRPO-train, evaluate (resumable run folder)",
+                       formatter_class=raw, epilog=_fields_help())
     _common(t)
-    t.add_argument("--run-dir", default=None, help="run folder (default runs/<run_id>)")
+    t.add_argument("--run-dir", default=None, help="run folder (default <runs-root>/<run_id>)")
     t.add_argument("--runs-root", default="runs", help="parent of derived run folders")
     t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("evaluate", help="greedy accuracy and pass@k of a model (+ adapter)")
+    e = sub.add_parser("evaluate", help="greedy accuracy and pass@k of a model (+ adapter)",
+                       formatter_class=raw, epilog=_fields_help())
     _common(e)
-    e.add_argument("--adapter", default=None, help="a run's adapter/ folder to load")
+    e.add_argument("--run-dir", default=None,
+                   help="a run folder: evaluate its adapter with its own config and eval seed "
+                        "(reproduces its eval_after.json)")
+    e.add_argument("--adapter", default=None, help="an adapter/ folder to load")
     e.add_argument("--out", default=None, help="write the results JSON here")
     e.set_defaults(fn=cmd_evaluate)
-    p = sub.add_parser("presets", help="list the named presets and method recipes")
+    p = sub.add_parser("presets", help="list the presets (every non-default field) and methods")
     p.set_defaults(fn=cmd_presets)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .errors import ThrlabError
+
+    args = _parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except ThrlabError as err:
+        if args.debug or os.environ.get("THRLAB_DEBUG", "0") not in ("", "0"):
+            raise
         print(f"thrlab: error: {err}", file=sys.stderr)
         return 2

@@ -12,18 +12,20 @@ import json
 import typing
 from dataclasses import dataclass, fields
 
+from .errors import ConfigError, ConfigTypeError
+
 
 @dataclass(frozen=True)
 class Config:
     """All settings of one thrlab run. Field docs are the CLI's --help."""
 
-    preset: str = "tiny"
+    preset: str = "tiny"  # the preset the config was built from (first part of the run id)
     # -- model ---------------------------------------------------------------
     model: str = "tiny"  # "tiny" = the embedded cold-started model; else an HF id or local path
     load_in_4bit: bool = True  # NF4 base weights (bitsandbytes), LoRA adapters on top
     compute_dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU (bf16 is slower on CPU)
-    lora_r: int = 16
-    lora_alpha: int = 32
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale alpha (the update is alpha / r * B A)
     lora_dropout: float = 0.0  # dropout makes the old-policy pass differ from the update pass
     lora_targets: str = "all-linear"  # peft target_modules; "all-linear" leaves lm_head alone
     bnb_double_quant: bool = True  # QLoRA's double quantisation of the NF4 scales
@@ -40,23 +42,23 @@ class Config:
     eval_limit: int = 500  # problems per eval set (0 = all)
     data_dir: str = ""  # local folder holding benchmark JSONL files ("" = hub or $THRLAB_DATA_DIR)
     # -- GRPO ----------------------------------------------------------------
-    seed: int = 0
-    steps: int = 60
-    prompts_per_step: int = 16  # P
-    group_size: int = 8  # G
+    seed: int = 0  # LoRA init, prompt order, rollouts; evaluations: experiment.eval_seed
+    steps: int = 60  # GRPO steps, one rollout batch each (0 = evaluate only)
+    prompts_per_step: int = 16  # P, prompts drawn per step
+    group_size: int = 8  # G, completions sampled per prompt (one group)
     temperature: float = 1.0  # rollout sampling temperature (also divides the training logits)
-    top_p: float = 1.0
-    max_new_tokens: int = 8
+    top_p: float = 1.0  # rollout nucleus sampling (1 = off)
+    max_new_tokens: int = 8  # completion length limit of training rollouts
     lr: float = 3e-4  # tiny default: +10.3 greedy points over 3 seeds vs +7.7 at 1e-4 (RESULTS.md)
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0  # AdamW weight decay of the LoRA parameters
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.99  # AdamW beta2
+    max_grad_norm: float = 1.0  # clip the LoRA gradient norm to this before each step
     epochs: int = 1  # optimisation passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch
     micro_batch_size: int = 0  # sequences per forward/backward (0 = whole mini-batch)
     objective: str = "grpo"  # grpo | gspo_token
-    clip_eps_low: float = 0.2
+    clip_eps_low: float = 0.2  # the ratio is clipped below at 1 - clip_eps_low
     clip_eps_high: float = 0.2  # > clip_eps_low = DAPO clip-higher
     kl_coef: float = 1e-4  # k3 KL to the reference (= base model, adapters disabled); 0 skips the pass
     loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
@@ -83,7 +85,7 @@ class Config:
     cov_ratio: float = 2e-4  # a fraction (not a percent) of the micro-batch's valid tokens
     cov_kl_coef: float = 1.0  # KL-Cov: weight of |logp - old_logp| on the top-covariance tokens
     cov_clip_lb: float = 1.0  # Clip-Cov: detach random tokens whose covariance lies in (lb, ub)
-    cov_clip_ub: float = 5.0
+    cov_clip_ub: float = 5.0  # Clip-Cov: upper end of that window
     entropy_top_frac: float = 0.0  # forking tokens: train on this top fraction by entropy (0 = off)
     dynamic_sampling: bool = False  # drop all-equal groups and draw new prompts (DAPO)
     max_sampling_rounds: int = 4  # generation rounds per step when dynamic_sampling is on
@@ -92,20 +94,20 @@ class Config:
     save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
     # -- evaluation ----------------------------------------------------------
     eval_samples: int = 8  # n samples per problem for pass@k
-    eval_temperature: float = 0.6
-    eval_top_p: float = 0.95
-    eval_max_new_tokens: int = 8
+    eval_temperature: float = 0.6  # sampling temperature of the pass@k samples
+    eval_top_p: float = 0.95  # nucleus sampling of the pass@k samples
+    eval_max_new_tokens: int = 8  # completion length limit in evaluation
     eval_batch_size: int = 256  # prompts per generate() call
     # -- embedded tiny model cold start (used only when model == "tiny") -----
     tiny_arch: str = "qwen2"  # qwen2 | llama
     tiny_hidden: int = 128  # multiples of 64: bitsandbytes' CPU kernels need them
-    tiny_layers: int = 4
-    tiny_heads: int = 4
-    tiny_ffn: int = 512
+    tiny_layers: int = 4  # decoder layers of the tiny model
+    tiny_heads: int = 4  # attention heads (tiny_hidden must be divisible by it)
+    tiny_ffn: int = 512  # MLP width (a multiple of 64)
     # 600 steps leave the model mid-way up its learning curve (~30% greedy, ~48% pass@8):
     # competent enough for mixed-reward groups, far enough from saturation for RL to show.
-    sft_steps: int = 600
-    sft_batch: int = 64
+    sft_steps: int = 600  # cold-start supervised steps
+    sft_batch: int = 64  # cold-start problems per step
     sft_lr: float = 1e-3  # constant; 2e-3 plateaued higher in measurement
     sft_seed: int = 0  # the cold start has its own seed so GRPO seeds share one starting model
     sft_control: bool = True  # also train an equal-compute SFT control (LoRA, same steps/sequences)
@@ -137,15 +139,21 @@ class Config:
         _reject_unknown(overrides)
         return dataclasses.replace(self, **{k: _coerce(Config, k, v) for k, v in overrides.items()})
 
-    def config_hash(self) -> str:
-        """Hash of every field that changes results (stable across field order and Python runs)."""
-        d = self.to_dict()
+    def result_dict(self) -> dict:
+        """The fields that change results (all but _NOT_HASHED), as config.json stores them."""
+        d = json.loads(self.to_json())
         for k in _NOT_HASHED:
             d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        return d
+
+    def config_hash(self) -> str:
+        """Hash of every field that changes results (stable across field order and Python runs)."""
+        text = json.dumps(self.result_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def run_id(self) -> str:
-        return f"{self.preset}-{self.config_hash()}"
+        """`<preset>-<method_of(self)>-<hash>`: the method is a label, the hash tells runs apart."""
+        return f"{self.preset}-{method_of(self)}-{self.config_hash()}"
 
 
 # Fields that do not change results (where or how fast it runs), so they do not change the run id.
@@ -176,7 +184,7 @@ def _reject_unknown(d: dict) -> None:
 
         hints = [f"{u!r} (did you mean {difflib.get_close_matches(u, known, 1)[0]!r}?)"
                  if difflib.get_close_matches(u, known, 1) else repr(u) for u in unknown]
-        raise ValueError(f"unknown config key(s): {', '.join(hints)}. "
+        raise ConfigError(f"unknown config key(s): {', '.join(hints)}. "
                          f"Known keys are the fields of thrlab.config.Config.")
 
 
@@ -188,17 +196,23 @@ def _coerce(cls, key: str, value):
         inner = typing.get_args(tp)[0]
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()] if value.strip() else []
-        return tuple(inner(v) if isinstance(v, str) else v for v in value)
+        elif not isinstance(value, (list, tuple)):
+            value = [value]  # train_levels=3 means (3,)
+        try:
+            return tuple(inner(v) if isinstance(v, str) else v for v in value)
+        except ValueError:
+            raise ConfigError(f"config key {key!r} expects {inner.__name__} values, got "
+                              f"{value!r}") from None
     if isinstance(value, str) and tp is not str:
         if tp is bool:
             low = value.strip().lower()
             if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"config key {key!r} expects a bool (true/false), got {value!r}")
+                raise ConfigError(f"config key {key!r} expects a bool (true/false), got {value!r}")
             return low in ("true", "1", "yes")
         try:
             return tp(value)
         except ValueError:
-            raise ValueError(f"config key {key!r} expects {tp.__name__}, got {value!r}") from None
+            raise ConfigError(f"config key {key!r} expects {tp.__name__}, got {value!r}") from None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
@@ -218,14 +232,14 @@ def _check_types(cfg: Config) -> None:
         else:
             ok = isinstance(v, tp)
         if not ok:
-            raise TypeError(f"config key {f.name!r} must be {getattr(tp, '__name__', tp)}, "
+            raise ConfigTypeError(f"config key {f.name!r} must be {getattr(tp, '__name__', tp)}, "
                             f"got {type(v).__name__} {v!r}")
 
 
 def _check_values(c: Config) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
-            raise ValueError(f"bad config: {msg}")
+            raise ConfigError(f"bad config: {msg}")
 
     for key, choices in _CHOICES.items():
         need(getattr(c, key) in choices, f"{key}={getattr(c, key)!r}; choose one of {choices}")
@@ -243,6 +257,7 @@ def _check_values(c: Config) -> None:
     need(c.lora_r >= 1, "lora_r must be >= 1")
     need(c.eval_samples >= 1, "eval_samples must be >= 1")
     need(c.eval_limit >= 0, "eval_limit must be >= 0")
+    need(len(c.eval_sets) >= 1, "eval_sets is empty; name at least one set (e.g. arithmetic)")
     need(c.grader_timeout_s > 0, "grader_timeout_s must be > 0")
     need(c.save_every >= 1, "save_every must be >= 1")
     need(c.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
@@ -279,6 +294,9 @@ def _check_values(c: Config) -> None:
          "probabilities from the unembedding's base weight and would ignore the LoRA delta; "
          "leave lm_head out (the default 'all-linear' does)")
     need(all(1 <= lv <= 5 for lv in c.train_levels), "train_levels must be MATH levels 1..5")
+    need(not (c.train_levels and c.task == "arithmetic"),
+         f"train_levels={c.train_levels} filters MATH levels and means nothing for the arithmetic "
+         "task; drop it (train_levels=) or pick a MATH task (e.g. task=math_train)")
     for w in ("tiny_hidden", "tiny_ffn"):
         need(getattr(c, w) % 64 == 0, f"{w}={getattr(c, w)} must be a multiple of 64 "
              "(bitsandbytes' 4-bit CPU kernels fail or go wrong on other widths)")
@@ -351,15 +369,55 @@ METHODS: dict[str, dict] = {
 }
 
 
+def _known(kind: str, name: str, choices) -> None:
+    if name not in choices:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(choices), 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown {kind} {name!r}{hint}; choose one of {sorted(choices)}")
+
+
+def preset_config(name: str) -> Config:
+    """The config of a named preset alone: its PRESETS entry over the Config defaults."""
+    _known("preset", name, PRESETS)
+    return Config(preset=name).replace(**PRESETS[name])
+
+
 def from_preset(name: str, method: str = "grpo", **overrides) -> Config:
     """Build the config of a named preset, then a METHODS recipe, then overrides (unknown raise)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    base = preset_config(name)
+    _known("method", method, METHODS)
     _reject_unknown(overrides)
-    base = Config(preset=name).replace(**PRESETS[name])
     return base.replace(**{**METHODS[method], **overrides})
+
+
+def method_of(cfg: Config) -> str:
+    """The first METHODS recipe that cfg is exactly, else "custom": a label derived from the
+    config, never stored, so it cannot lie.
+
+    cfg is recipe m when every key any recipe sets equals m's value where m sets it, and the
+    preset's own value (PRESETS[cfg.preset] over the Config defaults) where m does not.
+    """
+    if cfg.preset not in PRESETS:
+        return "custom"
+    base = preset_config(cfg.preset)
+    keys = set().union(*METHODS.values())
+    for name, recipe in METHODS.items():
+        # values coerced like cfg's own; no Config is built (a recipe may not suit this preset)
+        if all(getattr(cfg, k) == (_coerce(Config, k, recipe[k]) if k in recipe
+                                   else getattr(base, k)) for k in keys):
+            return name
+    return "custom"
+
+
+def config_diff(stored: dict, cfg: Config) -> dict[str, tuple]:
+    """{field: (stored, cfg's)} for the result fields where a stored config.json (a dict) differs
+    from cfg; fields outside the hash (threads, ...) never count."""
+    new, missing = cfg.result_dict(), "<absent>"
+    keys = sorted((set(stored) | set(new)) - set(_NOT_HASHED))
+    return {k: (stored.get(k, missing), new.get(k, missing)) for k in keys
+            if stored.get(k, missing) != new.get(k, missing)}
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -367,7 +425,7 @@ def parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for p in pairs:
         if "=" not in p:
-            raise ValueError(f"override {p!r} is not key=value (e.g. --set lr=1e-4)")
+            raise ConfigError(f"override {p!r} is not key=value (e.g. --set lr=1e-4)")
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
     return out

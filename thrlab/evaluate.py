@@ -43,7 +43,9 @@ def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool
     """Evaluate on each set: greedy decoding, then cfg.eval_samples samples per problem.
 
     problems_by_set: {name: [Problem]}; grade_fn(texts, golds) -> GradeResult.
-    Returns {"sets": {name: summary}, "mean": {metric: mean over sets}, plus grading counts}.
+    Returns {"sets": {name: summary}, "mean": {metric: mean over sets}, "grading": failure
+    counts summed over sets, "grading_by_set": {name: counts}, "wall_s"}; counts cover the greedy
+    and the sampled completions (rewards.GradeResult.as_metrics without the mean).
     """
     from tqdm.auto import tqdm
 
@@ -51,7 +53,7 @@ def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool
     from .tasks import format_prompt
 
     t0 = time.time()
-    sets, failures = {}, {}
+    sets, by_set = {}, {}
     for name, problems in tqdm(problems_by_set.items(), desc="evaluate", disable=not progress):
         prompts = [format_prompt(p.question, cfg.template, tok) for p in problems]
         golds = [p.answer for p in problems]
@@ -66,10 +68,13 @@ def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool
         per_problem = [s.rewards[i * n:(i + 1) * n] for i in range(len(problems))]
         sets[name] = summarise(g.rewards, per_problem)
         sets[name]["mean_completion_len"] = float(sampled.lengths.float().mean())
+        counts = by_set[name] = {}
         for res in (g, s):
             for k, v in res.as_metrics(prefix="").items():
                 if k != "mean":
-                    failures[k] = failures.get(k, 0) + v
+                    counts[k] = counts.get(k, 0) + v
     keys = set.intersection(*(set(v) for v in sets.values())) - {"n_problems"}
     mean = {k: float(np.mean([v[k] for v in sets.values()])) for k in sorted(keys)}
-    return {"sets": sets, "mean": mean, "grading": failures, "wall_s": time.time() - t0}
+    total = {k: sum(c[k] for c in by_set.values()) for k in next(iter(by_set.values()))}
+    return {"sets": sets, "mean": mean, "grading": total, "grading_by_set": by_set,
+            "wall_s": time.time() - t0}

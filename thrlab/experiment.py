@@ -2,17 +2,22 @@
 control, all in one resumable run folder. `make demo`, the CLI and the notebooks call this.
 
 Each phase writes its result file atomically and is skipped when the file exists, so a killed
-run resumes with the same command; COMPLETE is written last.
+run resumes with the same command; COMPLETE is written last. Before anything is written, the
+folder is checked against the config (a folder of another config is refused, a finished one of
+the same config reused) and every input that can be checked is (device, data, model, template);
+the run then holds the folder's lock, so a second process refuses instead of interleaving.
 """
 from __future__ import annotations
 
 import functools
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from .config import Config
+from .config import Config, config_diff, method_of
+from .errors import RunFolderError, SetupError
 from .runs import RunDir, environment_info, read_json, write_json
 
 # Held-out arithmetic problems are drawn with this seed, independent of the run's seed, so runs
@@ -20,19 +25,52 @@ from .runs import RunDir, environment_info, read_json, write_json
 EVAL_SEED = 0
 
 
+def eval_seed(cfg: Config) -> int:
+    """The torch seed of every evaluation of cfg: a run's before, after and SFT-control phases,
+    paper.passk_eval and `thrlab evaluate`.
+
+    It depends on cfg.seed alone (common random numbers): the phases of one run, and runs of
+    different methods with the same seed, draw the same sampling stream, so before/after and
+    method-vs-method differences are paired rather than sampling noise (a steps=0 run evaluates
+    identically before and after). The value is the former "before" seed, so eval_before files
+    of earlier versions still match.
+    """
+    return cfg.seed * 1000 + 11
+
+
+def evaluate_run(model, tok, cfg: Config, sets: dict, progress: bool = True) -> dict:
+    """Evaluate model on sets ({name: [Problem]}) under cfg, seeded with eval_seed(cfg)."""
+    from .evaluate import evaluate
+
+    torch.manual_seed(eval_seed(cfg))
+    return evaluate(model, tok, sets, cfg, grade_fn=make_grade_fn(cfg), progress=progress)
+
+
 def load_run_policy(cfg: Config, adapter=None, progress: bool = True):
     """(model, tok): cfg's 4-bit + LoRA policy on its device, with cfg.threads applied and, when
-    given, a saved adapter folder's weights loaded (e.g. a run's `adapter/`)."""
+    given, a saved adapter folder's weights loaded (e.g. a run's `adapter/`). The adapter is
+    checked against cfg before the model is loaded."""
+    from .checkpoint import check_adapter, load_adapter_weights
     from .model import load_policy, resolve_device
 
+    if adapter:
+        check_adapter(adapter, cfg)
+    device = resolve_device(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, tok = load_policy(cfg, resolve_model_path(cfg, progress), resolve_device(cfg))
+    model, tok = load_policy(cfg, resolve_model_path(cfg, progress), device)
     if adapter:
-        from .checkpoint import load_adapter_weights
-
         load_adapter_weights(model, adapter)
     return model, tok
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The config a run folder was made with (its config.json)."""
+    p = Path(run_dir) / "config.json"
+    if not p.is_file():
+        raise RunFolderError(f"{run_dir} is not a thrlab run folder (no config.json); pass a "
+                             "folder made by `thrlab train`")
+    return Config.from_dict(read_json(p))
 
 
 def resolve_model_path(cfg: Config, progress: bool = True) -> str:
@@ -74,77 +112,130 @@ def make_grade_fn(cfg: Config):
                              style=cfg.answer_style)
 
 
-_EVAL_PHASES = {"before": 11, "after": 12, "sft_control": 13}
+class Inputs(NamedTuple):
+    """What a run reads, resolved and checked before anything is written."""
+
+    device: torch.device
+    path: str  # model folder or hub id
+    problems: list  # training problems ([] when not asked for)
+    sets: dict  # {eval set name: [Problem]}
+
+
+def check_inputs(cfg: Config, progress: bool = True, *, train: bool = True) -> Inputs:
+    """Resolve and check everything cfg needs that can be checked without loading the model:
+    the device, the training problems (when train) and eval sets (empty ones refused), the model
+    path (the tiny model is built and cached once) and its tokenizer, and the prompt template
+    rendered for one problem. Cheapest first, so a typo fails in milliseconds."""
+    from .model import load_tokenizer, resolve_device
+    from .tasks import format_prompt
+
+    device = resolve_device(cfg)
+    problems = train_problems(cfg) if train else []
+    sets = eval_problems(cfg)
+    path = resolve_model_path(cfg, progress)
+    try:
+        tok = load_tokenizer(path)
+    except (OSError, ValueError) as err:  # not cached offline, no such folder, not a model
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SetupError(f"cannot load the tokenizer of model={cfg.model!r}: {why}. Offline? "
+                         "Download the model once with network access, or set model= to a "
+                         "local folder") from err
+    format_prompt((problems or next(iter(sets.values())))[0].question, cfg.template, tok)
+    return Inputs(device, path, problems, sets)
+
+
+def check_folder(run: RunDir, cfg: Config, own: Path) -> None:
+    """Refuse a run folder that cannot hold cfg's run, before anything is written to it: not a
+    folder, a run of another config (naming the differing keys, old -> new), or a folder of
+    other files. own is cfg's default folder, suggested in the message."""
+    p = run.path
+    if p.exists() and not p.is_dir():
+        raise RunFolderError(f"{p} is not a folder; pass a new folder, or a run folder of this "
+                             "config, as --run-dir")
+    if not p.is_dir():
+        return
+    if (p / "config.json").exists():
+        diff = config_diff(read_json(p / "config.json"), cfg)
+        if diff:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:8])
+            more = f"; and {len(diff) - 8} more" if len(diff) > 8 else ""
+            raise RunFolderError(
+                f"{p} holds a run of a different config ({shown}{more}); use another --run-dir, "
+                f"or leave --run-dir out to use this config's own run folder {own}")
+    elif any(not x.name.startswith(".") for x in p.iterdir()):  # .lock, temp files, .DS_Store
+        raise RunFolderError(f"{p} is not a thrlab run folder (it holds files but no "
+                             "config.json); pass a new or empty folder as --run-dir")
 
 
 def _seed_phase(cfg: Config, phase: int) -> None:
-    # Each phase starts from its own seed, so a resumed run replays skipped phases' RNG exactly.
+    # Each training phase starts from its own seed, so a resumed run replays skipped phases'
+    # RNG exactly; evaluations all use eval_seed(cfg).
     torch.manual_seed(cfg.seed * 1000 + phase)
 
 
-def _evaluate_phase(run: RunDir, name: str, cfg, model, tok, sets, grade_fn, progress) -> dict:
+def _evaluate_phase(run: RunDir, name: str, cfg, model, tok, sets, progress) -> dict:
     path = run / f"eval_{name}.json"
     if path.exists():
         return read_json(path)
-    from .evaluate import evaluate
-
-    _seed_phase(cfg, _EVAL_PHASES[name])
-    res = evaluate(model, tok, sets, cfg, grade_fn=grade_fn, progress=progress)
+    res = evaluate_run(model, tok, cfg, sets, progress)
     write_json(path, res)
     return res
 
 
 def run_experiment(cfg: Config, run_dir: str | Path | None = None, *, runs_root="runs",
                    progress: bool = True) -> dict:
-    """Run (or resume, or reuse) the whole experiment for cfg; return summary.json's content."""
-    from .model import load_policy, resolve_device
-    from .trainer import GRPOTrainer
+    """Run (or resume, or reuse) the whole experiment for cfg; return summary.json's content.
 
-    run = RunDir(run_dir or Path(runs_root) / cfg.run_id())
+    The folder (default runs_root/<run_id>) is compared with cfg first, always; inputs are
+    checked before anything is written; the run holds the folder's lock throughout.
+    """
+    own = Path(runs_root) / cfg.run_id()
+    run = RunDir(run_dir or own)
+    check_folder(run, cfg, own)
     if run.complete:
         return read_json(run / "summary.json")
-    if (run / "config.json").exists():
-        prev = Config.from_json((run / "config.json").read_text())
-        if prev.config_hash() != cfg.config_hash():
-            raise ValueError(f"{run.path} holds a run with a different config; use a new run "
-                             "folder (the default runs/<run_id> is derived from the config)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    inputs = check_inputs(cfg, progress)
+    with run.lock():
+        check_folder(run, cfg, own)  # another process may have started or finished it since
+        if run.complete:
+            return read_json(run / "summary.json")
+        return _run(run, cfg, inputs, progress)
+
+
+def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
+    from .checkpoint import save_adapter
+    from .model import load_policy
+    from .trainer import GRPOTrainer
+
     t0 = time.time()
     write_json(run / "config.json", cfg.to_dict())
     write_json(run / "env.json", environment_info())  # torch is imported: its threads included
-    device = resolve_device(cfg)
-    path = resolve_model_path(cfg, progress)
-    grade_fn = make_grade_fn(cfg)
-    # Load (and so validate) all data before any model work: bad files fail in seconds.
-    problems, sets = train_problems(cfg), eval_problems(cfg)
-
     _seed_phase(cfg, 1)
-    model, tok = load_policy(cfg, path, device)
-    before = _evaluate_phase(run, "before", cfg, model, tok, sets, grade_fn, progress)
+    model, tok = load_policy(cfg, inputs.path, inputs.device)
+    before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress)
     _seed_phase(cfg, 2)
-    trainer = GRPOTrainer(cfg, model, tok, problems, run, grade_fn)
+    trainer = GRPOTrainer(cfg, model, tok, inputs.problems, run, make_grade_fn(cfg))
     metrics = trainer.train(progress=progress)
-    from .checkpoint import save_adapter
-
     save_adapter(model, run / "adapter")
-    after = _evaluate_phase(run, "after", cfg, model, tok, sets, grade_fn, progress)
+    evals = {"before": before,
+             "after": _evaluate_phase(run, "after", cfg, model, tok, inputs.sets, progress)}
     del model, trainer
-
-    summary = {"preset": cfg.preset, "run_id": cfg.run_id(), "model": cfg.model,
-               "steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr,
-               "eval_before": before["mean"], "eval_after": after["mean"],
-               "train_wall_s": sum(m["time/step"] for m in metrics)}
     if cfg.sft_control:
-        ctrl = _sft_control_phase(run, cfg, path, device, problems, sets, grade_fn, progress)
-        summary["eval_sft_control"] = ctrl["mean"]
-    summary["wall_s"] = time.time() - t0
+        evals["sft_control"] = _sft_control_phase(run, cfg, inputs, progress)
+    summary = {"preset": cfg.preset, "method": method_of(cfg), "run_id": cfg.run_id(),
+               "model": cfg.model, "steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr,
+               **{f"eval_{k}": v["mean"] for k, v in evals.items()},
+               "sets": {k: v["sets"] for k, v in evals.items()},
+               "grading": {k: v["grading_by_set"] for k, v in evals.items()},
+               "train_wall_s": sum(m["time/step"] for m in metrics), "wall_s": time.time() - t0}
     write_json(run / "summary.json", summary)
     run.mark_complete()
     return summary
 
 
-def _sft_control_phase(run, cfg, path, device, problems, sets, grade_fn, progress) -> dict:
+def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
     """Equal-compute control: same start, same steps and sequences per step, gold answers."""
     if (run / "eval_sft_control.json").exists():
         return read_json(run / "eval_sft_control.json")
@@ -157,28 +248,53 @@ def _sft_control_phase(run, cfg, path, device, problems, sets, grade_fn, progres
     from .trainer import make_optimizer
 
     _seed_phase(cfg, 3)
-    model, tok = load_policy(cfg, path, device)
+    device = inputs.device
+    model, tok = load_policy(cfg, inputs.path, device)
     params, opt = make_optimizer(model, cfg)
     rng = random.Random(cfg.seed)
     n = cfg.prompts_per_step * cfg.group_size
     model.train()
     for _ in tqdm(range(cfg.steps), desc="SFT control", disable=not progress):
-        ids, attn, labels = sft_batch(tok, rng.sample(problems, n), cfg.template)
+        ids, attn, labels = sft_batch(tok, rng.sample(inputs.problems, n), cfg.template)
         loss = sft_loss(model, ids.to(device), attn.to(device), labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
-    return _evaluate_phase(run, "sft_control", cfg, model, tok, sets, grade_fn, progress)
+    return _evaluate_phase(run, "sft_control", cfg, model, tok, inputs.sets, progress)
+
+
+_GRADING = ("timeouts", "errors", "parse_failures", "gold_parse_failures")
 
 
 def format_summary(summary: dict) -> str:
-    """A before/after table of the headline metrics."""
-    cols = [("before", summary["eval_before"]), ("after GRPO", summary["eval_after"])]
-    if "eval_sft_control" in summary:
-        cols.append(("SFT control", summary["eval_sft_control"]))
+    """A table of the headline metrics per eval set (and their mean when there are several),
+    one column per phase labelled by the run's method, then grading failures per set."""
+    phases = [p for p in ("before", "after", "sft_control") if f"eval_{p}" in summary]
+    after = (f"after {summary['steps']} steps" if summary.get("steps") == 0
+             else f"after {summary.get('method', 'training')}")
+    label = {"before": "before", "after": after, "sft_control": "SFT control"}
+    # per set where the summary has them (older summaries hold means only)
+    sets = {p: dict(summary.get("sets", {}).get(p, {})) for p in phases}
+    set_names = sorted(sets[phases[0]])  # as the eval files list them (sorted keys)
+    names = set_names if len(set_names) == 1 else [*set_names, "mean"]
+    for p in phases:
+        sets[p]["mean"] = summary[f"eval_{p}"]
     keys = [k for k in summary["eval_before"] if k == "greedy_acc" or k.startswith("pass@")]
-    lines = [f"{'metric':<12}" + "".join(f"{c:>14}" for c, _ in cols)]
+    shown = {n: Path(n).name for n in names}  # a JSONL set by its file name
+    w = max(14, *(len(label[p]) + 2 for p in phases))
+    sw = max(6, *(len(n) for n in shown.values())) + 2
+    lines = [f"{'metric':<12}{'set':<{sw}}" + "".join(f"{label[p]:>{w}}" for p in phases)]
     for k in keys:
-        lines.append(f"{k:<12}" + "".join(f"{v.get(k, float('nan')):>14.3f}" for _, v in cols))
+        for i, n in enumerate(names):
+            vals = "".join(f"{sets[p].get(n, {}).get(k, float('nan')):>{w}.3f}" for p in phases)
+            lines.append(f"{k if i == 0 else '':<12}{shown[n]:<{sw}}" + vals)
+    grading = summary.get("grading")
+    if grading:
+        lines.append("grading failures per set (timeouts / errors / parse failures / gold parse "
+                     "failures; greedy and samples):")
+        for n in set_names:
+            cells = ("/".join(str(int(grading[p].get(n, {}).get(c, 0))) for c in _GRADING)
+                     for p in phases)
+            lines.append(f"{'':<12}{shown[n]:<{sw}}" + "".join(f"{c:>{w}}" for c in cells))
     return "\n".join(lines)

@@ -22,8 +22,10 @@ def resolve_device(cfg: Config) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but no CUDA GPU is visible; use --set device=cpu "
-                           "(and the tiny preset) or run on a GPU machine")
+        from .errors import SetupError
+
+        raise SetupError("device='cuda' but no CUDA GPU is visible; use --set device=cpu "
+                         "(and the tiny preset) or run on a GPU machine")
     return torch.device(cfg.device)
 
 

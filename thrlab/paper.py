@@ -128,15 +128,11 @@ def passk_eval(run_dir: str | Path, *, samples: int, limit: int, sets: list[str]
     path = run_dir / "extra_eval" / f"{tag}.json"
     if path.exists():
         return read_json(path)
-    import torch
+    from .experiment import eval_problems, evaluate_run, load_run_policy
 
-    from .evaluate import evaluate
-    from .experiment import eval_problems, load_run_policy, make_grade_fn
-
+    sets = eval_problems(cfg)
     model, tok = load_run_policy(cfg, run_dir / "adapter" if adapter else None, progress)
-    torch.manual_seed(cfg.seed * 1000 + 14)  # after the run's own phases (11-13)
-    res = evaluate(model, tok, eval_problems(cfg), cfg, grade_fn=make_grade_fn(cfg),
-                   progress=progress)
+    res = evaluate_run(model, tok, cfg, sets, progress)  # the run's eval seed: paired with it
     write_json(path, res)
     return res
 

@@ -28,6 +28,7 @@ class Rollout:
     texts: list[str]  # decoded completions (special tokens dropped)
     problem_index: list[int]  # (B,) index of the prompt each row answers
     rewards: torch.Tensor | None = None  # (B,) filled by the reward stage
+    questions: list[str] | None = None  # (B,) question text of each row, filled by the trainer
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -40,7 +41,8 @@ class Rollout:
         return Rollout(self.input_ids[idx], self.attention_mask[idx], self.prompt_len,
                        self.tokens[idx], self.mask[idx], self.truncated[idx],
                        [self.texts[i] for i in il], [self.problem_index[i] for i in il],
-                       None if self.rewards is None else self.rewards[idx])
+                       None if self.rewards is None else self.rewards[idx],
+                       None if self.questions is None else [self.questions[i] for i in il])
 
 
 def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -57,9 +59,10 @@ def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         toks.append(_pad(r.tokens, dt, pad_id))
         masks.append(_pad(r.mask, dt, False))
     rewards = None if parts[0].rewards is None else torch.cat([r.rewards for r in parts])
+    questions = None if parts[0].questions is None else sum((r.questions for r in parts), [])
     return Rollout(torch.cat(ids), torch.cat(att), lp, torch.cat(toks), torch.cat(masks),
                    torch.cat([r.truncated for r in parts]), sum((r.texts for r in parts), []),
-                   sum((r.problem_index for r in parts), []), rewards)
+                   sum((r.problem_index for r in parts), []), rewards, questions)
 
 
 def _pad(x: torch.Tensor, n: int, value, left: bool = False) -> torch.Tensor:

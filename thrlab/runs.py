@@ -9,9 +9,11 @@ Layout of `runs/<run_id>/`:
   adapter/           final LoRA adapter (never the base model)
   summary.json       headline numbers
   COMPLETE           written last: a folder without it is unfinished and will be resumed
+  .lock              flock'ed by the process running in the folder (holds its pid)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -20,7 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .errors import RunFolderError
+
 MARKER = "COMPLETE"
+LOCK = ".lock"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -70,6 +75,36 @@ class RunDir:
 
     def mark_complete(self) -> None:
         atomic_write_text(self.path / MARKER, "ok\n")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder exclusively while inside: a second process refuses at once, naming
+        the holder's pid, before it writes anything.
+
+        fcntl.flock on `.lock`: the kernel releases it when the holder exits or is killed, so a
+        lock file left by a dead process never blocks the next run. POSIX only; local disks
+        (flock across NFS clients depends on the server).
+        """
+        import fcntl
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunFolderError(f"cannot use {self.path} as a run folder ({err.strerror}); "
+                                 "pass a writable folder as --run-dir") from err
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise RunFolderError(f"another thrlab process (pid {holder}) is running in "
+                                     f"{self.path}; wait for it or use another --run-dir") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # releases the lock; the file stays (unlinking it races a new locker)
 
     def append_metrics(self, row: dict) -> None:
         """Append one step's metrics (a line is written whole or, if killed, dropped on read)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .errors import ConfigError, DataError
 from .rewards import extract_boxed, extract_gsm8k
 
 
@@ -68,13 +69,13 @@ def arithmetic_problems(n: int | None, split: str, seed: int, op: str = "mul") -
     n=None returns the whole split, shuffled.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown arithmetic split {split!r}; use one of {SPLITS}")
+        raise DataError(f"unknown arithmetic split {split!r}; use one of {SPLITS}")
     if op not in ARITH_OPS:
-        raise ValueError(f"unknown arithmetic op {op!r}; use one of {tuple(ARITH_OPS)}")
+        raise DataError(f"unknown arithmetic op {op!r}; use one of {tuple(ARITH_OPS)}")
     pool = _arith_pool(op, split)
     n = len(pool) if n is None else n
     if not 0 <= n <= len(pool):
-        raise ValueError(f"asked for {n} arithmetic problems but the {split!r} split of {op!r} "
+        raise DataError(f"asked for {n} arithmetic problems but the {split!r} split of {op!r} "
                          f"holds {len(pool)}; ask for at most {len(pool)}")
     return [Problem(id=f"arith/{split}/{q}", question=q, answer=ans, source="arithmetic")
             for q, ans in random.Random(seed).sample(pool, n)]
@@ -219,6 +220,35 @@ BENCHMARKS: dict[str, Benchmark] = {
                                               "prealgebra", "precalculus")),
 }
 _BY_FILENAME = {b.filename: name for name, b in BENCHMARKS.items()}
+# Row formats that carry their own answer field; every other benchmark reads `answer` or a
+# \boxed{} in `solution`, which the generic reader covers.
+_FORMATS = {"gsm8k": read_gsm8k, "olympiadbench": read_olympiadbench}
+# A gold answer longer than any in the shared benchmark files (the longest is 210 characters) or
+# spanning lines is most likely a worked solution read by the wrong reader.
+_MAX_GOLD_CHARS = 300
+
+
+def row_format(rows: list[dict]) -> str | None:
+    """The specific format the rows are in: "gsm8k" (an `answer` with a `####` line),
+    "olympiadbench" (`final_answer`), or None (`answer`, or `solution` with \\boxed{})."""
+    if any(isinstance(r.get("answer"), str) and "####" in r["answer"] for r in rows):
+        return "gsm8k"
+    if any("final_answer" in r for r in rows):
+        return "olympiadbench"
+    return None
+
+
+def _reader(path: Path, rows: list[dict], name: str | None) -> Callable[[dict], Row]:
+    """The reader of a file's rows: from the rows, or a known benchmark's when the name agrees."""
+    found = row_format(rows)
+    if name is None:
+        return _FORMATS.get(found, read_generic)
+    own = next((f for f, read in _FORMATS.items() if read is BENCHMARKS[name].read), None)
+    if found is not None and found != own:
+        raise DataError(f"{path} is named like the {name} benchmark, but its rows are in "
+                        f"{found}'s format; rename the file (it is then read by its rows) or "
+                        f"put {name}'s rows in it")
+    return BENCHMARKS[name].read  # a known file pins its reader (it checks its own fields)
 
 
 def _jsonl_rows(path: Path):
@@ -227,7 +257,7 @@ def _jsonl_rows(path: Path):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path}, line {lineno}: byte {raw[e.start:e.start + 1]!r} at column "
+            raise DataError(f"{path}, line {lineno}: byte {raw[e.start:e.start + 1]!r} at column "
                              f"{e.start + 1} is not UTF-8; re-save the file as UTF-8") from None
         text = text.lstrip("\ufeff") if lineno == 1 else text  # tolerate a byte-order mark
         if not text.strip():
@@ -235,31 +265,43 @@ def _jsonl_rows(path: Path):
         try:
             row = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+            raise DataError(f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
                              "each line must be one complete JSON object") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}, line {lineno}: expected a JSON object, got "
+            raise DataError(f"{path}, line {lineno}: expected a JSON object, got "
                              f"{type(row).__name__}; write one {{...}} object per line")
         yield lineno, row
 
 
 def _problems(rows, read, source: str, where: str, unit: str = "line") -> list[Problem]:
-    """Read (position, row) pairs into Problems; skip, and warn about, rows with empty gold."""
-    out, empty = [], []
+    """Read (position, row) pairs into Problems; skip, and warn about, rows with empty gold;
+    warn about golds that look like solutions; refuse a set with no problem left."""
+    out, empty, odd = [], [], []
     for pos, row in rows:
         try:
             q, ans, rid, level = read(row)
         except RowError as e:
-            raise ValueError(f"{where}, {unit} {pos}: {e}") from None
+            raise DataError(f"{where}, {unit} {pos}: {e}") from None
         if not ans:
             empty.append(pos)  # e.g. MATH train/number_theory/7115.json has an empty \boxed{}
             continue
+        if "\n" in ans or len(ans) > _MAX_GOLD_CHARS:
+            odd.append((pos, ans))
         out.append(Problem(id=f"{source}/{pos if rid is None else rid}", question=q, answer=ans,
                            source=source, level=level))
     if empty:
         # Skipped, not failed: an empty gold can never be graded correct, so it only adds noise.
         warnings.warn(f"{where}: skipped {len(empty)} rows with an empty gold answer "
                       f"({unit}s {empty[:10]}); they cannot be graded", stacklevel=3)
+    if odd:
+        pos, ans = odd[0]
+        warnings.warn(f"{where}: {len(odd)} of {len(out)} gold answers do not look like answers "
+                      f"(several lines or over {_MAX_GOLD_CHARS} characters), e.g. {unit} {pos}: "
+                      f"{ans[:80]!r}...; give each row a short 'answer' (GSM8K rows: end it with "
+                      "'#### <number>')", stacklevel=3)
+    if not out:
+        raise DataError(f"{where} holds no problems (no rows, or only rows with an empty gold "
+                        "answer); give it at least one row with a question and an answer")
     return out
 
 
@@ -267,16 +309,17 @@ def _load_hub(name: str, bench: Benchmark) -> list[Problem]:
     try:
         import datasets
     except ImportError as e:
-        raise ImportError(f"loading {name!r} from the hub needs `datasets` (pip install datasets); "
+        raise DataError(f"loading {name!r} from the hub needs `datasets` (pip install datasets); "
                           "or pass data_dir= a folder holding the JSONL files") from e
     rows = []
     for config in bench.configs:
         try:
             rows.extend(datasets.load_dataset(bench.hub_id, config, split=bench.split))
         except Exception as e:
-            raise RuntimeError(f"could not load {name!r} from the hub ({bench.hub_id}, config "
-                               f"{config}, split {bench.split}): {e}. Offline? Pass data_dir= a "
-                               f"folder holding {bench.filename}, or set THRLAB_DATA_DIR") from e
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"could not load {name!r} from the hub ({bench.hub_id}, config "
+                            f"{config}, split {bench.split}): {why}. Offline? Pass data_dir= a "
+                            f"folder holding {bench.filename}, or set THRLAB_DATA_DIR") from e
     return _problems(enumerate(rows), bench.read, name, f"hub dataset {bench.hub_id}", "row")
 
 
@@ -284,19 +327,21 @@ def load_benchmark(name_or_path: str, *, data_dir: str | None = None, limit: int
                    levels: tuple[int, ...] | None = None) -> list[Problem]:
     """Load a benchmark by JSONL path, or by name from data_dir/$THRLAB_DATA_DIR, else the hub.
 
-    A path's row format follows its file name when that is a known benchmark file (e.g.
-    gsm8k_test.jsonl), else a generic reader. `levels` keeps only problems of those MATH levels;
-    `limit` keeps the first `limit` problems after filtering, in file order.
+    A file's row format is read from its rows (`row_format`: GSM8K's `####` answers,
+    OlympiadBench's `final_answer`, else `answer` or the \\boxed{} of `solution`), never guessed
+    from its name; a known benchmark file name (e.g. gsm8k_test.jsonl) pins that benchmark's
+    reader when the rows agree and is refused when they are in another format. Empty sets are
+    refused; golds that look like solutions warn. `levels` keeps only problems of those MATH
+    levels; `limit` keeps the first `limit` problems after filtering, in file order.
     """
     known = ", ".join(BENCHMARKS)
     if str(name_or_path).endswith(".jsonl"):
         path = Path(name_or_path)
         if not path.is_file():
-            raise ValueError(f"benchmark file {path} does not exist; check the path, or name a "
-                             f"known benchmark ({known})")
+            raise DataError(f"benchmark file {path} does not exist; check the path, or name a "
+                            f"known benchmark ({known})")
         name = _BY_FILENAME.get(path.name)
-        read, source = (BENCHMARKS[name].read, name) if name else (read_generic, path.stem)
-        problems = _problems(_jsonl_rows(path), read, source, str(path))
+        problems = _read_file(path, name, name or path.stem)
     elif name_or_path in BENCHMARKS:
         bench, env = BENCHMARKS[name_or_path], os.environ.get("THRLAB_DATA_DIR")
         folder = data_dir or env
@@ -304,25 +349,38 @@ def load_benchmark(name_or_path: str, *, data_dir: str | None = None, limit: int
             path = Path(folder) / bench.filename
             if not path.is_file():
                 origin = "data_dir" if data_dir else "$THRLAB_DATA_DIR"
-                raise ValueError(f"{origin} is {folder}, which has no {bench.filename}; put the "
-                                 f"file there, or unset {origin} to load {bench.hub_id} from the hub")
-            problems = _problems(_jsonl_rows(path), bench.read, name_or_path, str(path))
+                raise DataError(f"{origin} is {folder}, which has no {bench.filename}; put the "
+                                f"file there, or unset {origin} to load {bench.hub_id} from the "
+                                "hub")
+            problems = _read_file(path, name_or_path, name_or_path)
         else:
             problems = _load_hub(name_or_path, bench)
     else:
-        raise ValueError(f"unknown benchmark {name_or_path!r}; use one of {known}, or a path to a "
-                         "JSONL file (name ending in .jsonl)")
+        import difflib
+
+        names = ["arithmetic", *BENCHMARKS]
+        close = difflib.get_close_matches(str(name_or_path), names, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"unknown benchmark {name_or_path!r}{hint}; use one of arithmetic (the "
+                        f"synthetic task; as task or eval_sets), {known}, or a path to a JSONL "
+                        "file (name ending in .jsonl)")
     if levels:
         keep = set(levels)
         problems = [p for p in problems if p.level in keep]
         if not problems:
-            raise ValueError(f"no problem in {name_or_path} has a level in {tuple(levels)}; only "
+            raise DataError(f"no problem in {name_or_path} has a level in {tuple(levels)}; only "
                              "MATH-style sets carry levels, so drop `levels` for this one")
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+            raise DataError(f"limit must be >= 1 or None, got {limit}")
         problems = problems[:limit]
     return problems
+
+
+def _read_file(path: Path, name: str | None, source: str) -> list[Problem]:
+    rows = list(_jsonl_rows(path))
+    read = _reader(path, [r for _, r in rows], name)
+    return _problems(rows, read, source, str(path))
 
 
 # -- prompt templates -----------------------------------------------------------------------------
@@ -344,12 +402,12 @@ def format_prompt(question: str, template: str, tokenizer=None) -> str:
         return f"{question}\n{SYSTEM_BOXED}\n"
     if template == "chat":
         if tokenizer is None:
-            raise ValueError("template 'chat' needs the model's tokenizer: pass tokenizer=..., or "
+            raise ConfigError("template 'chat' needs the model's tokenizer: pass tokenizer=..., or "
                              "use 'base' for a model without a chat template")
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"{type(tokenizer).__name__} has no chat_template, so template "
+            raise ConfigError(f"{type(tokenizer).__name__} has no chat_template, so template "
                              "'chat' cannot be rendered; use 'base' (or 'qwen25-math-cot') instead")
         return tokenizer.apply_chat_template(
             [{"role": "system", "content": SYSTEM_BOXED}, {"role": "user", "content": question}],
             tokenize=False, add_generation_prompt=True)
-    raise ValueError(f"unknown prompt template {template!r}; use one of {TEMPLATES}")
+    raise ConfigError(f"unknown prompt template {template!r}; use one of {TEMPLATES}")

@@ -24,10 +24,15 @@ import math
 
 import torch
 
+from .guards import NonFiniteError
 from .loss import group_advantages
 
 METHODS = ("auto", "factorised", "gram")
 VOCABS = ("full", "group")
+
+
+class NonFiniteInput(NonFiniteError, ValueError):
+    """NaN/inf in the hidden states or probabilities of real tokens (the trainer skips the step)."""
 
 
 def _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperature, vocab,
@@ -55,8 +60,10 @@ def _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperat
             raise ValueError("logits already carry their temperature; pass temperature only with "
                              "lm_head_weight")
     elif lm_head_weight.ndim != 2 or lm_head_weight.shape[1] != H:
-        raise ValueError(f"lm_head_weight must be (V, H) with H = {H}, "
-                         f"got {tuple(lm_head_weight.shape)}")
+        raise ValueError(f"hidden (G, T, H) = {tuple(hidden.shape)} and lm_head_weight (V, H) = "
+                         f"{tuple(lm_head_weight.shape)} disagree on H: lm_head_weight must be "
+                         "(V, H), the unembedding that multiplies hidden's last dimension (W, not "
+                         "W.T), and hidden the post-final-norm states it multiplies")
     if vocab not in VOCABS or method not in METHODS:
         raise ValueError(f"vocab={vocab!r}, method={method!r}; choose vocab from {VOCABS} and "
                          f"method from {METHODS}")
@@ -151,6 +158,34 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
     method="auto" takes the route with fewer estimated multiply-adds
     (route_flops); with given logits and V >> H that is gram roughly when N_c < H.
     0 on padding and for groups whose rewards are all equal.
+
+    Several groups (B = P*G rows, group-major): thr_for_batch(hidden, tokens, mask, rewards,
+    group_size, ...) applies this function to each.
+
+    Alignment: hidden[j, k] is the state at the position that predicts tokens[j, k], one position
+    before it, so that lm_head(hidden[j, k]) are the logits of tokens[j, k]. For a Hugging Face
+    causal LM run on prompt + completion with `prompt_len` prompt columns and
+    `tokens = input_ids[:, prompt_len:]`, that is `out.hidden_states[-1][:, prompt_len - 1:-1]`
+    (or the backbone's `last_hidden_state[:, prompt_len - 1:-1]`) and
+    `out.logits[:, prompt_len - 1:-1]`. States shifted by one have the same shape and give a
+    wrong THR silently. NaN/inf in hidden (or in the probabilities) of real tokens raise
+    NonFiniteInput, a ValueError.
+
+    Example, one group of G=4 responses of T=3 tokens, H=8, V=11:
+
+    >>> import torch
+    >>> from thrlab.thr import token_hidden_reward
+    >>> g = torch.Generator().manual_seed(0)
+    >>> hidden, W = torch.randn(4, 3, 8, generator=g), torch.randn(11, 8, generator=g)
+    >>> tokens = torch.randint(11, (4, 3), generator=g)
+    >>> mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    >>> rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    >>> thr = token_hidden_reward(hidden, tokens, mask, rewards, lm_head_weight=W)
+    >>> thr.shape, thr.dtype, bool((thr[mask == 0] == 0).all())
+    (torch.Size([4, 3]), torch.float32, True)
+    >>> same = token_hidden_reward(hidden, tokens, mask, rewards, logits=hidden @ W.T)
+    >>> torch.allclose(same, thr, rtol=1e-4, atol=1e-4)
+    True
     """
     _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperature, vocab,
                  method, chunk_size)
@@ -164,6 +199,11 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
     flat = mask.reshape(-1).nonzero().squeeze(1)  # (N,) real tokens in the (G*T) layout
     resp = flat // T  # (N,) response of each real token
     h = hidden.reshape(G * T, H)[flat].to(cdt)  # (N, H)
+    bad = ~torch.isfinite(h).all(1)  # (N,) padding may hold anything; real tokens may not
+    if bool(bad.any()):
+        raise NonFiniteInput(f"hidden holds NaN/inf at {int(bad.sum())} real tokens (responses "
+                             f"{resp[bad].unique().tolist()[:8]}); THR is undefined there: check "
+                             "the forward pass (e.g. a bf16 overflow) or the mask")
     y = tokens.reshape(-1)[flat].long()  # (N,)
     n_vocab = logits.shape[-1] if logits is not None else lm_head_weight.shape[0]
     if int(y.max()) >= n_vocab or int(y.min()) < 0:
@@ -215,6 +255,9 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
         score = _factorised(h, y, w, anchors, where, probs, n_vocab, chunk_size)  # (N,)
     else:
         score = _gram(h, y, w, anchors, where, probs, chunk_size)  # (N,)
+    if not bool(torch.isfinite(score).all()):
+        raise NonFiniteInput("THR came out NaN/inf although hidden is finite: the logits (or "
+                             "hidden @ lm_head_weight.T) hold NaN/inf on real tokens")
     out.view(-1)[flat] = (c[resp] * score).float()
     return out
 
@@ -260,9 +303,21 @@ def thr_quantile_threshold(thr, mask, q: float) -> float:
     return float(torch.quantile(vals, q)) if vals.numel() else 0.0
 
 
+def _check_adv(adv, thr, mask) -> None:
+    if thr.ndim != 2 or tuple(mask.shape) != tuple(thr.shape):
+        raise ValueError(f"thr and mask must both be (B, T), got {tuple(thr.shape)} and "
+                         f"{tuple(mask.shape)}")
+    if tuple(adv.shape) != (thr.shape[0],):
+        raise ValueError(f"adv must be (B,) = ({thr.shape[0]},), one advantage per response "
+                         f"(row of thr), got {tuple(adv.shape)}; pass the response advantages "
+                         "(e.g. thrlab.loss.group_advantages), not per-token ones")
+
+
 def reweight_advantages(adv, thr, mask, *, tau=0.0, p: float = 0.1,
                         dominant_only: bool = True) -> torch.Tensor:
-    """Return THR-GRPO token advantages (eq. 5), (B, T); tau is a float or (B, 1) per group."""
+    """Return THR-GRPO token advantages (eq. 5), (B, T) from adv (B,), thr and mask (B, T); tau
+    is a float or (B, 1) per group."""
+    _check_adv(adv, thr, mask)
     if not -1.0 <= p <= 1.0:
         raise ValueError(f"thr_p={p} must be in [-1, 1]: beyond it the factor 1 + p*sign(THR) "
                          "flips the sign of some advantages")
@@ -273,7 +328,9 @@ def reweight_advantages(adv, thr, mask, *, tau=0.0, p: float = 0.1,
 
 
 def nthr_advantages(adv, thr, mask, rewards, *, tau=0.0, group_size: int | None = None):
-    """Return NTHR token advantages (eq. 6), (B, T); group_size=None means one group."""
+    """Return NTHR token advantages (eq. 6), (B, T) from adv and rewards (B,), thr and mask
+    (B, T); group_size=None means one group."""
+    _check_adv(adv, thr, mask)
     G = group_size or len(rewards)
     q = rewards.float().view(-1, G).mean(1).repeat_interleave(G)  # (B,) group success rate
     eta = 2 * (0.5 - q).abs()  # (B,) NTHR's damping of the penalty

@@ -92,6 +92,7 @@ class GRPOTrainer:
             for k, v in res.as_metrics().items():
                 grading[k] = grading.get(k, 0) + v if k != "reward/mean" else v
             r.rewards = torch.tensor(res.rewards, dtype=torch.float32, device=r.tokens.device)
+            r.questions = [probs[i].question for i in r.problem_index]  # for the token records
             if not cfg.dynamic_sampling:
                 kept, first = [r], r
                 break
@@ -279,13 +280,14 @@ class GRPOTrainer:
                 self.opt.step()
                 self._opt_steps += 1
         adv_stats.pop("_n", None)
-        if thr_on and cfg.thr_save_every and (self.step + 1) % cfg.thr_save_every == 0:
+        last = self.step + 1 == cfg.steps  # always saved, so short runs have records too
+        if thr_on and cfg.thr_save_every and ((self.step + 1) % cfg.thr_save_every == 0 or last):
             from .anatomy import save_token_records, token_records
 
             entropy = torch.cat(ent_parts) if thr_here else old["entropy"]
             save_token_records(self.run.path, self.step + 1, token_records(
                 self.tok, r.tokens, r.mask, torch.cat(self._thr_parts), entropy, r.rewards, adv,
-                cfg.group_size, cfg.thr_save_rows, cfg.thr_save_tokens))
+                cfg.group_size, cfg.thr_save_rows, cfg.thr_save_tokens, r.questions))
         n_opt = max(self._opt_steps, 1)
         ntok = max(acc["tok"], 1.0)
         return dict(timers, **adv_stats, **{
