@@ -43,11 +43,33 @@ def test_run_folder_complete_and_reused(tmp_path, cache):
     assert s["preset"] == "tiny" and s["steps"] == 3 and s["wall_s"] > 0
     assert s["method"] == "grpo" and run.path.name.startswith("tiny-grpo-")
     assert json.loads((run / "config.json").read_text())["lr"] == cfg.lr
-    assert (cache / next(p.name for p in cache.iterdir()) / "COMPLETE").exists()
+    assert (next(cache.glob("tiny-*")) / "COMPLETE").exists()
     # re-running a finished run reuses it (no new work, same summary)
     mtime = (run / "summary.json").stat().st_mtime
     assert run_experiment(cfg, runs_root=tmp_path / "runs", progress=False) == s
     assert (run / "summary.json").stat().st_mtime == mtime
+
+
+def test_start_model_evaluation_is_shared_by_methods_of_one_seed(tmp_path, cache):
+    """Every method trained with one seed from one model evaluates the same start model with the
+    same sampling seed: it is evaluated once, cached, and the cache equals a fresh evaluation."""
+    a = from_preset("tiny", **SMOKE)
+    run_experiment(a, tmp_path / "a", progress=False)
+    files = list((cache / "evals").glob("start-*.json"))
+    assert len(files) == 1
+    before = json.loads((tmp_path / "a" / "eval_before.json").read_text())
+    files[0].unlink()  # a fresh evaluation of the same start by another method: identical
+    run_experiment(from_preset("tiny", "thr_p0", **SMOKE), tmp_path / "b", progress=False)
+    fresh = json.loads((tmp_path / "b" / "eval_before.json").read_text())
+    assert {k: v for k, v in fresh.items() if k != "wall_s"} == \
+        {k: v for k, v in before.items() if k != "wall_s"}
+    run_experiment(from_preset("tiny", "clip_higher", **SMOKE), tmp_path / "c", progress=False)
+    assert json.loads((tmp_path / "c" / "eval_before.json").read_text()) == fresh  # the cache
+    # another seed or another evaluation setting is another start evaluation
+    run_experiment(from_preset("tiny", **dict(SMOKE, seed=1)), tmp_path / "d", progress=False)
+    run_experiment(from_preset("tiny", **dict(SMOKE, eval_samples=2)), tmp_path / "e",
+                   progress=False)
+    assert len(list((cache / "evals").glob("start-*.json"))) == 3
 
 
 def test_same_folder_different_config_refused(tmp_path, cache):

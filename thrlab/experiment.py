@@ -10,6 +10,7 @@ the run then holds the folder's lock, so a second process refuses instead of int
 from __future__ import annotations
 
 import functools
+import json
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -173,13 +174,55 @@ def _seed_phase(cfg: Config, phase: int) -> None:
     torch.manual_seed(cfg.seed * 1000 + phase)
 
 
-def _evaluate_phase(run: RunDir, name: str, cfg, model, tok, sets, progress) -> dict:
+def _evaluate_phase(run: RunDir, name: str, cfg, model, tok, sets, progress,
+                    cache: Path | None = None) -> dict:
     path = run / f"eval_{name}.json"
     if path.exists():
         return read_json(path)
-    res = evaluate_run(model, tok, cfg, sets, progress)
+    if cache is not None and cache.exists():
+        res = read_json(cache)
+    else:
+        res = evaluate_run(model, tok, cfg, sets, progress)
+        if cache is not None:
+            write_json(cache, res)
     write_json(path, res)
     return res
+
+
+# Fields that cannot change the evaluation of the start model: it runs before any training step,
+# with eval_seed(cfg), and the fresh LoRA adapters add exactly 0 (their B matrices start at 0).
+_TRAINING_ONLY = {
+    "preset", "task", "train_levels", "steps", "prompts_per_step", "group_size", "temperature",
+    "top_p", "max_new_tokens", "lr", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm",
+    "epochs", "mini_batches", "micro_batch_size", "objective", "clip_eps_low", "clip_eps_high",
+    "kl_coef", "loss_agg", "adv_eps", "adv_std_norm", "adv_estimator", "passk_k", "passk_chi",
+    "cov_mode", "cov_ratio", "cov_kl_coef", "cov_clip_lb", "cov_clip_ub", "entropy_top_frac",
+    "dynamic_sampling", "max_sampling_rounds", "save_every", "sft_control",
+    "gradient_checkpointing"} | {k for k in Config.__dataclass_fields__ if k.startswith("thr_")}
+# Modules whose code decides what an evaluation returns: a change to any invalidates the cache.
+_EVAL_CODE = ("evaluate.py", "rollout.py", "model.py", "rewards.py", "tasks.py", "chains.py",
+              "experiment.py")
+
+
+def start_eval_cache(cfg: Config, model_path: str) -> Path:
+    """Where the evaluation of cfg's start model is cached on this machine: every method trained
+    with the same seed (the same eval_seed) from the same model shares it, so a grid of methods
+    evaluates each start once. The key hashes every field but the training-only ones, the model
+    path (the tiny model's folder names its cold-start settings), the package versions and the
+    code of the evaluation modules; `thrlab.tiny.cache_root()/evals/`."""
+    import hashlib
+    from importlib import metadata
+
+    from .tiny import cache_root
+
+    here = Path(__file__).parent
+    key = {k: v for k, v in cfg.result_dict().items() if k not in _TRAINING_ONLY}
+    key["model_path"] = str(model_path)
+    key["versions"] = {p: metadata.version(p) for p in ("torch", "transformers", "peft",
+                                                        "bitsandbytes")}
+    key["code"] = hashlib.sha256(b"".join((here / f).read_bytes() for f in _EVAL_CODE)).hexdigest()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "evals" / f"start-{digest}.json"
 
 
 def run_experiment(cfg: Config, run_dir: str | Path | None = None, *, runs_root="runs",
@@ -214,7 +257,8 @@ def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
     write_json(run / "env.json", environment_info())  # torch is imported: its threads included
     _seed_phase(cfg, 1)
     model, tok = load_policy(cfg, inputs.path, inputs.device)
-    before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress)
+    before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress,
+                             cache=start_eval_cache(cfg, inputs.path))
     _seed_phase(cfg, 2)
     trainer = GRPOTrainer(cfg, model, tok, inputs.problems, run, make_grade_fn(cfg))
     metrics = trainer.train(progress=progress)
@@ -244,6 +288,7 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
     from tqdm.auto import tqdm
 
     from .model import load_policy
+    from .tasks import sft_targets
     from .tiny import sft_batch, sft_loss
     from .trainer import make_optimizer
 
@@ -255,7 +300,9 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
     n = cfg.prompts_per_step * cfg.group_size
     model.train()
     for _ in tqdm(range(cfg.steps), desc="SFT control", disable=not progress):
-        ids, attn, labels = sft_batch(tok, rng.sample(inputs.problems, n), cfg.template)
+        batch = rng.sample(inputs.problems, n)
+        ids, attn, labels = sft_batch(tok, batch, cfg.template,
+                                      sft_targets(batch, cfg.arith_op, rng))
         loss = sft_loss(model, ids.to(device), attn.to(device), labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config, from_preset
+from .config import Config, from_preset, preset_config
 from .runs import RunDir, read_json, write_json
 
 # Phases of a training step (metrics.jsonl keys, seconds). time/thr runs inside time/update on
@@ -25,6 +25,15 @@ from .runs import RunDir, read_json, write_json
 PHASES = ("time/generate", "time/reward", "time/old_logp", "time/ref_logp", "time/thr",
           "time/update")
 
+
+# The study of each CPU testbed preset (README, "The CPU testbed"): what
+# `python -m thrlab.reproduce --preset NAME` gives every notebook that declares these parameters.
+# The preset itself carries the schedule and evaluation sizes (config.PRESETS); here: the seeds,
+# one torch thread per run with two runs at once (2 cores), and Pass@K from the runs' own 64
+# samples per problem instead of extra evaluations.
+STUDY_BUDGETS = {name: {"seeds": [0, 1, 2, 3, 4], "overrides": {"threads": 1}, "workers": 2,
+                        "passk_samples": 0, "passk_limit": 0}
+                 for name in ("narrowing", "strategies")}
 
 # E4's Pass@K average, as in the paper's Table 2: the competition sets only.
 E4_PASSK_SETS = ("aime24", "aime25", "amc23")
@@ -46,36 +55,83 @@ def grid_config(preset: str, method: str, seed: int, overrides: dict | None = No
 def llama_swap(preset: str) -> tuple[str, dict]:
     """E6's preset swap: (preset, extra overrides) of the Llama run for a given preset.
 
-    tiny -> the tiny model built with the Llama architecture (its own cold start);
+    tiny (or a testbed preset) -> the same preset with the tiny model built in the Llama
+    architecture (its own cold start);
     any paper preset -> llama-3.2-3b-instruct.
     """
-    return ("tiny", {"tiny_arch": "llama"}) if preset == "tiny" else ("llama-3.2-3b-instruct", {})
+    if preset_config(preset).model == "tiny":  # tiny and the CPU testbed presets
+        return preset, {"tiny_arch": "llama"}
+    return "llama-3.2-3b-instruct", {}
 
 
 def run_grid(preset: str, methods: list[str], seeds: list[int], overrides: dict | None = None,
              runs_root: str | Path = "runs", *, per_method: dict | None = None,
-             progress: bool = False) -> pd.DataFrame:
+             progress: bool = False, workers: int = 1) -> pd.DataFrame:
     """Run (or reuse) every (seed, method) cell; one row per run: method, seed, run_id, run_dir.
 
     per_method: extra overrides for one method, e.g. {"kl_cov": {"cov_ratio": 0.1}}.
+    workers > 1 trains that many cells at once, each in its own `thrlab train --config`
+    process (its output in <runs_root>/.logs/<run_id>.log) with torch threads set to
+    cpu_count // workers where the config leaves them at 0: on a 2-core CPU two one-thread
+    runs finish about twice as fast as one two-thread run. Results do not depend on workers
+    (threads are not part of a run; runs are independent and seeded).
     """
-    from .experiment import run_experiment
-
-    rows = []
+    cells = []
     for seed in seeds:  # seed-major: one seed's whole comparison finishes first
         for method in methods:
             cfg = grid_config(preset, method, seed,
                               dict(overrides or {}, **(per_method or {}).get(method, {})))
-            run_id = cfg.run_id()
-            run_dir = Path(runs_root) / run_id
+            cells.append((method, seed, cfg, Path(runs_root) / cfg.run_id()))
+    if workers > 1:
+        _run_parallel([c for c in cells if not RunDir(c[3]).complete], workers, Path(runs_root))
+    else:
+        from .experiment import run_experiment
+
+        for method, seed, cfg, run_dir in cells:
             reused = RunDir(run_dir).complete
             t0 = time.time()
             run_experiment(cfg, run_dir, progress=progress)
-            print(f"{method:<16} seed {seed}: {run_id} "
+            print(f"{method:<16} seed {seed}: {cfg.run_id()} "
                   f"({'reused' if reused else f'trained in {time.time() - t0:.0f} s'})")
-            rows.append({"method": method, "seed": seed, "run_id": run_id,
-                         "run_dir": str(run_dir)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"method": m, "seed": s, "run_id": c.run_id(), "run_dir": str(d)}
+                         for m, s, c, d in cells])
+
+
+def _run_parallel(cells: list, workers: int, runs_root: Path) -> None:
+    """Train cells (method, seed, cfg, run_dir) in up to `workers` processes at once."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    logs = runs_root / ".logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    todo, running, failed = list(cells), [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        while todo or running:
+            while todo and len(running) < workers:
+                method, seed, cfg, run_dir = todo.pop(0)
+                cfg = cfg if cfg.threads else cfg.replace(threads=threads)
+                conf = Path(tmp) / f"{cfg.run_id()}.json"
+                conf.write_text(cfg.to_json())
+                log = open(logs / f"{cfg.run_id()}.log", "w")
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "thrlab", "train", "--config", str(conf),
+                     "--run-dir", str(run_dir), "--quiet"], stdout=log, stderr=subprocess.STDOUT)
+                running.append((proc, log, method, seed, cfg, time.time()))
+            time.sleep(0.2)
+            for item in [x for x in running if x[0].poll() is not None]:
+                proc, log, method, seed, cfg, t0 = item
+                running.remove(item)
+                log.close()
+                status = f"trained in {time.time() - t0:.0f} s" if proc.returncode == 0 else \
+                    f"FAILED (exit {proc.returncode}; see {log.name})"
+                print(f"{method:<16} seed {seed}: {cfg.run_id()} ({status})", flush=True)
+                if proc.returncode:
+                    failed.append(f"{method} seed {seed} ({log.name})")
+    if failed:
+        raise RuntimeError(f"{len(failed)} grid run(s) failed: {', '.join(failed)}")
 
 
 # -- evaluation tables ---------------------------------------------------------------------------
@@ -109,10 +165,150 @@ def mean_std_table(long: pd.DataFrame, metric: str) -> pd.DataFrame:
                          columns=[s for s in sets if s != "average"] + ["average"])
 
 
+def problem_scores(runs: pd.DataFrame, metric: str, phase: str = "eval_after",
+                   sets: list[str] | None = None) -> dict[str, np.ndarray]:
+    """{method: (seeds, problems) array} of per-problem scores from the runs' eval files:
+    metric "greedy_acc" (0/1 per problem) or "pass@k" (the unbiased per-problem estimate from
+    its sampled answers). Rows follow the runs' seeds in increasing order; columns the problems
+    of `sets` (all sets, pooled, when None), identical for every run (checked), so two methods'
+    arrays are paired as thrlab.stats.paired_difference needs."""
+    from .evaluate import pass_at_k
+
+    out, ids = {}, None
+    for method, d in runs.groupby("method", sort=False):
+        rows = []
+        for r in d.sort_values("seed").itertuples():
+            recs = read_json(Path(r.run_dir) / f"{phase}.json").get("problems")
+            if not recs:
+                raise ValueError(f"{r.run_dir}/{phase}.json has no per-problem records (written "
+                                 "by thrlab since the paired statistics); re-run its evaluation")
+            names = list(sets or recs)
+            if metric == "greedy_acc":
+                got = [recs[n]["ids"] for n in names]
+                row = [x for n in names for x in recs[n]["greedy"]]
+            elif metric.startswith("pass@"):
+                k = int(metric.split("@")[1])
+                got = [recs[n]["ids"][:len(recs[n]["correct"])] for n in names]
+                row = [pass_at_k(recs[n]["samples"], c, k) for n in names
+                       for c in recs[n]["correct"]]
+            else:
+                raise ValueError(f"metric {metric!r}: use greedy_acc or pass@k")
+            if ids is None:
+                ids = got
+            elif got != ids:
+                raise ValueError(f"{r.run_dir} was evaluated on other problems than the first "
+                                 "run: paired comparisons need the same problems")
+            rows.append(row)
+        out[method] = np.asarray(rows, dtype=float)
+    return out
+
+
+def paired_table(runs: pd.DataFrame, metrics: list[str], baseline: str = "grpo",
+                 phase: str = "eval_after", sets: list[str] | None = None) -> pd.DataFrame:
+    """Every method's difference to `baseline` on each metric, paired by seed and problem, with
+    its 95% interval over training seeds and problems (thrlab.stats.paired_difference) and the
+    minimum detectable effect of the design at 80% power: one row per (method, metric)."""
+    rows = []
+    for metric in metrics:
+        scores = problem_scores(runs, metric, phase, sets)
+        if baseline not in scores:
+            raise ValueError(f"baseline {baseline!r} is not among the runs' methods "
+                             f"{sorted(scores)}")
+        base = scores[baseline]
+        for method, x in scores.items():
+            if method == baseline:
+                continue
+            rows.append({"method": method, "metric": metric, "value": float(x.mean()),
+                         baseline: float(base.mean()), **_paired(base, x)})
+    return pd.DataFrame(rows)
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """diff, ci_low, ci_high, mde, seeds, problems of b - a; one seed gives the difference with
+    no interval (NaN): it shows mechanics, not a result."""
+    from .stats import minimum_detectable_effect, paired_difference
+
+    if len(a) < 2:
+        return {"diff": float((b - a).mean()), "ci_low": float("nan"), "ci_high": float("nan"),
+                "mde": float("nan"), "seeds": len(a), "problems": a.shape[1]}
+    r = paired_difference(a, b)
+    return {"diff": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+            "mde": minimum_detectable_effect(r["components"], r["seeds"], r["problems"]),
+            "seeds": r["seeds"], "problems": r["problems"]}
+
+
+def gain_table(runs: pd.DataFrame, metrics: list[str], sets: list[str] | None = None,
+               phases: tuple[str, str] = ("eval_before", "eval_after")) -> pd.DataFrame:
+    """Each method's change from its start model (after - before of the same runs, paired by
+    seed and problem), with its 95% interval: the before/after analogue of paired_table.
+    phases: the (start, after) eval files, e.g. exploration_evals' extra evaluations."""
+    rows = []
+    for metric in metrics:
+        before = problem_scores(runs, metric, phases[0], sets)
+        after = problem_scores(runs, metric, phases[1], sets)
+        for method, x in after.items():
+            rows.append({"method": method, "metric": metric, "before": float(before[method].mean()),
+                         "after": float(x.mean()), **_paired(before[method], x)})
+    return pd.DataFrame(rows)
+
+
+def strategy_table(runs: pd.DataFrame, set_name: str = "arithmetic") -> pd.DataFrame:
+    """One row per run of the strategies task: method, seed, the entropy of its evaluation
+    samples' strategy labels before and after RL (bits, thrlab.chains) and the share of each
+    label after, from eval_before/eval_after."""
+    rows = []
+    for r in runs.itertuples():
+        ev = {p: read_json(Path(r.run_dir) / f"eval_{p}.json")["sets"][set_name]
+              for p in ("before", "after")}
+        if "strategy_entropy" not in ev["after"]:
+            raise ValueError(f"{r.run_dir} has no strategy labels: they exist on the strategies "
+                             "task (arith_op=mul_chain) only")
+        counts = ev["after"]["strategy_counts"]
+        total = sum(counts.values())
+        rows.append({"method": r.method, "seed": r.seed,
+                     "entropy_before": ev["before"]["strategy_entropy"],
+                     "entropy_after": ev["after"]["strategy_entropy"],
+                     "problems": ev["after"].get("n_passk_problems", 0),
+                     **{f"share_{k}": v / total for k, v in sorted(counts.items())}})
+    return pd.DataFrame(rows).fillna(0.0)
+
+
+def seed_differences(table: pd.DataFrame, column: str, baseline: str = "grpo") -> pd.DataFrame:
+    """Each method's difference to `baseline` in a per-run number (a column of one row per run,
+    e.g. strategy_table's), paired by seed, with the 95% t-interval over seeds (NaN with one
+    seed); rows shaped like paired_table's (metric = column)."""
+    from .stats import seed_difference
+
+    base = table[table.method == baseline].set_index("seed")[column]
+    rows = []
+    for method, d in table.groupby("method", sort=False):
+        if method == baseline:
+            continue
+        x = d.set_index("seed")[column].reindex(base.index)
+        r = (seed_difference(base.to_numpy(), x.to_numpy()) if len(base) > 1 else
+             {"mean": float((x - base).mean()), "ci_low": float("nan"), "ci_high": float("nan")})
+        rows.append({"method": method, "metric": column, "value": float(x.mean()),
+                     baseline: float(base.mean()), "diff": r["mean"], "ci_low": r["ci_low"],
+                     "ci_high": r["ci_high"], "seeds": len(base),
+                     "problems": int(table.get("problems", pd.Series([0])).max())})
+    return pd.DataFrame(rows)
+
+
 def passk_curve(mean: dict) -> tuple[list[int], list[float]]:
     """(ks, pass@k) from an evaluation's `mean` dict, sorted by k."""
     ks = sorted(int(k.split("@")[1]) for k in mean if k.startswith("pass@"))
     return ks, [mean[f"pass@{k}"] for k in ks]
+
+
+def _passk_tag(cfg: Config, samples: int, limit: int, adapter: bool) -> str:
+    key = hashlib.sha256(json.dumps(list(cfg.eval_sets)).encode()).hexdigest()[:6]
+    return f"{'adapter' if adapter else 'base'}-n{samples}-l{limit}-{key}"
+
+
+def _passk_config(run_dir: Path, samples: int, limit: int, sets) -> Config:
+    cfg = Config.from_json((run_dir / "config.json").read_text())
+    return cfg.replace(eval_samples=samples, eval_limit=limit, eval_passk_limit=0,
+                       **({"eval_sets": tuple(sets)} if sets else {}))
 
 
 def passk_eval(run_dir: str | Path, *, samples: int, limit: int, sets: list[str] | None = None,
@@ -120,21 +316,49 @@ def passk_eval(run_dir: str | Path, *, samples: int, limit: int, sets: list[str]
     """Evaluate a finished run's adapter (or, adapter=False, its base model) with `samples`
     samples on `limit` problems per set (0 = all); cached in run_dir/extra_eval/<tag>.json."""
     run_dir = Path(run_dir)
-    cfg = Config.from_json((run_dir / "config.json").read_text())
-    cfg = cfg.replace(eval_samples=samples, eval_limit=limit,
-                      **({"eval_sets": tuple(sets)} if sets else {}))
-    key = hashlib.sha256(json.dumps(list(cfg.eval_sets)).encode()).hexdigest()[:6]
-    tag = f"{'adapter' if adapter else 'base'}-n{samples}-l{limit}-{key}"
-    path = run_dir / "extra_eval" / f"{tag}.json"
+    cfg = _passk_config(run_dir, samples, limit, sets)
+    path = run_dir / "extra_eval" / f"{_passk_tag(cfg, samples, limit, adapter)}.json"
     if path.exists():
         return read_json(path)
     from .experiment import eval_problems, evaluate_run, load_run_policy
 
-    sets = eval_problems(cfg)
+    problems = eval_problems(cfg)
     model, tok = load_run_policy(cfg, run_dir / "adapter" if adapter else None, progress)
-    res = evaluate_run(model, tok, cfg, sets, progress)  # the run's eval seed: paired with it
+    res = evaluate_run(model, tok, cfg, problems, progress)  # the run's eval seed: paired with it
     write_json(path, res)
     return res
+
+
+def exploration_evals(runs: pd.DataFrame, *, samples: int, limit: int,
+                      sets: list[str] | None = None) -> tuple[str, str]:
+    """(phase after RL, phase of the start model): the eval files (in each run folder, without
+    .json) that hold E4's Pass@K. samples = 0: the runs' own eval_after / eval_before (the
+    testbed presets sample 64 per problem in every run); otherwise passk_eval's extra evaluations
+    of every run's adapter and start model with `samples` samples on `limit` problems, made
+    where missing. Either way each run's two files are paired (one eval seed)."""
+    if not samples:
+        return "eval_after", "eval_before"
+    for r in runs.itertuples():
+        for adapter in (True, False):
+            passk_eval(r.run_dir, samples=samples, limit=limit, sets=sets, adapter=adapter)
+    cfg = _passk_config(Path(runs.run_dir.iloc[0]), samples, limit, sets)
+    return tuple(f"extra_eval/{_passk_tag(cfg, samples, limit, a)}" for a in (True, False))
+
+
+def passk_by_phase(runs: pd.DataFrame, phase: str, sets: list[str] | None = None,
+                   method: str | None = None) -> pd.DataFrame:
+    """Long table (method, seed, k, value) of the pass@k curve in each run's `phase` file,
+    averaged over `sets` (all when None); method renames every row (e.g. "base")."""
+    rows = []
+    for r in runs.itertuples():
+        res = read_json(Path(r.run_dir) / f"{phase}.json")
+        vals = res["mean"] if not sets else {
+            k: float(np.mean([res["sets"][n][k] for n in sets])) for k in res["sets"][sets[0]]
+            if k.startswith("pass@")}
+        ks, ys = passk_curve(vals)
+        rows += [{"method": method or r.method, "seed": r.seed, "k": k, "value": v}
+                 for k, v in zip(ks, ys)]
+    return pd.DataFrame(rows)
 
 
 def passk_table(runs: pd.DataFrame, *, samples: int, limit: int, sets: list[str] | None = None,

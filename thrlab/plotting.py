@@ -89,6 +89,69 @@ def method_bars(ax, values: dict[str, list[float]], ylabel: str):
     return ax
 
 
+def diff_bars(ax, table, metric: str, baseline: str = "GRPO"):
+    """The paired difference of each method to the baseline on one metric (rows of
+    paper.paired_table): a dot at the mean, whiskers = the 95% interval over seeds and problems
+    (none with one seed), a line at 0; the seeds and problems are named under the axis."""
+    rows = table[table.metric == metric]
+    if rows.empty:
+        raise ValueError(f"no paired differences for {metric!r} in the table")
+    for x, r in enumerate(rows.itertuples()):
+        lo, hi = r.diff - r.ci_low, r.ci_high - r.diff
+        ax.errorbar(x, r.diff, yerr=None if np.isnan(r.ci_low) else [[lo], [hi]], fmt="o",
+                    color=color(r.method), capsize=3, markersize=4)
+    ax.axhline(0, color="0.5", linewidth=0.8, zorder=1)
+    ax.set_xticks(np.arange(len(rows)), [label(m) for m in rows.method], rotation=20, ha="right")
+    ax.set_ylabel(f"{metric.replace('_acc', '')} minus {baseline}")
+    seeds, probs = int(rows.seeds.max()), int(rows.problems.max())
+    ci = "95% interval over seeds and problems" if seeds > 1 else "one seed: no interval"
+    ax.set_xlabel(f"paired by seed and problem ({seeds} seeds x {probs} problems); {ci}",
+                  fontsize=6)
+    return ax
+
+
+def diff_curves(ax, table, ks: list[int], ylabel: str):
+    """Paired differences over K (rows of paper.paired_table / gain_table with metrics pass@k):
+    one line per method, the 95% interval as a band (none with one seed), a line at 0."""
+    for i, (m, d) in enumerate(table.groupby("method", sort=False)):
+        d = d.set_index("metric").reindex([f"pass@{k}" for k in ks])
+        ax.plot(ks, d["diff"], marker="o", color=color(m, i), label=label(m))
+        if d.ci_low.notna().all():
+            ax.fill_between(ks, d.ci_low, d.ci_high, color=color(m, i), alpha=0.15, linewidth=0)
+    ax.axhline(0, color="0.5", linewidth=0.8, zorder=1)
+    ax.set_xscale("log", base=2)
+    step = max(1, len(ks) // 9)
+    ax.set_xticks(ks[::step], [f"{k:g}" for k in ks[::step]])
+    ax.minorticks_off()
+    ax.set_xlabel("K (samples)")
+    ax.set_ylabel(ylabel)
+    seeds, probs = int(table.seeds.max()), int(table.problems.max())
+    ci = "bands: 95% intervals" if seeds > 1 else "one seed: no interval"
+    ax.legend(title=f"{seeds} seeds x {probs} problems; {ci}", title_fontsize=6)
+    return ax
+
+
+STRATEGY_COLORS = {"split_a": "#0072B2", "split_b": "#E69F00", "round_b": "#009E73",
+                   "direct": "#CC79A7", "other": "#999999"}
+
+
+def strategy_bars(ax, table):
+    """Stacked bars per method: the mean share of each strategy label after RL (the share_*
+    columns of paper.strategy_table), over seeds."""
+    shares = [c for c in table.columns if c.startswith("share_")]
+    means = table.groupby("method", sort=False)[shares].mean()
+    bottom = np.zeros(len(means))
+    for c in shares:
+        name = c[len("share_"):]
+        ax.bar(np.arange(len(means)), means[c], 0.7, bottom=bottom, label=name,
+               color=STRATEGY_COLORS.get(name, "0.7"))
+        bottom += means[c].to_numpy()
+    ax.set_xticks(np.arange(len(means)), [label(m) for m in means.index], rotation=20, ha="right")
+    ax.set_ylabel("share of samples")
+    ax.legend(fontsize=6)
+    return ax
+
+
 def reference_line(ax, y: float, text: str):
     """A dashed horizontal reference (e.g. the model before RL), labelled at its right end."""
     ax.axhline(y, color="0.4", linestyle="--", linewidth=0.8, zorder=1)
