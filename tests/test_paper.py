@@ -24,11 +24,12 @@ def test_e4_passk_average_is_table_2s_sets_on_paper_presets():
     """The paper's Table 2 averages Pass@K over AIME24, AIME25 and AMC23 only."""
     from thrlab.config import PRESETS
 
-    for preset in set(PRESETS) - {"tiny"}:
+    for preset in set(PRESETS) - {"tiny", "narrowing", "strategies"}:
         sets = paper.exploration_sets(preset, [])
         assert sets == ["aime24", "aime25", "amc23"]
         assert set(sets) < set(from_preset(preset).eval_sets)  # a subset of what the runs evaluate
-    assert paper.exploration_sets("tiny", []) is None  # the runs' own (arithmetic) set
+    for preset in ("tiny", "narrowing", "strategies"):
+        assert paper.exploration_sets(preset, []) is None  # the runs' own (arithmetic) set
     assert paper.exploration_sets("qwen2.5-math-7b", ["math500"]) == ["math500"]
 
 
@@ -169,3 +170,72 @@ def test_token_table_without_records_says_why(tmp_path):
     with pytest.raises(ValueError, match="thr_mode"):
         paper.token_table(runs)
 
+
+
+def _records_run(root, method, seed, greedy, correct, samples=4, phase="eval_after", ids=None):
+    """A run folder whose eval file holds per-problem records (what paired tables read)."""
+    d = root / f"{method}-{seed}"
+    ids = ids or [f"arith/heldout/{i}" for i in range(len(greedy))]
+    rec = {"ids": ids, "greedy": greedy, "correct": correct, "samples": samples}
+    write_json(d / f"{phase}.json", {"sets": {"arithmetic": {}}, "mean": {}, "problems":
+                                     {"arithmetic": rec}})
+    return {"method": method, "seed": seed, "run_id": d.name, "run_dir": str(d)}
+
+
+def test_paired_table_is_paired_difference_of_the_per_problem_scores(tmp_path):
+    from thrlab.evaluate import pass_at_k
+    from thrlab.stats import minimum_detectable_effect, paired_difference
+
+    rng = np.random.default_rng(0)
+    g = {m: rng.integers(0, 2, size=(3, 12)) for m in ("grpo", "thr_p0")}
+    c = {m: rng.integers(0, 5, size=(3, 8)) for m in ("grpo", "thr_p0")}
+    runs = pd.DataFrame([_records_run(tmp_path, m, s, g[m][s].tolist(), c[m][s].tolist())
+                         for m in ("grpo", "thr_p0") for s in (2, 0, 1)])  # any order
+    t = paper.paired_table(runs, ["greedy_acc", "pass@2"]).set_index("metric")
+    want = paired_difference(g["grpo"], g["thr_p0"])
+    assert t.loc["greedy_acc", "diff"] == pytest.approx(want["mean"])
+    assert (t.loc["greedy_acc", "ci_low"], t.loc["greedy_acc", "ci_high"]) == \
+        pytest.approx((want["ci_low"], want["ci_high"]))
+    assert t.loc["greedy_acc", "mde"] == pytest.approx(
+        minimum_detectable_effect(want["components"], 3, 12))
+    pk = {m: np.vectorize(lambda x: pass_at_k(4, int(x), 2))(c[m]) for m in c}
+    assert t.loc["pass@2", "diff"] == pytest.approx(paired_difference(pk["grpo"],
+                                                                      pk["thr_p0"])["mean"])
+    assert t.loc["pass@2", "problems"] == 8 and t.loc["greedy_acc", "seeds"] == 3
+
+
+def test_paired_table_refuses_runs_on_other_problems_and_one_seed_has_no_interval(tmp_path):
+    runs = pd.DataFrame([_records_run(tmp_path, "grpo", 0, [1, 0], [1, 1]),
+                         _records_run(tmp_path, "thr_p0", 0, [1, 1], [2, 1], ids=["x", "y"])])
+    with pytest.raises(ValueError, match="same problems"):
+        paper.paired_table(runs, ["greedy_acc"])
+    runs = pd.DataFrame([_records_run(tmp_path / "b", "grpo", 0, [1, 0], [1, 1]),
+                         _records_run(tmp_path / "b", "thr_p0", 0, [1, 1], [2, 1])])
+    t = paper.paired_table(runs, ["greedy_acc"])
+    assert t["diff"].iloc[0] == 0.5 and np.isnan(t.ci_low.iloc[0]) and t.seeds.iloc[0] == 1
+
+
+def test_gain_table_pairs_each_run_with_its_start(tmp_path):
+    from thrlab.stats import paired_difference
+
+    rng = np.random.default_rng(1)
+    before, after = rng.integers(0, 2, (2, 10)), rng.integers(0, 2, (2, 10))
+    rows = []
+    for s in (0, 1):
+        rows.append(_records_run(tmp_path, "grpo", s, after[s].tolist(), [0] * 10))
+        _records_run(tmp_path, "grpo", s, before[s].tolist(), [0] * 10, phase="eval_before")
+    t = paper.gain_table(pd.DataFrame(rows), ["greedy_acc"])
+    assert t["diff"].iloc[0] == pytest.approx(paired_difference(before, after)["mean"])
+    assert t.before.iloc[0] == pytest.approx(before.mean())
+
+
+def test_seed_differences_are_paired_by_seed():
+    from thrlab.stats import seed_difference
+
+    table = pd.DataFrame({"method": ["grpo"] * 3 + ["thr_explore"] * 3, "seed": [0, 1, 2] * 2,
+                          "entropy_after": [1.0, 0.8, 0.9, 1.2, 0.7, 1.3], "problems": 200})
+    t = paper.seed_differences(table, "entropy_after")
+    want = seed_difference([1.0, 0.8, 0.9], [1.2, 0.7, 1.3])
+    assert t["diff"].iloc[0] == pytest.approx(want["mean"])
+    assert (t.ci_low.iloc[0], t.ci_high.iloc[0]) == pytest.approx((want["ci_low"],
+                                                                   want["ci_high"]))

@@ -126,3 +126,27 @@ def test_repo_notebooks_declare_valid_parameters():
     nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
     jobs = reproduce.plan(nbs, preset="tiny", seeds=2, params=[], runs_root=Path("runs"))
     assert len(jobs) == 10 and all(j["params"]["preset"] == "tiny" for j in jobs)
+
+
+def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategies(tmp_path):
+    """--preset narrowing gives every notebook the study's seeds, overrides and workers (the
+    user's --seeds / -p still win); a notebook declaring needs_strategies runs only on presets
+    whose task labels strategies."""
+    from thrlab.paper import STUDY_BUDGETS
+
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _notebook(d / "01_ok.ipynb", PARAMS + "\nworkers = 1", OK)
+    _notebook(d / "02_div.ipynb", PARAMS + "\nworkers = 1\nneeds_strategies = True", OK)
+    books = reproduce.find_notebooks(d, [])
+    jobs = reproduce.plan(books, preset="narrowing", seeds=None, params=[], runs_root=tmp_path)
+    assert [j["notebook"].stem for j in jobs] == ["01_ok"]  # no strategy labels on a*b
+    budget = STUDY_BUDGETS["narrowing"]
+    assert jobs[0]["params"] == {"preset": "narrowing", "seeds": budget["seeds"],
+                                 "overrides": budget["overrides"], "workers": budget["workers"]}
+    jobs = reproduce.plan(books, preset="strategies", seeds=2, params=[(None, "workers", 1)],
+                          runs_root=tmp_path)
+    assert [j["notebook"].stem for j in jobs] == ["01_ok", "02_div"]
+    assert jobs[0]["params"]["seeds"] == [0, 1] and jobs[0]["params"]["workers"] == 1
+    assert reproduce.plan(books, preset="tiny", seeds=None, params=[],
+                          runs_root=tmp_path)[0]["params"] == {"preset": "tiny"}  # no budget

@@ -269,6 +269,7 @@ def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
     if cfg.sft_control:
         evals["sft_control"] = _sft_control_phase(run, cfg, inputs, progress)
     summary = {"preset": cfg.preset, "method": method_of(cfg), "run_id": cfg.run_id(),
+               "greedy_gain": greedy_gain(evals["before"], evals["after"]),
                "model": cfg.model, "steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr,
                **{f"eval_{k}": v["mean"] for k, v in evals.items()},
                "sets": {k: v["sets"] for k, v in evals.items()},
@@ -311,6 +312,19 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
     return _evaluate_phase(run, "sft_control", cfg, model, tok, inputs.sets, progress)
 
 
+def greedy_gain(before: dict, after: dict) -> dict | None:
+    """The run's greedy accuracy after minus before over all its eval problems, paired per
+    problem, with the 95% t-interval over problems (stats.problem_difference: this run only,
+    not seed-to-seed variation); None for eval files without per-problem records."""
+    from .stats import problem_difference
+
+    if "problems" not in before or "problems" not in after:
+        return None
+    a = [x for rec in before["problems"].values() for x in rec["greedy"]]
+    b = [x for rec in after["problems"].values() for x in rec["greedy"]]
+    return problem_difference(a, b) if len(a) > 1 else None
+
+
 _GRADING = ("timeouts", "errors", "parse_failures", "gold_parse_failures")
 
 
@@ -336,6 +350,12 @@ def format_summary(summary: dict) -> str:
         for i, n in enumerate(names):
             vals = "".join(f"{sets[p].get(n, {}).get(k, float('nan')):>{w}.3f}" for p in phases)
             lines.append(f"{k if i == 0 else '':<12}{shown[n]:<{sw}}" + vals)
+    gain = summary.get("greedy_gain")
+    if gain:
+        lines.append(f"greedy accuracy {100 * gain['mean']:+.1f} points "
+                     f"[{100 * gain['ci_low']:+.1f}, {100 * gain['ci_high']:+.1f}] after minus "
+                     f"before (95% interval over the {gain['problems']} problems, paired; this "
+                     "run only: seeds vary it too)")
     grading = summary.get("grading")
     if grading:
         lines.append("grading failures per set (timeouts / errors / parse failures / gold parse "

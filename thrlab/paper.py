@@ -40,11 +40,13 @@ E4_PASSK_SETS = ("aime24", "aime25", "amc23")
 
 
 def exploration_sets(preset: str, sets=None) -> list[str] | None:
-    """Evaluation sets of E4's Pass@K curves: `sets` when given; on tiny the runs' own set (None);
-    on a paper preset AIME24, AIME25 and AMC23 (Table 2), not every benchmark the runs evaluate."""
+    """Evaluation sets of E4's Pass@K curves: `sets` when given; on a preset that evaluates
+    AIME24, AIME25 and AMC23 those three (Table 2), not every benchmark the runs evaluate;
+    otherwise (tiny, the testbed) the runs' own sets (None)."""
     if sets:
         return list(sets)
-    return None if preset == "tiny" else list(E4_PASSK_SETS)
+    own = preset_config(preset).eval_sets
+    return list(E4_PASSK_SETS) if set(E4_PASSK_SETS) <= set(own) else None
 
 
 def grid_config(preset: str, method: str, seed: int, overrides: dict | None = None) -> Config:
@@ -83,7 +85,15 @@ def run_grid(preset: str, methods: list[str], seeds: list[int], overrides: dict 
                               dict(overrides or {}, **(per_method or {}).get(method, {})))
             cells.append((method, seed, cfg, Path(runs_root) / cfg.run_id()))
     if workers > 1:
-        _run_parallel([c for c in cells if not RunDir(c[3]).complete], workers, Path(runs_root))
+        todo = [c for c in cells if not RunDir(c[3]).complete]
+        from .experiment import resolve_model_path
+        from .tiny import tiny_model_dir
+
+        models = {str(tiny_model_dir(c[2])) if c[2].model == "tiny" else c[2].model: c[2]
+                  for c in todo}
+        for cfg in models.values():
+            resolve_model_path(cfg, progress)  # cold-start a tiny model once, not per worker
+        _run_parallel(todo, workers, Path(runs_root))
     else:
         from .experiment import run_experiment
 
