@@ -92,6 +92,8 @@ class Config:
     max_nonfinite_steps: int = 3  # skip NaN/inf steps; stop once more than this many were skipped
     oom_halve_micro_batch: bool = True  # on OOM in the update, halve the micro-batch and retry
     save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
+    probe_every: int = 0  # log probe/loglik, the start policy's correct responses' log-lik., every N steps (0 = off)
+    probe_prompts: int = 64  # held-out problems whose first correct sample forms the probe set
     # -- evaluation ----------------------------------------------------------
     eval_samples: int = 8  # n samples per problem for pass@k
     eval_passk_limit: int = 0  # problems per set that get the samples (0 = all); greedy uses all
@@ -262,6 +264,8 @@ def _check_values(c: Config) -> None:
     need(len(c.eval_sets) >= 1, "eval_sets is empty; name at least one set (e.g. arithmetic)")
     need(c.grader_timeout_s > 0, "grader_timeout_s must be > 0")
     need(c.save_every >= 1, "save_every must be >= 1")
+    need(c.probe_every >= 0 and c.probe_prompts >= 1,
+         "probe_every must be >= 0 (0 = off) and probe_prompts >= 1")
     need(c.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
     need(c.prompts_per_step * c.group_size % c.mini_batches == 0,
          f"prompts_per_step*group_size={c.prompts_per_step * c.group_size} is not divisible by "
@@ -339,7 +343,7 @@ _PAPER_COMMON = dict(
 # held-out problems and with 64 samples on the first 200 of them.
 _TESTBED = dict(steps=160, prompts_per_step=8, lr=5e-4, kl_coef=0.0, mini_batches=2,
                 eval_limit=500, eval_passk_limit=200, eval_samples=64, sft_control=False,
-                thr_save_every=40)
+                thr_save_every=40, probe_every=10)
 
 PRESETS: dict[str, dict] = {
     # The embedded default: a 1M-parameter model cold-started on synthetic arithmetic, CPU, minutes.

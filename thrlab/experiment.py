@@ -259,9 +259,10 @@ def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
     model, tok = load_policy(cfg, inputs.path, inputs.device)
     before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress,
                              cache=start_eval_cache(cfg, inputs.path))
+    on_step = likelihood_probe(run, cfg, model, tok, inputs.sets) if cfg.probe_every else None
     _seed_phase(cfg, 2)
     trainer = GRPOTrainer(cfg, model, tok, inputs.problems, run, make_grade_fn(cfg))
-    metrics = trainer.train(progress=progress)
+    metrics = trainer.train(progress=progress, on_step=on_step)
     save_adapter(model, run / "adapter")
     evals = {"before": before,
              "after": _evaluate_phase(run, "after", cfg, model, tok, inputs.sets, progress)}
@@ -310,6 +311,35 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
     return _evaluate_phase(run, "sft_control", cfg, model, tok, inputs.sets, progress)
+
+
+def likelihood_probe(run: RunDir, cfg: Config, model, tok, sets: dict):
+    """The on_step callback that logs `probe/loglik` every cfg.probe_every steps: the mean
+    per-token log-likelihood of a fixed probe set of correct responses (the start policy's first
+    correct sample on each of the first probe_prompts problems of the first eval set;
+    predictor.probe_set), the lazy-likelihood-displacement curve of the run. The probe, and its
+    value at step 0, are made from the start model once and kept in probe.json, so a resumed
+    run probes the same responses; sampling it and probing run under torch.random.fork_rng, so
+    the run trains exactly as without the probe."""
+    from .predictor import probe_loglik, probe_set
+
+    path = run / "probe.json"
+    with torch.random.fork_rng():
+        probe = probe_set(model, tok, cfg, next(iter(sets.values()))[:cfg.probe_prompts],
+                          make_grade_fn(cfg))
+        if not path.exists():
+            write_json(path, {"start": probe_loglik(model, probe, cfg.temperature),
+                              "size": len(probe.tokens), "texts": probe.texts})
+
+    def on_step(trainer, row: dict) -> None:
+        if trainer.step % cfg.probe_every == 0 or trainer.step == cfg.steps:
+            was = trainer.model.training
+            trainer.model.eval()  # the policy itself, no dropout noise
+            with torch.random.fork_rng():
+                row["probe/loglik"] = probe_loglik(trainer.model, probe, cfg.temperature)
+            trainer.model.train(was)
+
+    return on_step
 
 
 def greedy_gain(before: dict, after: dict) -> dict | None:

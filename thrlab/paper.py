@@ -436,6 +436,19 @@ def runtime_table(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).T
 
 
+def probe_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long table (method, seed, step, change) of each run's likelihood probe: probe/loglik in
+    metrics.jsonl minus its step-0 value in probe.json (runs made with probe_every > 0)."""
+    rows = []
+    for r in runs.itertuples():
+        probe = read_json(Path(r.run_dir) / "probe.json")
+        base = {"method": r.method, "seed": r.seed, "probe_size": probe["size"]}
+        rows += [dict(base, step=0, change=0.0)]
+        rows += [dict(base, step=m["step"], change=m["probe/loglik"] - probe["start"])
+                 for m in RunDir(r.run_dir).metrics() if "probe/loglik" in m]
+    return pd.DataFrame(rows)
+
+
 # -- per-token THR records (E1, E7) --------------------------------------------------------------
 def token_rows(record: dict, method: str = "", seed: int = 0) -> list[dict]:
     """One dict per token of one saved step (thrlab.anatomy record): method, seed, step, group,

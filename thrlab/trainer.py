@@ -25,7 +25,7 @@ from .faults import failpoint
 from .guards import (NonFiniteError, OutOfMemoryReport, is_nonfinite_sampling_error, is_oom,
                      oom_message)
 from .loss import (aggregate, group_advantages, passk_advantages, passk_mixed_advantages,
-                   policy_loss, selection_count, top_tokens)
+                   policy_loss, top_tokens)
 from .model import completion_forward, lm_parts, reference_policy
 from .rollout import cat_rollouts, generate
 from .runs import RunDir
@@ -367,8 +367,12 @@ class GRPOTrainer:
                 f"{self.cfg.max_nonfinite_steps}); last: {why}. The last checkpoint is intact. "
                 "Lower lr or max_grad_norm, check rewards for NaN, or use compute_dtype=float32")
 
-    def train(self, progress: bool = True) -> list[dict]:
-        """Run (or resume) cfg.steps steps, logging and checkpointing; return all metric rows."""
+    def train(self, progress: bool = True, on_step=None) -> list[dict]:
+        """Run (or resume) cfg.steps steps, logging and checkpointing; return all metric rows.
+
+        on_step(trainer, row), when given, runs after each step and may add keys to that step's
+        metrics row before it is written (e.g. experiment's likelihood probe); it must not
+        touch the random state the next step samples from (use torch.random.fork_rng)."""
         from tqdm.auto import tqdm
 
         from .checkpoint import load_checkpoint, save_checkpoint
@@ -378,6 +382,8 @@ class GRPOTrainer:
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", disable=not progress)
         while self.step < self.cfg.steps:
             row = self.train_step()
+            if on_step is not None:
+                on_step(self, row)
             self.run.append_metrics(row)
             bar.update(1)
             bar.set_postfix(reward=f"{row.get('train/reward_mean', float('nan')):.2f}")
