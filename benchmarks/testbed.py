@@ -4,8 +4,9 @@ narrowing regime, what did the study cost, how many seeds per CPU-hour.
     python benchmarks/testbed.py --preset narrowing [--runs-root runs] [--seeds 0 1 2 3 4]
     python benchmarks/testbed.py --preset strategies --json
 
-Reads the runs `make reproduce ARGS="--preset NAME"` made (the study grid of
-thrlab.paper.STUDY_BUDGETS; nothing is trained here): for GRPO, the change from the start model
+Reads the finished runs of the preset in the runs root (what `make reproduce ARGS="--preset
+NAME"` made with the study budget of thrlab.paper.STUDY_BUDGETS; nothing is trained here), for
+the study's seeds: for GRPO, the change from the start model
 of greedy accuracy and Pass@K at every K (paired by seed and problem, 95% intervals), and on the
 strategies task the strategy entropy before and after; then the CPU seconds of every run (its own
 wall time at one thread: training plus evaluations), their sum, and seeds per CPU-hour (one seed
@@ -17,9 +18,9 @@ import argparse
 import json
 from pathlib import Path
 
-STUDY_METHODS = ["grpo", "thr_p0", "thr_explore", "thr_exploit", "thr_random_mask",
-                 "grpo_mass_matched", "passk_mixed", "kl_cov", "gspo_token", "gspo_token_thr"]
-LLAMA_METHODS = ["grpo", "thr_exploit", "thr_explore"]
+# The fields a study run shares with its preset (its schedule); runs that differ are not the study's.
+SCHEDULE = ("steps", "lr", "prompts_per_step", "group_size", "mini_batches", "kl_coef",
+            "eval_limit", "eval_passk_limit", "eval_samples")
 
 
 def main() -> None:
@@ -36,31 +37,30 @@ def main() -> None:
     from thrlab import paper
     from thrlab.runs import RunDir, read_json
 
-    budget = paper.STUDY_BUDGETS[args.preset]
-    seeds = args.seeds or budget["seeds"]
-    over = dict(budget["overrides"])
-    cells = [(m, s, paper.grid_config(args.preset, m, s, dict(
-        over, **({"cov_ratio": 0.1} if m == "kl_cov" else {})))) for s in seeds
-        for m in STUDY_METHODS]
-    llama_preset, llama_over = paper.llama_swap(args.preset)
-    cells += [(f"llama:{m}", s, paper.grid_config(llama_preset, m, s, dict(over, **llama_over)))
-              for s in seeds for m in LLAMA_METHODS]
-    rows, missing = [], []
-    for method, seed, cfg in cells:
-        run = RunDir(Path(args.runs_root) / cfg.run_id())
-        if not run.complete:
-            missing.append(f"{method} seed {seed} ({cfg.run_id()})")
+    from thrlab.config import Config, method_of
+
+    seeds = args.seeds or paper.STUDY_BUDGETS[args.preset]["params"]["seeds"]
+    own = paper.preset_config(args.preset)
+    rows = []
+    for d in sorted(Path(args.runs_root).iterdir()):
+        run = RunDir(d)
+        if not (run.complete and (d / "config.json").exists()):
             continue
-        s = read_json(run / "summary.json")
-        rows.append({"method": method, "seed": seed, "run_id": cfg.run_id(),
-                     "run_dir": str(run.path), "wall_s": s["wall_s"],
-                     "train_s": s["train_wall_s"]})
-    if missing:
-        raise SystemExit(f"{len(missing)} study runs are not finished: {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''}; run make reproduce "
-                         f"ARGS=\"--preset {args.preset}\" first")
+        cfg = Config.from_dict(read_json(d / "config.json"))
+        if cfg.preset != args.preset or cfg.seed not in seeds or any(
+                getattr(cfg, k) != getattr(own, k) for k in SCHEDULE):
+            continue  # another preset, seed or schedule (e.g. a design measurement)
+        s = read_json(d / "summary.json")
+        arch = "" if cfg.tiny_arch == "qwen2" else f"{cfg.tiny_arch}:"
+        rows.append({"method": arch + method_of(cfg), "seed": cfg.seed, "run_id": d.name,
+                     "run_dir": str(d), "wall_s": s["wall_s"], "train_s": s["train_wall_s"]})
+    if not rows:
+        raise SystemExit(f"no finished {args.preset} runs of seeds {seeds} in {args.runs_root}; "
+                         f"run make reproduce ARGS=\"--preset {args.preset}\" first")
     runs = pd.DataFrame(rows)
     grpo = runs[runs.method == "grpo"]
+    print(f"{len(runs)} runs: " + ", ".join(f"{m} x {n}" for m, n in
+                                           runs.method.value_counts(sort=False).items()))
     ks = sorted(int(k.split("@")[1]) for k in read_json(Path(grpo.run_dir.iloc[0]) /
                                                          "eval_after.json")["mean"]
                 if k.startswith("pass@"))
@@ -72,20 +72,30 @@ def main() -> None:
            "grpo_gain": gains.drop(columns=["method"]).to_dict("records")}
     top = gains[gains.metric == f"pass@{ks[-1]}"].iloc[0]
     greedy = gains[gains.metric == "greedy_acc"].iloc[0]
-    out["narrowing"] = bool(greedy.ci_low > 0 and top["diff"] <= 0)
-    if paper.preset_config(args.preset).arith_op == "mul_chain":
+    out["greedy_rises"] = bool(greedy.ci_low > 0)
+    out["passk_narrows"] = bool(top["diff"] <= 0)
+    narrows = out["passk_narrows"]
+    if own.arith_op == "mul_chain":
+        from thrlab.stats import seed_difference
+
         div = paper.strategy_table(grpo)
+        r = seed_difference(div.entropy_before, div.entropy_after)
         out["strategy_entropy"] = {"before": float(div.entropy_before.mean()),
-                                   "after": float(div.entropy_after.mean())}
-        print(f"strategy entropy (bits) before {out['strategy_entropy']['before']:.3f}, after "
-              f"GRPO {out['strategy_entropy']['after']:.3f}")
+                                   "after": float(div.entropy_after.mean()), "diff": r["mean"],
+                                   "ci": [r["ci_low"], r["ci_high"]]}
+        out["strategies_collapse"] = bool(r["ci_high"] < 0)
+        narrows = narrows or out["strategies_collapse"]
+        print(f"strategy entropy (bits) before {out['strategy_entropy']['before']:.3f}"
+              f", after GRPO {out['strategy_entropy']['after']:.3f} (change {r['mean']:+.3f}, "
+              f"95% interval over seeds [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])")
+    out["narrowing"] = bool(out["greedy_rises"] and narrows)
     cpu_s = float(runs.wall_s.sum())
     per_seed = cpu_s / len(seeds)
     out.update(runs=len(runs), cpu_s=cpu_s, cpu_s_per_seed=per_seed,
                seeds_per_cpu_hour=3600 / per_seed, mean_run_s=float(runs.wall_s.mean()),
                mean_train_s=float(runs.train_s.mean()))
-    print(f"\nnarrowing regime (greedy up, Pass@{ks[-1]} at or below the start): "
-          f"{out['narrowing']}")
+    print(f"\nnarrowing regime (greedy up; Pass@{ks[-1]} at or below the start, or the "
+          f"strategies collapse): {out['narrowing']}")
     print(f"{len(runs)} runs, {cpu_s / 60:.1f} CPU-minutes at one thread each (mean run "
           f"{out['mean_run_s']:.0f} s, of which training {out['mean_train_s']:.0f} s); one seed of "
           f"the grid costs {per_seed / 60:.1f} CPU-minutes: {out['seeds_per_cpu_hour']:.2f} seeds "

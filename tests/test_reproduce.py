@@ -141,7 +141,7 @@ def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategie
     books = reproduce.find_notebooks(d, [])
     jobs = reproduce.plan(books, preset="narrowing", seeds=None, params=[], runs_root=tmp_path)
     assert [j["notebook"].stem for j in jobs] == ["01_ok"]  # no strategy labels on a*b
-    budget = STUDY_BUDGETS["narrowing"]
+    budget = STUDY_BUDGETS["narrowing"]["params"]
     assert jobs[0]["params"] == {"preset": "narrowing", "seeds": budget["seeds"],
                                  "overrides": budget["overrides"], "workers": budget["workers"]}
     jobs = reproduce.plan(books, preset="strategies", seeds=2, params=[(None, "workers", 1)],
@@ -150,3 +150,17 @@ def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategie
     assert jobs[0]["params"]["seeds"] == [0, 1] and jobs[0]["params"]["workers"] == 1
     assert reproduce.plan(books, preset="tiny", seeds=None, params=[],
                           runs_root=tmp_path)[0]["params"] == {"preset": "tiny"}  # no budget
+
+
+def test_a_study_budget_narrows_a_notebook_or_skips_it(tmp_path):
+    from thrlab import paper
+
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _notebook(d / "04_exploration.ipynb", PARAMS + '\nmethods = ["grpo", "kl_cov"]', OK)
+    _notebook(d / "05_gspo_token.ipynb", PARAMS, OK)
+    jobs = reproduce.plan(reproduce.find_notebooks(d, []), preset="strategies", seeds=None,
+                          params=[], runs_root=tmp_path)
+    assert [j["notebook"].stem for j in jobs] == ["04_exploration"]
+    want = paper.STUDY_BUDGETS["strategies"]["notebooks"]["04_exploration"]["methods"]
+    assert jobs[0]["params"]["methods"] == want

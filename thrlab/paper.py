@@ -29,11 +29,22 @@ PHASES = ("time/generate", "time/reward", "time/old_logp", "time/ref_logp", "tim
 # The study of each CPU testbed preset (README, "The CPU testbed"): what
 # `python -m thrlab.reproduce --preset NAME` gives every notebook that declares these parameters.
 # The preset itself carries the schedule and evaluation sizes (config.PRESETS); here: the seeds,
-# one torch thread per run with two runs at once (2 cores), and Pass@K from the runs' own 64
-# samples per problem instead of extra evaluations.
-STUDY_BUDGETS = {name: {"seeds": [0, 1, 2, 3, 4], "overrides": {"threads": 1}, "workers": 2,
-                        "passk_samples": 0, "passk_limit": 0}
-                 for name in ("narrowing", "strategies")}
+# one torch thread per run with two runs at once (2 cores), Pass@K from the runs' own 64 samples
+# per problem, and what the 75-minute budget leaves out. The strategies task costs 2.2x a step of
+# the a*b task (26-token chains), so its study keeps E2, E3, the two controls, E4 without the
+# baselines and the diversity figure (30 runs, ~68 min), and leaves GSPO-token (E5, 10 runs) and
+# the Llama architecture (E6, 15 runs and a second cold start) to the a*b study.
+_STUDY = {"seeds": [0, 1, 2, 3, 4], "overrides": {"threads": 1}, "workers": 2,
+          "passk_samples": 0, "passk_limit": 0}
+_CORE = ["grpo", "thr_p0", "thr_explore"]
+STUDY_BUDGETS = {
+    "narrowing": {"params": _STUDY},
+    "strategies": {"params": _STUDY,
+                   "notebooks": {"04_exploration": {"methods": _CORE},
+                                 "08_runtime": {"methods": _CORE}},
+                   "skip": {"05_gspo_token": "E5 runs in the narrowing study (budget)",
+                            "06_llama": "E6 runs in the narrowing study (budget)"}},
+}
 
 # E4's Pass@K average, as in the paper's Table 2: the competition sets only.
 E4_PASSK_SETS = ("aime24", "aime25", "amc23")

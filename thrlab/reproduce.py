@@ -119,7 +119,11 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
         declared = declared_parameters(nb)
         if declared.get("needs_strategies") and not has_strategies(preset or declared["preset"]):
             continue  # e.g. the strategy-diversity notebook on a task without strategy labels
-        given = {k: v for k, v in budget.items() if k in declared}
+        if nb.stem in budget.get("skip", {}):
+            print(f"skipping {nb.stem} at --preset {preset}: {budget['skip'][nb.stem]}")
+            continue
+        own = {**budget.get("params", {}), **budget.get("notebooks", {}).get(nb.stem, {})}
+        given = {k: v for k, v in own.items() if k in declared}
         if preset is not None:
             given["preset"] = preset
         if seeds is not None and "seeds" in declared:
@@ -156,8 +160,9 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
 
 
 def study_budget(preset: str | None) -> dict:
-    """The parameters a testbed preset's study gives every notebook that declares them
-    (thrlab.paper.STUDY_BUDGETS; {} for other presets); --seeds and -p override them."""
+    """A testbed preset's study (thrlab.paper.STUDY_BUDGETS; {} for other presets): "params"
+    for every notebook that declares them, "notebooks" per-notebook ones, "skip" notebooks
+    left out with the reason; --seeds and -p override the parameters."""
     from .paper import STUDY_BUDGETS
 
     return dict(STUDY_BUDGETS.get(preset or "", {}))
