@@ -164,3 +164,21 @@ def test_a_study_budget_narrows_a_notebook_or_skips_it(tmp_path):
     assert [j["notebook"].stem for j in jobs] == ["04_exploration"]
     want = paper.STUDY_BUDGETS["strategies"]["notebooks"]["04_exploration"]["methods"]
     assert jobs[0]["params"]["methods"] == want
+
+
+@pytest.mark.parametrize("preset", ["narrowing", "strategies"])
+def test_the_study_keeps_every_run_on_its_presets_schedule(preset):
+    """Planned at a testbed preset, no repo notebook passes a config field that differs from the
+    preset's own (e.g. notebook 09's tiny probe cadence), so every notebook's runs are the
+    study's grid and are shared: a notebook that did would silently train a second grid."""
+    from thrlab.config import preset_config
+
+    own = preset_config(preset)
+    nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
+    for job in reproduce.plan(nbs, preset=preset, seeds=None, params=[], runs_root=Path("runs")):
+        p = {**reproduce.declared_parameters(job["notebook"]), **job["params"]}
+        fields = dict(p.get("overrides", {}))
+        fields.update({k: p[k] for k in ("probe_every", "probe_prompts", "mini_batches") if k in p})
+        moved = {k: v for k, v in fields.items()
+                 if k != "threads" and getattr(own, k) != v}  # threads is not in the run id
+        assert not moved, f"{job['notebook'].stem} at --preset {preset} changes {moved}"

@@ -37,11 +37,13 @@ PHASES = ("time/generate", "time/reward", "time/old_logp", "time/ref_logp", "tim
 _STUDY = {"seeds": [0, 1, 2, 3, 4], "overrides": {"threads": 1}, "workers": 2,
           "passk_samples": 0, "passk_limit": 0}
 _CORE = ["grpo", "thr_p0", "thr_explore"]
+# Notebook 09 probes at the testbed presets' own cadence, so its runs are the grid's runs.
+_PROBE = {"09_thr_predictor": {"probe_every": 10}}
 STUDY_BUDGETS = {
-    "narrowing": {"params": _STUDY},
+    "narrowing": {"params": _STUDY, "notebooks": _PROBE},
     "strategies": {"params": _STUDY,
                    "notebooks": {"04_exploration": {"methods": _CORE},
-                                 "08_runtime": {"methods": _CORE}},
+                                 "08_runtime": {"methods": _CORE}, **_PROBE},
                    "skip": {"05_gspo_token": "E5 runs in the narrowing study (budget)",
                             "06_llama": "E6 runs in the narrowing study (budget)"}},
 }
