@@ -89,6 +89,21 @@ def main() -> None:
               f", after GRPO {out['strategy_entropy']['after']:.3f} (change {r['mean']:+.3f}, "
               f"95% interval over seeds [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])")
     out["narrowing"] = bool(out["greedy_rises"] and narrows)
+    claims = paper.claims_table(runs)
+    print(f"\nthe paper's claims (method minus baseline, {len(seeds)} seeds, paired by seed and "
+          "problem; 95% interval; MDE at 80% power):")
+    print("| experiment | claim | metric | difference [95% interval] | MDE | seeds x problems | "
+          "verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for c in claims.itertuples():
+        if c.metric == "strategy_entropy":  # bits, one number per run
+            cells = (f"{c.metric} (bits)", f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
+                     f"{c.mde:.2f}", f"{c.seeds} seeds")
+        else:  # points
+            cells = (c.metric, f"{100 * c.diff:+.1f} [{100 * c.ci_low:+.1f}, "
+                     f"{100 * c.ci_high:+.1f}]", f"{100 * c.mde:.1f}", f"{c.seeds} x {c.problems}")
+        print(f"| {c.experiment} | {c.claim} | " + " | ".join(cells) + f" | {c.verdict} |")
+    out["claims"] = claims.to_dict("records")
     cpu_s = float(runs.wall_s.sum())
     per_seed = cpu_s / len(seeds)
     out.update(runs=len(runs), cpu_s=cpu_s, cpu_s_per_seed=per_seed,

@@ -2,6 +2,7 @@
 references written here (sets, loops, sorting)."""
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -239,3 +240,60 @@ def test_seed_differences_are_paired_by_seed():
     assert t["diff"].iloc[0] == pytest.approx(want["mean"])
     assert (t.ci_low.iloc[0], t.ci_high.iloc[0]) == pytest.approx((want["ci_low"],
                                                                    want["ci_high"]))
+
+
+def test_verdict_reads_the_interval_in_the_claimed_direction():
+    assert paper.verdict(1, 0.01, 0.05) == "reproduced"
+    assert paper.verdict(1, -0.05, -0.01) == "refuted"
+    assert paper.verdict(-1, -0.05, -0.01) == "reproduced"
+    assert paper.verdict(1, -0.01, 0.05) == "not resolved"
+    assert paper.verdict(0, -0.01, 0.05) == "consistent"
+    assert paper.verdict(0, 0.01, 0.05) == "refuted"
+    assert paper.verdict(1, float("nan"), float("nan")) == "one seed: mechanics only"
+
+
+def test_claims_table_is_the_paired_table_of_each_claim(tmp_path):
+    rng = np.random.default_rng(2)
+    methods = ("grpo", "thr_p0", "thr_exploit")
+    g = {m: rng.integers(0, 2, size=(3, 20)) for m in methods}
+    g["thr_exploit"] = np.maximum(g["thr_exploit"], g["grpo"])  # above GRPO on every problem
+    c = {m: rng.integers(0, 9, size=(3, 10)) for m in methods}
+    runs = pd.DataFrame([_records_run(tmp_path, m, s, g[m][s].tolist(), c[m][s].tolist(),
+                                      samples=8) for m in methods for s in range(3)])
+    t = paper.claims_table(runs)
+    claims = [c for c in paper.CLAIMS if {c[2], c[3]} <= set(methods)
+              and c[4] != "strategy_entropy"]  # no strategy labels on this task
+    assert len(t) == len(claims) and set(t.metric) == {"greedy_acc", "pass@8"}
+    for row in t.itertuples():
+        want = paper.paired_table(runs[runs.method.isin([row.method, row.baseline])],
+                                  [row.metric], baseline=row.baseline).iloc[0]
+        assert (row.diff, row.ci_low, row.ci_high, row.mde) == pytest.approx(
+            (want["diff"], want.ci_low, want.ci_high, want.mde))
+        assert row.verdict == paper.verdict(row.direction, row.ci_low, row.ci_high)
+    e3 = t[(t.method == "thr_exploit") & (t.baseline == "grpo")].iloc[0]
+    assert e3["diff"] > 0 and e3.seeds == 3 and e3.problems == 20
+
+
+def test_claims_table_reads_strategy_diversity_per_seed(tmp_path):
+    from thrlab.stats import seed_difference
+
+    after = {"grpo": [0.2, 0.5, 0.3], "thr_explore": [0.9, 1.1, 1.0]}
+    rows = []
+    for m, ents in after.items():
+        for s, e in enumerate(ents):
+            row = _records_run(tmp_path, m, s, [1, 0, 1], [2, 3], samples=4)
+            for phase, ent in (("eval_before", 1.5), ("eval_after", e)):
+                path = Path(row["run_dir"]) / f"{phase}.json"
+                ev = json.loads(path.read_text()) if path.exists() else {
+                    "mean": {}, "problems": json.loads((Path(row["run_dir"]) /
+                                                        "eval_after.json").read_text())["problems"]}
+                ev["sets"] = {"arithmetic": {"strategy_entropy": ent, "n_passk_problems": 2,
+                                             "strategy_counts": {"split_a": 3, "split_b": 5}}}
+                write_json(path, ev)
+            rows.append(row)
+    t = paper.claims_table(pd.DataFrame(rows)).set_index("metric")
+    want = seed_difference(after["grpo"], after["thr_explore"])
+    r = t.loc["strategy_entropy"]
+    assert r["diff"] == pytest.approx(want["mean"]) and r.verdict == "reproduced"
+    assert (r.ci_low, r.ci_high) == pytest.approx((want["ci_low"], want["ci_high"]))
+    assert r.mde > 0 and r.seeds == 3

@@ -48,6 +48,94 @@ STUDY_BUDGETS = {
                             "06_llama": "E6 runs in the narrowing study (budget)"}},
 }
 
+# The paper's claims as paired comparisons on the testbed (README "The CPU testbed";
+# benchmarks/testbed.py prints them): (experiment, claim, method, baseline, metric, direction).
+# metric: greedy_acc, pass@top (the largest K the runs evaluated) or strategy_entropy (bits, of
+# the samples after RL; one number per run); direction: +1 the paper reports method above
+# baseline, -1 below, 0 comparable. "llama:" methods are E6's runs in the Llama architecture.
+CLAIMS = (
+    ("E2", "THR-only (p = 0) comparable to GRPO, greedy", "thr_p0", "grpo", "greedy_acc", 0),
+    ("E2", "THR-only (p = 0) comparable to GRPO, Pass@K", "thr_p0", "grpo", "pass@top", 0),
+    ("E3", "p = +0.1 raises greedy over GRPO", "thr_exploit", "grpo", "greedy_acc", 1),
+    ("E3", "p = +0.1 raises greedy over p = 0", "thr_exploit", "thr_p0", "greedy_acc", 1),
+    ("E3", "p = +0.1 raises greedy over p = -0.1", "thr_exploit", "thr_explore", "greedy_acc", 1),
+    ("control", "THR's mask beats a random mask of its size", "thr_p0", "thr_random_mask",
+     "greedy_acc", 1),
+    ("control", "THR (p = 0) beats GRPO at THR's step size", "thr_p0", "grpo_mass_matched",
+     "greedy_acc", 1),
+    ("E4", "p = -0.1 raises Pass@K over GRPO", "thr_explore", "grpo", "pass@top", 1),
+    ("E4", "p = -0.1 raises Pass@K over p = 0", "thr_explore", "thr_p0", "pass@top", 1),
+    ("E4", "p = -0.1 raises Pass@K over a random mask", "thr_explore", "thr_random_mask",
+     "pass@top", 1),
+    ("E4", "p = -0.1 raises Pass@K over Pass@K-mixed", "thr_explore", "passk_mixed", "pass@top",
+     1),
+    ("E4", "p = -0.1 raises Pass@K over KL-Cov", "thr_explore", "kl_cov", "pass@top", 1),
+    ("E5", "GSPO-token + THR (p < 0) above GSPO-token, greedy", "gspo_token_thr", "gspo_token",
+     "greedy_acc", 1),
+    ("E5", "GSPO-token + THR (p < 0) above GSPO-token, Pass@K", "gspo_token_thr", "gspo_token",
+     "pass@top", 1),
+    ("E6", "Llama: p < 0 raises Pass@K over GRPO", "llama:thr_explore", "llama:grpo", "pass@top",
+     1),
+    ("E6", "Llama: p > 0 below GRPO, Pass@K", "llama:thr_exploit", "llama:grpo", "pass@top", -1),
+    ("diversity", "p < 0 keeps more strategies than GRPO", "thr_explore", "grpo",
+     "strategy_entropy", 1),
+    ("diversity", "p > 0 keeps fewer strategies than GRPO", "thr_exploit", "grpo",
+     "strategy_entropy", -1),
+)
+
+
+def verdict(direction: int, ci_low: float, ci_high: float) -> str:
+    """A claim's reading from its 95% interval: reproduced (excludes 0 in the claimed
+    direction), refuted (excludes 0 the other way; for "comparable": excludes 0 at all),
+    consistent ("comparable" and the interval holds 0), not resolved (holds 0)."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return "one seed: mechanics only"
+    if direction == 0:
+        return "refuted" if ci_low > 0 or ci_high < 0 else "consistent"
+    if direction * ci_low > 0 and direction * ci_high > 0:
+        return "reproduced"
+    if direction * ci_low < 0 and direction * ci_high < 0:
+        return "refuted"
+    return "not resolved"
+
+
+def claims_table(runs: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
+    """Every claim whose two methods are among the runs: the paired difference method minus
+    baseline with its 95% interval over seeds and problems (thrlab.stats), the minimum
+    detectable effect of the design at 80% power, the seeds and problems behind it, and the
+    verdict. Pass@K uses the largest K the runs' evaluations hold."""
+    from .stats import minimum_detectable_effect
+
+    have = set(runs.method)
+    recs = read_json(Path(runs.run_dir.iloc[0]) / "eval_after.json")["problems"]
+    top = next(iter(recs.values()))["samples"]  # pass@k runs up to k = the samples per problem
+    rows = []
+    for exp, claim, method, base, metric, direction in claims:
+        if not {method, base} <= have:
+            continue
+        pair = runs[runs.method.isin([method, base])]
+        metric = f"pass@{top}" if metric == "pass@top" else metric
+        if metric == "strategy_entropy":
+            first = read_json(Path(pair.run_dir.iloc[0]) / "eval_after.json")["sets"]
+            if not any("strategy_entropy" in v for v in first.values()):
+                continue  # a task without strategy labels
+            div = strategy_table(pair)
+            r = seed_differences(div, "entropy_after", baseline=base).iloc[0].to_dict()
+            d = div.pivot(index="seed", columns="method", values="entropy_after").dropna()
+            d = d[method] - d[base]
+            r["mde"] = (minimum_detectable_effect({"seed": float(d.var(ddof=1)), "problem": 0.0,
+                                                   "resid": 0.0}, len(d), 1)
+                        if len(d) > 1 else float("nan"))
+        else:
+            r = paired_table(pair, [metric], baseline=base).iloc[0].to_dict()
+        rows.append({"experiment": exp, "claim": claim, "method": method, "baseline": base,
+                     "metric": metric, "direction": direction, "diff": r["diff"],
+                     "ci_low": r["ci_low"], "ci_high": r["ci_high"], "mde": r["mde"],
+                     "seeds": int(r["seeds"]), "problems": int(r["problems"]),
+                     "verdict": verdict(direction, r["ci_low"], r["ci_high"])})
+    return pd.DataFrame(rows)
+
+
 # E4's Pass@K average, as in the paper's Table 2: the competition sets only.
 E4_PASSK_SETS = ("aime24", "aime25", "amc23")
 
