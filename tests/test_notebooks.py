@@ -26,8 +26,9 @@ EXTRA = {  # per-notebook smoke values of their own budget parameters
     # the Llama-architecture cold start at 200 steps (~20 s) instead of 600: plumbing only
     "06_llama": {"overrides": dict(SMOKE, sft_steps=200)},
     "09_thr_predictor": {"n_prompts": 4, "probe_prompts": 8, "probe_every": 1},
-    # the strategies task with a 60-step cold start (a poor model, but every sample is labelled)
-    "10_strategy_diversity": {"overrides": dict(SMOKE, sft_steps=60)},
+    # the strategies task with a 60-step cold start (a poor model, but every sample is labelled);
+    # it answers nothing right, so the preset's likelihood probe (notebook 09's) has no probe set
+    "10_strategy_diversity": {"overrides": dict(SMOKE, sft_steps=60, probe_every=0)},
 }
 
 

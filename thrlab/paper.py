@@ -494,12 +494,12 @@ def passk_long(long: pd.DataFrame, set_name: str = "average") -> pd.DataFrame:
         ["method", "seed", "k", "value"]]
 
 
-def curves_from_long(table: pd.DataFrame, x: str = "k"):
-    """(xs, ys, err) dicts per method from a long (method, seed, x, value) table: mean and std
+def curves_from_long(table: pd.DataFrame, x: str = "k", y: str = "value"):
+    """(xs, ys, err) dicts per method from a long (method, seed, x, y) table: mean and std
     over seeds at each x."""
     xs, ys, err = {}, {}, {}
     for m, d in table.groupby("method", sort=False):
-        g = d.groupby(x).value
+        g = d.groupby(x)[y]
         xs[m], ys[m], err[m] = list(g.mean().index), g.mean().tolist(), g.std(ddof=0).tolist()
     return xs, ys, err
 
