@@ -297,3 +297,17 @@ def test_claims_table_reads_strategy_diversity_per_seed(tmp_path):
     assert r["diff"] == pytest.approx(want["mean"]) and r.verdict == "reproduced"
     assert (r.ci_low, r.ci_high) == pytest.approx((want["ci_low"], want["ci_high"]))
     assert r.mde > 0 and r.seeds == 3
+
+
+def test_paired_table_pairs_only_the_seeds_both_methods_have(tmp_path):
+    from thrlab.stats import paired_difference
+
+    rng = np.random.default_rng(4)
+    g = {m: rng.integers(0, 2, size=(4, 10)) for m in ("grpo", "thr_p0")}
+    rows = [_records_run(tmp_path, m, s, g[m][s].tolist(), [0] * 10)
+            for m in ("grpo", "thr_p0") for s in range(4) if (m, s) != ("grpo", 2)]
+    t = paper.paired_table(pd.DataFrame(rows), ["greedy_acc"]).iloc[0]
+    keep = [0, 1, 3]  # GRPO's seed 2 is unfinished: thr_p0's seed 2 has no partner
+    want = paired_difference(g["grpo"][keep], g["thr_p0"][keep])
+    assert t.seeds == 3 and t["diff"] == pytest.approx(want["mean"])
+    assert (t.ci_low, t.ci_high) == pytest.approx((want["ci_low"], want["ci_high"]))

@@ -318,17 +318,23 @@ def paired_table(runs: pd.DataFrame, metrics: list[str], baseline: str = "grpo",
                  phase: str = "eval_after", sets: list[str] | None = None) -> pd.DataFrame:
     """Every method's difference to `baseline` on each metric, paired by seed and problem, with
     its 95% interval over training seeds and problems (thrlab.stats.paired_difference) and the
-    minimum detectable effect of the design at 80% power: one row per (method, metric)."""
+    minimum detectable effect of the design at 80% power: one row per (method, metric). Each
+    pair uses the seeds both methods have (an unfinished grid compares what is finished)."""
+    if baseline not in set(runs.method):
+        raise ValueError(f"baseline {baseline!r} is not among the runs' methods "
+                         f"{sorted(set(runs.method))}")
+    base_seeds = set(runs[runs.method == baseline].seed)
     rows = []
     for metric in metrics:
-        scores = problem_scores(runs, metric, phase, sets)
-        if baseline not in scores:
-            raise ValueError(f"baseline {baseline!r} is not among the runs' methods "
-                             f"{sorted(scores)}")
-        base = scores[baseline]
-        for method, x in scores.items():
+        for method in dict.fromkeys(runs.method):
             if method == baseline:
                 continue
+            both = base_seeds & set(runs[runs.method == method].seed)
+            if not both:
+                continue
+            scores = problem_scores(runs[runs.method.isin([baseline, method])
+                                         & runs.seed.isin(both)], metric, phase, sets)
+            base, x = scores[baseline], scores[method]
             rows.append({"method": method, "metric": metric, "value": float(x.mean()),
                          baseline: float(base.mean()), **_paired(base, x)})
     return pd.DataFrame(rows)
