@@ -23,7 +23,7 @@ METHOD_COLORS = {
     "thr_exploit": "#D55E00", "nthr": "#CC79A7", "passk": "#009E73", "passk_mixed": "#009E73",
     "kl_cov": "#E69F00", "clip_cov": "#F0E442", "entropy_fork": "#CC79A7",
     "gspo_token": "#8C564B", "gspo_token_thr": "#0072B2", "gspo_token_thr_exploit": "#D55E00",
-    "sft_control": "#999999",
+    "sft_control": "#999999", "thr_random_mask": "#7F7F7F", "grpo_mass_matched": "#444444",
 }
 METHOD_LABELS = {
     "base": "before RL", "grpo": "GRPO", "thr_p0": "THR p=0", "thr_explore": "THR p=-0.1",
@@ -31,7 +31,8 @@ METHOD_LABELS = {
     "kl_cov": "KL-Cov", "clip_cov": "Clip-Cov", "entropy_fork": "forking tokens",
     "gspo_token": "GSPO-token", "gspo_token_thr": "GSPO-token + THR p=-0.1",
     "gspo_token_thr_exploit": "GSPO-token + THR p=+0.1",
-    "sft_control": "SFT control",
+    "sft_control": "SFT control", "thr_random_mask": "random mask (THR's size)",
+    "grpo_mass_matched": "GRPO at THR's mass",
 }
 STYLE = {
     "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
@@ -104,9 +105,8 @@ def diff_bars(ax, table, metric: str, baseline: str = "GRPO"):
     ax.set_xticks(np.arange(len(rows)), [label(m) for m in rows.method], rotation=20, ha="right")
     ax.set_ylabel(f"{metric.replace('_acc', '')} minus {baseline}")
     seeds, probs = int(rows.seeds.max()), int(rows.problems.max())
-    ci = "95% interval over seeds and problems" if seeds > 1 else "one seed: no interval"
-    ax.set_xlabel(f"paired by seed and problem ({seeds} seeds x {probs} problems); {ci}",
-                  fontsize=6)
+    ci = "95% intervals" if seeds > 1 else "one seed: no interval"
+    ax.set_xlabel(f"{seeds} seeds x {probs} problems, paired; {ci}", fontsize=6)
     return ax
 
 
@@ -123,11 +123,11 @@ def diff_curves(ax, table, ks: list[int], ylabel: str):
     step = max(1, len(ks) // 9)
     ax.set_xticks(ks[::step], [f"{k:g}" for k in ks[::step]])
     ax.minorticks_off()
-    ax.set_xlabel("K (samples)")
     ax.set_ylabel(ylabel)
     seeds, probs = int(table.seeds.max()), int(table.problems.max())
     ci = "bands: 95% intervals" if seeds > 1 else "one seed: no interval"
-    ax.legend(title=f"{seeds} seeds x {probs} problems; {ci}", title_fontsize=6)
+    ax.set_xlabel(f"K (samples)\n{seeds} seeds x {probs} problems, paired; {ci}", fontsize=6)
+    ax.legend(fontsize=6, loc="lower left")
     return ax
 
 
