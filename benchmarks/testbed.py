@@ -18,10 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
-# The fields a study run shares with its preset (its schedule); runs that differ are not the study's.
-SCHEDULE = ("steps", "lr", "prompts_per_step", "group_size", "mini_batches", "kl_coef",
-            "eval_limit", "eval_passk_limit", "eval_samples")
-
+# A study run has every field its preset sets (config.PRESETS[preset]) at the preset's value;
+# others (e.g. a design measurement at another schedule or without the probe) are not the study's.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +35,7 @@ def main() -> None:
     from thrlab import paper
     from thrlab.runs import RunDir, read_json
 
-    from thrlab.config import Config, method_of
+    from thrlab.config import PRESETS, Config, method_of
 
     seeds = args.seeds or paper.STUDY_BUDGETS[args.preset]["params"]["seeds"]
     own = paper.preset_config(args.preset)
@@ -48,7 +46,7 @@ def main() -> None:
             continue
         cfg = Config.from_dict(read_json(d / "config.json"))
         if cfg.preset != args.preset or cfg.seed not in seeds or any(
-                getattr(cfg, k) != getattr(own, k) for k in SCHEDULE):
+                getattr(cfg, k) != getattr(own, k) for k in PRESETS[args.preset]):
             continue  # another preset, seed or schedule (e.g. a design measurement)
         s = read_json(d / "summary.json")
         arch = "" if cfg.tiny_arch == "qwen2" else f"{cfg.tiny_arch}:"
