@@ -2,10 +2,13 @@
 
     python benchmarks/cold_start_curve.py --op mul --steps 800 --every 100
     python benchmarks/cold_start_curve.py --op mul_add --steps 1500 --every 300
+    python benchmarks/cold_start_curve.py --op mul_chain --steps 1500 --every 100 --samples 16
 
-Trains exactly like `thrlab.tiny.cold_start` (fp32, all weights, answer tokens only) and evaluates
-greedy accuracy, units-digit accuracy and pass@1/pass@8 (8 samples, T=0.6, top-p 0.95) on 500
-held-out problems every --every steps. Prints a table and, on its last line, JSON.
+Trains exactly like `thrlab.tiny.cold_start` (fp32, all weights, target tokens only; the
+strategies task's targets are chains of a strategy drawn per example) and evaluates greedy
+accuracy, units-digit accuracy and pass@1/pass@n (--samples samples, T=0.6, top-p 0.95) on 500
+held-out problems every --every steps; on the strategies task also the entropy (bits) of the
+samples' strategy labels. Prints a table and, on its last line, JSON.
 """
 from __future__ import annotations
 
@@ -24,15 +27,22 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--arch", default="qwen2", choices=("qwen2", "llama"))
     args = ap.parse_args()
 
+    from thrlab.chains import strategy_entropy, strategy_of
     from thrlab.config import from_preset
     from thrlab.evaluate import summarise
+    from thrlab.rewards import extract_answer
     from thrlab.rollout import generate
-    from thrlab.tasks import arithmetic_problems, format_prompt
+    from thrlab.tasks import arithmetic_problems, format_prompt, sft_targets
     from thrlab.tiny import build_model, build_tokenizer, sft_batch, sft_loss
 
-    cfg = from_preset("tiny", arith_op=args.op, sft_lr=args.lr, sft_batch=args.batch)
+    chain = args.op == "mul_chain"
+    style, new_tokens, n = ("chain", 28, args.samples) if chain else ("plain", 8, args.samples)
+    cfg = from_preset("tiny", arith_op=args.op, sft_lr=args.lr, sft_batch=args.batch,
+                      answer_style=style, tiny_arch=args.arch)
     tok = build_tokenizer()
     model = build_model(cfg, len(tok))
     pool = arithmetic_problems(None, "train", seed=cfg.sft_seed, op=args.op)
@@ -42,7 +52,8 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     rows, t0 = [], time.time()
     for step in range(1, args.steps + 1):
-        ids, attn, labels = sft_batch(tok, rng.sample(pool, args.batch), "plain")
+        batch = rng.sample(pool, args.batch)
+        ids, attn, labels = sft_batch(tok, batch, "plain", sft_targets(batch, args.op, rng))
         loss = sft_loss(model, ids, attn, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -51,20 +62,25 @@ def main() -> None:
             continue
         torch.manual_seed(0)
         g = generate(model, tok, prompts, n=1, do_sample=False, temperature=1.0, top_p=1.0,
-                     max_new_tokens=8)
-        s = generate(model, tok, prompts, n=8, do_sample=True, temperature=0.6, top_p=0.95,
-                     max_new_tokens=8)
+                     max_new_tokens=new_tokens)
+        s = generate(model, tok, prompts, n=n, do_sample=True, temperature=0.6, top_p=0.95,
+                     max_new_tokens=new_tokens)
         model.train()
-        greedy = [float(t.strip() == p.answer) for t, p in zip(g.texts, held)]
-        samples = [[float(s.texts[i * 8 + j].strip() == p.answer) for j in range(8)]
-                   for i, p in enumerate(held)]
+        ans = [extract_answer(t, style) for t in g.texts]
+        greedy = [float(a == p.answer) for a, p in zip(ans, held)]
+        samples = [[float(extract_answer(s.texts[i * n + j], style) == p.answer)
+                    for j in range(n)] for i, p in enumerate(held)]
         summ = summarise(greedy, samples)
-        units = sum(t.strip()[-1:] == p.answer[-1] for t, p in zip(g.texts, held)) / len(held)
+        units = sum(a[-1:] == p.answer[-1] for a, p in zip(ans, held)) / len(held)
         rows.append({"step": step, "loss": loss.item(), "greedy_acc": summ["greedy_acc"],
                      "units_digit_acc": units, "pass@1": summ["pass@1"],
-                     "pass@8": summ["pass@8"], "wall_s": time.time() - t0})
+                     f"pass@{n}": summ[f"pass@{n}"], "wall_s": time.time() - t0})
+        if chain:
+            rows[-1]["strategy_entropy"] = strategy_entropy(
+                [strategy_of(held[i // n].question, t) for i, t in enumerate(s.texts)])
         print(" ".join(f"{k}={v:.3f}" for k, v in rows[-1].items()), flush=True)
-    print(json.dumps({"op": args.op, "lr": args.lr, "batch": args.batch, "rows": rows}))
+    print(json.dumps({"op": args.op, "arch": args.arch, "lr": args.lr, "batch": args.batch,
+                      "samples": n, "rows": rows}))
 
 
 if __name__ == "__main__":

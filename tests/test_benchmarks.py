@@ -62,3 +62,11 @@ def test_thr_scaling_quick_json():
             assert r["wall_s"] >= 0 and r["madds_est"] > 0
             assert r["route"] == "naive" or r["max_err_vs_naive"] < 1e-4
     assert set(res["slope_time_vs_N"]) == {"naive", "factorised", "gram"}
+
+
+def test_stats_coverage_quick_json():
+    res = run_script("stats_coverage.py", "--sims", "40", "--seeds", "3", "--problems", "60")
+    assert [r["sd_seed"] for r in res["rows"]] == [0.0, 0.1, 0.2]
+    for r in res["rows"]:
+        assert 0 <= r["coverage"] <= 1 and 0 <= r["power_at_mde"] <= 1 and r["mde"] > 0
+        assert 0 < r["true_diff"] < 0.1  # a logit shift of 0.1 moves accuracy by ~2 points

@@ -43,11 +43,33 @@ def test_run_folder_complete_and_reused(tmp_path, cache):
     assert s["preset"] == "tiny" and s["steps"] == 3 and s["wall_s"] > 0
     assert s["method"] == "grpo" and run.path.name.startswith("tiny-grpo-")
     assert json.loads((run / "config.json").read_text())["lr"] == cfg.lr
-    assert (cache / next(p.name for p in cache.iterdir()) / "COMPLETE").exists()
+    assert (next(cache.glob("tiny-*")) / "COMPLETE").exists()
     # re-running a finished run reuses it (no new work, same summary)
     mtime = (run / "summary.json").stat().st_mtime
     assert run_experiment(cfg, runs_root=tmp_path / "runs", progress=False) == s
     assert (run / "summary.json").stat().st_mtime == mtime
+
+
+def test_start_model_evaluation_is_shared_by_methods_of_one_seed(tmp_path, cache):
+    """Every method trained with one seed from one model evaluates the same start model with the
+    same sampling seed: it is evaluated once, cached, and the cache equals a fresh evaluation."""
+    a = from_preset("tiny", **SMOKE)
+    run_experiment(a, tmp_path / "a", progress=False)
+    files = list((cache / "evals").glob("start-*.json"))
+    assert len(files) == 1
+    before = json.loads((tmp_path / "a" / "eval_before.json").read_text())
+    files[0].unlink()  # a fresh evaluation of the same start by another method: identical
+    run_experiment(from_preset("tiny", "thr_p0", **SMOKE), tmp_path / "b", progress=False)
+    fresh = json.loads((tmp_path / "b" / "eval_before.json").read_text())
+    assert {k: v for k, v in fresh.items() if k != "wall_s"} == \
+        {k: v for k, v in before.items() if k != "wall_s"}
+    run_experiment(from_preset("tiny", "clip_higher", **SMOKE), tmp_path / "c", progress=False)
+    assert json.loads((tmp_path / "c" / "eval_before.json").read_text()) == fresh  # the cache
+    # another seed or another evaluation setting is another start evaluation
+    run_experiment(from_preset("tiny", **dict(SMOKE, seed=1)), tmp_path / "d", progress=False)
+    run_experiment(from_preset("tiny", **dict(SMOKE, eval_samples=2)), tmp_path / "e",
+                   progress=False)
+    assert len(list((cache / "evals").glob("start-*.json"))) == 3
 
 
 def test_same_folder_different_config_refused(tmp_path, cache):
@@ -123,6 +145,12 @@ def test_summary_prints_each_set_their_mean_and_grading_failures(finished):
         assert total == sum(after["grading_by_set"][n][k] for n in names)
     lines = format_summary(s).splitlines()
     assert lines[0].split() == ["metric", "set", "before", "after", "grpo"]
+    from thrlab.stats import problem_difference  # the run's own greedy gain, paired per problem
+
+    recs = [json.loads((run / f"eval_{p}.json").read_text())["problems"] for p in ("before", "after")]
+    gain = problem_difference(*([x for n in names for x in r[n]["greedy"]] for r in recs))
+    assert s["greedy_gain"] == pytest.approx(gain)
+    assert f"greedy accuracy {100 * gain['mean']:+.1f} points" in format_summary(s)
     cells, metric = {}, None
     for line in lines[1:lines.index(next(x for x in lines if x.startswith("grading")))]:
         words = line.split()
@@ -249,3 +277,22 @@ def test_thr_run_end_to_end(tmp_path, cache):
     assert s["method"] == "thr_explore" and "after thr_explore" in format_summary(s)
     (rec,) = json.loads((run / "thr_tokens" / "step_000003.json").read_text())["rows"][:1]
     assert re.fullmatch(r"\d{3}\*\d", rec["question"]) and run.complete
+
+
+def test_a_grid_in_parallel_processes_equals_the_grid_in_one(tmp_path, cache):
+    """run_grid(workers=2) trains the cells in two `thrlab train --config` processes; results do
+    not depend on it (same eval files and metrics as one process, threads 1 in both)."""
+    from thrlab import paper
+
+    over = dict(SMOKE, threads=1, sft_control=False)
+    seq = paper.run_grid("tiny", ["grpo", "thr_p0"], [0], over, tmp_path / "seq")
+    par = paper.run_grid("tiny", ["grpo", "thr_p0"], [0], over, tmp_path / "par", workers=2)
+    assert seq.run_id.tolist() == par.run_id.tolist()
+    for a, b in zip(seq.run_dir, par.run_dir):
+        ea, eb = (json.loads((Path(x) / "eval_after.json").read_text()) for x in (a, b))
+        assert {k: v for k, v in ea.items() if k != "wall_s"} == \
+            {k: v for k, v in eb.items() if k != "wall_s"}
+        ma, mb = ([{k: v for k, v in r.items() if not k.startswith("time/")}
+                   for r in RunDir(x).metrics()] for x in (a, b))
+        assert ma == mb
+    assert len(list((tmp_path / "par" / ".logs").glob("*.log"))) == 2

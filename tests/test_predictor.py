@@ -192,21 +192,36 @@ SMOKE = dict(steps=3, prompts_per_step=2, group_size=4, eval_limit=8, eval_sampl
              save_every=3, sft_control=False, threads=1)
 
 
-def test_likelihood_loop_replays_run_experiment_exactly(tmp_path):
-    """The LLD loop seeds like run_experiment's GRPO phase, so it trains the same run."""
+def test_the_likelihood_probe_leaves_the_run_unchanged_and_survives_a_resume(tmp_path):
+    """probe_every logs probe/loglik without touching the run's random state: the metrics equal a
+    run without the probe; a resumed run probes the same responses from the same start."""
     from thrlab.experiment import run_experiment
     from thrlab.runs import RunDir
 
     cfg = from_preset("tiny", "thr_explore", **SMOKE)
-    run_experiment(cfg, runs_root=tmp_path / "runs", progress=False)
-    out = predictor.likelihood_over_training(cfg, tmp_path / "runs", probe_prompts=16,
-                                             probe_every=1)
-    assert out["steps"] == [0, 1, 2, 3] and len(out["loglik"]) == 4
-    ref = RunDir(tmp_path / "runs" / cfg.run_id()).metrics()
-    [lld_dir] = (tmp_path / "runs").glob("lld-*")
-    got = RunDir(lld_dir).metrics()
-    keys = ("train/reward_mean", "train/loss", "train/grad_norm", "thr/mean")
-    assert [[r.get(k) for k in keys] for r in got] == [[r.get(k) for k in keys] for r in ref]
-    again = predictor.likelihood_over_training(cfg, tmp_path / "runs", probe_prompts=16,
-                                               probe_every=1)
-    assert again == json.loads((lld_dir / "likelihood.json").read_text())  # reused
+    run_experiment(cfg, tmp_path / "plain", progress=False)
+    probed = cfg.replace(probe_every=1, probe_prompts=16)
+    run_experiment(probed, tmp_path / "probe", progress=False)
+    ref, got = RunDir(tmp_path / "plain").metrics(), RunDir(tmp_path / "probe").metrics()
+    drop = ("time/", "probe/")
+    assert [{k: v for k, v in r.items() if not k.startswith(drop)} for r in got] == \
+        [{k: v for k, v in r.items() if not k.startswith(drop)} for r in ref]
+    assert [r["step"] for r in got if "probe/loglik" in r] == [1, 2, 3]
+    probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert probe["size"] >= 1 and probe["start"] < 0
+    # killed by SIGKILL in step 3 (after step 2's checkpoint), then resumed by the same command
+    import os
+    import subprocess
+    import sys
+
+    conf = tmp_path / "probed.json"
+    conf.write_text(probed.replace(save_every=2).to_json())
+    env = dict(os.environ, THRLAB_FAILPOINT="update@3")
+    cmd = [sys.executable, "-m", "thrlab", "train", "--config", str(conf), "--run-dir",
+           str(tmp_path / "killed"), "--quiet"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == -9
+    env.pop("THRLAB_FAILPOINT")
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
+    assert json.loads((tmp_path / "killed" / "probe.json").read_text()) == probe
+    assert [r.get("probe/loglik") for r in RunDir(tmp_path / "killed").metrics()] == \
+        [r.get("probe/loglik") for r in got]

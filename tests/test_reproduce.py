@@ -126,3 +126,59 @@ def test_repo_notebooks_declare_valid_parameters():
     nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
     jobs = reproduce.plan(nbs, preset="tiny", seeds=2, params=[], runs_root=Path("runs"))
     assert len(jobs) == 10 and all(j["params"]["preset"] == "tiny" for j in jobs)
+
+
+def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategies(tmp_path):
+    """--preset narrowing gives every notebook the study's seeds, overrides and workers (the
+    user's --seeds / -p still win); a notebook declaring needs_strategies runs only on presets
+    whose task labels strategies."""
+    from thrlab.paper import STUDY_BUDGETS
+
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _notebook(d / "01_ok.ipynb", PARAMS + "\nworkers = 1", OK)
+    _notebook(d / "02_div.ipynb", PARAMS + "\nworkers = 1\nneeds_strategies = True", OK)
+    books = reproduce.find_notebooks(d, [])
+    jobs = reproduce.plan(books, preset="narrowing", seeds=None, params=[], runs_root=tmp_path)
+    assert [j["notebook"].stem for j in jobs] == ["01_ok"]  # no strategy labels on a*b
+    budget = STUDY_BUDGETS["narrowing"]["params"]
+    assert jobs[0]["params"] == {"preset": "narrowing", "seeds": budget["seeds"],
+                                 "overrides": budget["overrides"], "workers": budget["workers"]}
+    jobs = reproduce.plan(books, preset="strategies", seeds=2, params=[(None, "workers", 1)],
+                          runs_root=tmp_path)
+    assert [j["notebook"].stem for j in jobs] == ["01_ok", "02_div"]
+    assert jobs[0]["params"]["seeds"] == [0, 1] and jobs[0]["params"]["workers"] == 1
+    assert reproduce.plan(books, preset="tiny", seeds=None, params=[],
+                          runs_root=tmp_path)[0]["params"] == {"preset": "tiny"}  # no budget
+
+
+def test_a_study_budget_narrows_a_notebook_or_skips_it(tmp_path):
+    from thrlab import paper
+
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _notebook(d / "04_exploration.ipynb", PARAMS + '\nmethods = ["grpo", "kl_cov"]', OK)
+    _notebook(d / "05_gspo_token.ipynb", PARAMS, OK)
+    jobs = reproduce.plan(reproduce.find_notebooks(d, []), preset="strategies", seeds=None,
+                          params=[], runs_root=tmp_path)
+    assert [j["notebook"].stem for j in jobs] == ["04_exploration"]
+    want = paper.STUDY_BUDGETS["strategies"]["notebooks"]["04_exploration"]["methods"]
+    assert jobs[0]["params"]["methods"] == want
+
+
+@pytest.mark.parametrize("preset", ["narrowing", "strategies"])
+def test_the_study_keeps_every_run_on_its_presets_schedule(preset):
+    """Planned at a testbed preset, no repo notebook passes a config field that differs from the
+    preset's own (e.g. notebook 09's tiny probe cadence), so every notebook's runs are the
+    study's grid and are shared: a notebook that did would silently train a second grid."""
+    from thrlab.config import preset_config
+
+    own = preset_config(preset)
+    nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
+    for job in reproduce.plan(nbs, preset=preset, seeds=None, params=[], runs_root=Path("runs")):
+        p = {**reproduce.declared_parameters(job["notebook"]), **job["params"]}
+        fields = dict(p.get("overrides", {}))
+        fields.update({k: p[k] for k in ("probe_every", "probe_prompts", "mini_batches") if k in p})
+        moved = {k: v for k, v in fields.items()
+                 if k != "threads" and getattr(own, k) != v}  # threads is not in the run id
+        assert not moved, f"{job['notebook'].stem} at --preset {preset} changes {moved}"

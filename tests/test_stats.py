@@ -122,3 +122,22 @@ def test_minimum_detectable_effect_has_its_power():
     # more seeds shrink it; problems alone cannot remove the seed term
     assert minimum_detectable_effect(comps, 8, N) < mde
     assert minimum_detectable_effect(comps, S, 100_000) > 2.4 * np.sqrt(comps["seed"] / S)
+
+
+def test_seed_and_problem_intervals_are_t_intervals():
+    from scipy import stats as st
+
+    from thrlab.stats import problem_difference, seed_difference
+
+    a, b = np.array([0.3, 0.5, 0.4, 0.6]), np.array([0.4, 0.55, 0.5, 0.62])
+    d = b - a
+    half = st.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    r = seed_difference(a, b)
+    assert (r["ci_low"], r["mean"], r["ci_high"]) == pytest.approx((d.mean() - half, d.mean(),
+                                                                    d.mean() + half))
+    x, y = np.random.default_rng(0).integers(0, 2, (2, 50))
+    r = problem_difference(x, y)
+    half = st.t.ppf(0.975, 49) * (y - x).std(ddof=1) / np.sqrt(50)
+    assert r["ci_high"] - r["mean"] == pytest.approx(half) and r["problems"] == 50
+    with pytest.raises(ValueError, match="2 seeds"):
+        seed_difference([0.1], [0.2])

@@ -359,3 +359,63 @@ def test_shapes_and_values_are_checked_with_messages_that_name_them():
     padded = hidden.clone()
     padded[1, 4] = float("nan")  # padding (mask[1, 3:] is False) is never read
     assert torch.equal(token_hidden_reward(padded, tokens, mask, r, lm_head_weight=W), thr)
+
+
+def test_random_mask_keeps_the_same_count_per_response_uniformly():
+    from thrlab.thr import random_mask_like
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    kept = torch.zeros(3, 6, dtype=torch.bool)
+    kept[0, :2] = True  # 2 of 6
+    kept[1, 0] = True  # 1 of 4 real tokens
+    kept[2, 5] = True
+    kept[2, 1] = True
+    hits = torch.zeros(3, 6)
+    for _ in range(3000):
+        r = random_mask_like(kept, mask, gen)
+        assert r.sum(1).tolist() == [2, 1, 2] and not (r & ~mask).any()
+        hits += r.float()
+    freq = hits / 3000
+    for b, k, n in ((0, 2, 6), (1, 1, 4), (2, 2, 6)):  # each real token kept with prob k / n
+        assert torch.allclose(freq[b, :n], torch.full((n,), k / n), atol=0.04), freq[b]
+
+
+def test_controls_keep_thrs_advantage_mass_without_its_choice():
+    """random_mask: THR p = 0's count per response (so its mass), other tokens; mass_matched:
+    every token, GRPO's weights scaled to the mass THR's mask keeps."""
+    from types import SimpleNamespace
+
+    from thrlab.loss import group_advantages
+    from thrlab.thr import thr_token_advantages
+
+    hidden, W, tokens, mask = make_group()
+    r = torch.tensor([0., 1., 1., 0.])
+    adv = group_advantages(r, G)
+    base = dict(group_size=G, temperature=1.0, thr_vocab="full", thr_length_normalize=True,
+                thr_advantage_weighted=False, thr_tau_mode="quantile", thr_tau_quantile=0.6,
+                thr_beta=1.0, thr_p=0.0, thr_mask=True)
+    out = {m: thr_token_advantages(SimpleNamespace(**base, thr_mode=m), hidden, tokens, mask, r,
+                                   adv, W, generator=torch.Generator().manual_seed(1))
+           for m in ("thr", "random_mask", "mass_matched")}
+    thr_tok, thr, st = out["thr"]
+    rnd_tok, _, st_rnd = out["random_mask"]
+    mm_tok, _, st_mm = out["mass_matched"]
+    assert ((thr_tok != 0).sum(1) == (rnd_tok != 0).sum(1)).all()  # same count per response
+    assert not torch.equal(thr_tok != 0, rnd_tok != 0)  # but other tokens
+    torch.testing.assert_close(rnd_tok.abs().sum(1), thr_tok.abs().sum(1))  # same mass each
+    assert ((mm_tok != 0) == (mask & (adv[:, None] != 0))).all()  # every real token
+    torch.testing.assert_close(mm_tok.abs().sum(), thr_tok.abs().sum())  # THR's mass in all
+    ratio = mm_tok / (adv[:, None] * mask)
+    assert torch.allclose(ratio[mm_tok != 0], ratio[mm_tok != 0][0])  # one scale for the batch
+    for s in (st_rnd, st_mm):
+        assert s["thr/adv_mass_after"] == pytest.approx(st["thr/adv_mass_after"], rel=1e-6)
+
+
+def test_controls_are_p0_with_the_mask():
+    from thrlab.config import from_preset
+
+    assert from_preset("tiny", "thr_random_mask").thr_mode == "random_mask"
+    with pytest.raises(ValueError, match="control of THR's mask"):
+        from_preset("tiny", "grpo_mass_matched", thr_p=0.1)

@@ -1,6 +1,7 @@
 """Command line: `python -m thrlab train|evaluate|presets`, thin wrappers over thrlab.experiment.
 
     python -m thrlab train --preset tiny [--method thr_explore] --set steps=40 [--run-dir DIR]
+    python -m thrlab train --config runs/<id>/config.json [--run-dir DIR]  (a saved config)
     python -m thrlab evaluate --run-dir runs/<id> [--out FILE]       (the run's own config)
     python -m thrlab evaluate --preset tiny [--adapter runs/<id>/adapter] [--out FILE]
 
@@ -20,10 +21,21 @@ from pathlib import Path
 
 
 def _config(args):
-    from .config import from_preset, parse_overrides
+    from .config import Config, from_preset, parse_overrides
 
-    return from_preset(args.preset or "tiny", args.method or "grpo",
-                       **parse_overrides(args.set or []))
+    overrides = parse_overrides(args.set or [])
+    if getattr(args, "config", None):
+        from .errors import ConfigError
+
+        if args.preset or args.method:
+            raise ConfigError("--config is a whole config; drop --preset/--method (--set still "
+                              "overrides fields)")
+        try:
+            text = Path(args.config).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read --config {args.config}: {err.strerror}") from None
+        return Config.from_json(text).replace(**overrides)
+    return from_preset(args.preset or "tiny", args.method or "grpo", **overrides)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -125,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="evaluate, GRPO-train, evaluate (resumable run folder)",
                        formatter_class=raw, epilog=_fields_help())
     _common(t)
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="a config JSON (e.g. a run's config.json) instead of --preset/--method")
     t.add_argument("--run-dir", default=None, help="run folder (default <runs-root>/<run_id>)")
     t.add_argument("--runs-root", default="runs", help="parent of derived run folders")
     t.set_defaults(fn=cmd_train)

@@ -32,10 +32,10 @@ class Config:
     gradient_checkpointing: bool = False  # trade compute for memory on long GPU rollouts
     # -- data ----------------------------------------------------------------
     task: str = "arithmetic"  # "arithmetic" or a benchmark name / JSONL path for training prompts
-    arith_op: str = "mul"  # synthetic family: mul (a*b, 3-digit a) | mul_add (a*b+c, 2-digit a, c)
+    arith_op: str = "mul"  # synthetic family: mul (a*b, 3-digit a) | mul_add (a*b+c) | mul_chain (strategies)
     train_levels: tuple[int, ...] = ()  # MATH level filter, e.g. (3, 4, 5); () = all
     template: str = "plain"  # prompt template (thrlab.tasks.TEMPLATES)
-    answer_style: str = "plain"  # how the answer is read from a completion: plain | boxed | gsm8k
+    answer_style: str = "plain"  # how the answer is read from a completion: plain | boxed | gsm8k | chain
     grader: str = "exact_int"  # exact_int (arithmetic) | math_verify
     grader_timeout_s: float = 5.0  # per-item wall-clock limit of the verifier
     eval_sets: tuple[str, ...] = ("arithmetic",)  # benchmark names or JSONL paths
@@ -65,7 +65,7 @@ class Config:
     adv_eps: float = 1e-6  # A = (r - mean) / (std + adv_eps), population std
     adv_std_norm: bool = True  # False = Dr. GRPO (no division by std)
     # -- THR (METHOD.md sections 2-3) -----------------------------------------
-    thr_mode: str = "off"  # off | thr (THR-guided reweighting) | nthr (negative tokens only)
+    thr_mode: str = "off"  # off | thr (THR-guided reweighting) | nthr | controls: random_mask | mass_matched
     thr_p: float = 0.0  # p: > 0 exploitation, < 0 exploration (paper: +-0.1)
     thr_mask: bool = True  # keep only dominant tokens, |THR| > tau
     thr_beta: float = 1.0  # tau = beta * max(0, min over correct responses of mean THR)
@@ -92,8 +92,11 @@ class Config:
     max_nonfinite_steps: int = 3  # skip NaN/inf steps; stop once more than this many were skipped
     oom_halve_micro_batch: bool = True  # on OOM in the update, halve the micro-batch and retry
     save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
+    probe_every: int = 0  # log probe/loglik, the start policy's correct responses' log-lik., every N steps (0 = off)
+    probe_prompts: int = 64  # held-out problems whose first correct sample forms the probe set
     # -- evaluation ----------------------------------------------------------
     eval_samples: int = 8  # n samples per problem for pass@k
+    eval_passk_limit: int = 0  # problems per set that get the samples (0 = all); greedy uses all
     eval_temperature: float = 0.6  # sampling temperature of the pass@k samples
     eval_top_p: float = 0.95  # nucleus sampling of the pass@k samples
     eval_max_new_tokens: int = 8  # completion length limit in evaluation
@@ -161,13 +164,13 @@ _NOT_HASHED = ("threads", "eval_batch_size", "max_nonfinite_steps", "oom_halve_m
 
 _CHOICES = {
     "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
-    "answer_style": ("plain", "boxed", "gsm8k"),
+    "answer_style": ("plain", "boxed", "gsm8k", "chain"),
     "grader": ("exact_int", "math_verify"),
     "objective": ("grpo", "gspo_token"),
     "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
     "tiny_arch": ("qwen2", "llama"),
-    "arith_op": ("mul", "mul_add"),
-    "thr_mode": ("off", "thr", "nthr"),
+    "arith_op": ("mul", "mul_add", "mul_chain"),
+    "thr_mode": ("off", "thr", "nthr", "random_mask", "mass_matched"),
     "adv_estimator": ("grpo", "passk", "passk_mixed"),
     "cov_mode": ("off", "kl_cov", "clip_cov"),
     "thr_vocab": ("full", "group"),
@@ -256,10 +259,13 @@ def _check_values(c: Config) -> None:
     need(c.kl_coef >= 0, "kl_coef must be >= 0")
     need(c.lora_r >= 1, "lora_r must be >= 1")
     need(c.eval_samples >= 1, "eval_samples must be >= 1")
-    need(c.eval_limit >= 0, "eval_limit must be >= 0")
+    need(c.eval_limit >= 0 and c.eval_passk_limit >= 0,
+         "eval_limit and eval_passk_limit must be >= 0 (0 = all)")
     need(len(c.eval_sets) >= 1, "eval_sets is empty; name at least one set (e.g. arithmetic)")
     need(c.grader_timeout_s > 0, "grader_timeout_s must be > 0")
     need(c.save_every >= 1, "save_every must be >= 1")
+    need(c.probe_every >= 0 and c.probe_prompts >= 1,
+         "probe_every must be >= 0 (0 = off) and probe_prompts >= 1")
     need(c.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
     need(c.prompts_per_step * c.group_size % c.mini_batches == 0,
          f"prompts_per_step*group_size={c.prompts_per_step * c.group_size} is not divisible by "
@@ -267,6 +273,9 @@ def _check_values(c: Config) -> None:
     need(not c.sft_control or c.task == "arithmetic",
          "sft_control is defined for the embedded arithmetic task only; set sft_control=false")
     need(-1.0 <= c.thr_p <= 1.0, f"thr_p={c.thr_p} must be in [-1, 1] (the paper uses +-0.1)")
+    need(c.thr_mode not in ("random_mask", "mass_matched") or (c.thr_p == 0 and c.thr_mask),
+         f"thr_mode={c.thr_mode} is a control of THR's mask at p = 0: it needs thr_p=0 and "
+         "thr_mask=true")
     need(c.thr_beta >= 0, "thr_beta must be >= 0")
     need(0 <= c.thr_tau_quantile <= 1, "thr_tau_quantile must be in [0, 1]")
     need(c.thr_save_every >= 0 and c.thr_save_rows >= 1 and c.thr_save_tokens >= 1,
@@ -293,6 +302,10 @@ def _check_values(c: Config) -> None:
          f"lora_targets={c.lora_targets!r} puts LoRA on lm_head, but THR streams its "
          "probabilities from the unembedding's base weight and would ignore the LoRA delta; "
          "leave lm_head out (the default 'all-linear' does)")
+    need(c.task != "arithmetic" or (c.arith_op == "mul_chain") == (c.answer_style == "chain"),
+         f"arith_op={c.arith_op!r} with answer_style={c.answer_style!r}: the strategies task "
+         "(mul_chain) is graded on the number after the last '=' (answer_style=chain), the other "
+         "arithmetic families on the whole completion (plain)")
     need(all(1 <= lv <= 5 for lv in c.train_levels), "train_levels must be MATH levels 1..5")
     need(not (c.train_levels and c.task == "arithmetic"),
          f"train_levels={c.train_levels} filters MATH levels and means nothing for the arithmetic "
@@ -320,9 +333,27 @@ _PAPER_COMMON = dict(
     device="cuda", compute_dtype="bfloat16",
 )
 
+# The CPU testbed (README "The CPU testbed"; the choices measured in benchmarks/RESULTS.md): the
+# embedded model trained into the regime where plain GRPO narrows (greedy accuracy rises while
+# Pass@K at large K falls below the start's, or the strategies it uses collapse), within a 75-min
+# study on 2 cores: 8 prompts x 8 samples per step, 160 steps at lr 5e-4, every method at the
+# paper presets' 2 mini-batches per rollout batch (KL-Cov and GSPO-token act only off-policy),
+# no KL term (measured with it: k3 reaches ~0.26 per token, so 1e-4 x its gradient is ~1e-4 of
+# the surrogate's, |A| ~ 0.38; its reference pass was 13% of a step), evaluated greedily on 500
+# held-out problems and with 64 samples on the first 200 of them.
+_TESTBED = dict(steps=160, prompts_per_step=8, lr=5e-4, kl_coef=0.0, mini_batches=2,
+                eval_limit=500, eval_passk_limit=200, eval_samples=64, sft_control=False,
+                thr_save_every=40, probe_every=10)
+
 PRESETS: dict[str, dict] = {
     # The embedded default: a 1M-parameter model cold-started on synthetic arithmetic, CPU, minutes.
     "tiny": dict(),
+    # The a*b task in the narrowing regime.
+    "narrowing": dict(_TESTBED),
+    # Two-digit products as chains whose decomposition is a choice (thrlab.chains): diversity is
+    # read from the completions' text. Cold-started to ~45% greedy on a mix of three strategies.
+    "strategies": dict(_TESTBED, arith_op="mul_chain", answer_style="chain", max_new_tokens=28,
+                       eval_max_new_tokens=28, sft_steps=1300),
     "qwen2.5-math-1.5b": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-Math-1.5B"),
     "qwen2.5-math-7b": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-Math-7B", lora_r=32, lora_alpha=64,
                             micro_batch_size=4, eval_batch_size=32),
@@ -344,6 +375,11 @@ METHODS: dict[str, dict] = {
     "thr_exploit": dict(thr_mode="thr", thr_p=0.1),  # p > 0: greedy accuracy
     "thr_explore": dict(thr_mode="thr", thr_p=-0.1),  # p < 0: Pass@K
     "nthr": dict(thr_mode="nthr"),
+    # Controls for THR's mask, which keeps ~15-20% of the tokens and ~a quarter of the advantage
+    # mass: the same count of tokens per response at random (same mass, no THR information),
+    # and GRPO on every token with its advantages scaled to the mass the mask keeps.
+    "thr_random_mask": dict(thr_mode="random_mask"),
+    "grpo_mass_matched": dict(thr_mode="mass_matched"),
     "passk": dict(adv_estimator="passk"),
     "passk_mixed": dict(adv_estimator="passk_mixed", passk_chi=0.2),
     # Recipes change the objective only, never the optimizer-step schedule (epochs, mini_batches,

@@ -10,6 +10,7 @@ the run then holds the folder's lock, so a second process refuses instead of int
 from __future__ import annotations
 
 import functools
+import json
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -173,13 +174,55 @@ def _seed_phase(cfg: Config, phase: int) -> None:
     torch.manual_seed(cfg.seed * 1000 + phase)
 
 
-def _evaluate_phase(run: RunDir, name: str, cfg, model, tok, sets, progress) -> dict:
+def _evaluate_phase(run: RunDir, name: str, cfg, model, tok, sets, progress,
+                    cache: Path | None = None) -> dict:
     path = run / f"eval_{name}.json"
     if path.exists():
         return read_json(path)
-    res = evaluate_run(model, tok, cfg, sets, progress)
+    if cache is not None and cache.exists():
+        res = read_json(cache)
+    else:
+        res = evaluate_run(model, tok, cfg, sets, progress)
+        if cache is not None:
+            write_json(cache, res)
     write_json(path, res)
     return res
+
+
+# Fields that cannot change the evaluation of the start model: it runs before any training step,
+# with eval_seed(cfg), and the fresh LoRA adapters add exactly 0 (their B matrices start at 0).
+_TRAINING_ONLY = {
+    "preset", "task", "train_levels", "steps", "prompts_per_step", "group_size", "temperature",
+    "top_p", "max_new_tokens", "lr", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm",
+    "epochs", "mini_batches", "micro_batch_size", "objective", "clip_eps_low", "clip_eps_high",
+    "kl_coef", "loss_agg", "adv_eps", "adv_std_norm", "adv_estimator", "passk_k", "passk_chi",
+    "cov_mode", "cov_ratio", "cov_kl_coef", "cov_clip_lb", "cov_clip_ub", "entropy_top_frac",
+    "dynamic_sampling", "max_sampling_rounds", "save_every", "sft_control",
+    "gradient_checkpointing"} | {k for k in Config.__dataclass_fields__ if k.startswith("thr_")}
+# Modules whose code decides what an evaluation returns: a change to any invalidates the cache.
+_EVAL_CODE = ("evaluate.py", "rollout.py", "model.py", "rewards.py", "tasks.py", "chains.py",
+              "experiment.py")
+
+
+def start_eval_cache(cfg: Config, model_path: str) -> Path:
+    """Where the evaluation of cfg's start model is cached on this machine: every method trained
+    with the same seed (the same eval_seed) from the same model shares it, so a grid of methods
+    evaluates each start once. The key hashes every field but the training-only ones, the model
+    path (the tiny model's folder names its cold-start settings), the package versions and the
+    code of the evaluation modules; `thrlab.tiny.cache_root()/evals/`."""
+    import hashlib
+    from importlib import metadata
+
+    from .tiny import cache_root
+
+    here = Path(__file__).parent
+    key = {k: v for k, v in cfg.result_dict().items() if k not in _TRAINING_ONLY}
+    key["model_path"] = str(model_path)
+    key["versions"] = {p: metadata.version(p) for p in ("torch", "transformers", "peft",
+                                                        "bitsandbytes")}
+    key["code"] = hashlib.sha256(b"".join((here / f).read_bytes() for f in _EVAL_CODE)).hexdigest()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "evals" / f"start-{digest}.json"
 
 
 def run_experiment(cfg: Config, run_dir: str | Path | None = None, *, runs_root="runs",
@@ -214,10 +257,12 @@ def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
     write_json(run / "env.json", environment_info())  # torch is imported: its threads included
     _seed_phase(cfg, 1)
     model, tok = load_policy(cfg, inputs.path, inputs.device)
-    before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress)
+    before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress,
+                             cache=start_eval_cache(cfg, inputs.path))
+    on_step = likelihood_probe(run, cfg, model, tok, inputs.sets) if cfg.probe_every else None
     _seed_phase(cfg, 2)
     trainer = GRPOTrainer(cfg, model, tok, inputs.problems, run, make_grade_fn(cfg))
-    metrics = trainer.train(progress=progress)
+    metrics = trainer.train(progress=progress, on_step=on_step)
     save_adapter(model, run / "adapter")
     evals = {"before": before,
              "after": _evaluate_phase(run, "after", cfg, model, tok, inputs.sets, progress)}
@@ -225,6 +270,7 @@ def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
     if cfg.sft_control:
         evals["sft_control"] = _sft_control_phase(run, cfg, inputs, progress)
     summary = {"preset": cfg.preset, "method": method_of(cfg), "run_id": cfg.run_id(),
+               "greedy_gain": greedy_gain(evals["before"], evals["after"]),
                "model": cfg.model, "steps": cfg.steps, "seed": cfg.seed, "lr": cfg.lr,
                **{f"eval_{k}": v["mean"] for k, v in evals.items()},
                "sets": {k: v["sets"] for k, v in evals.items()},
@@ -244,6 +290,7 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
     from tqdm.auto import tqdm
 
     from .model import load_policy
+    from .tasks import sft_targets
     from .tiny import sft_batch, sft_loss
     from .trainer import make_optimizer
 
@@ -255,13 +302,57 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
     n = cfg.prompts_per_step * cfg.group_size
     model.train()
     for _ in tqdm(range(cfg.steps), desc="SFT control", disable=not progress):
-        ids, attn, labels = sft_batch(tok, rng.sample(inputs.problems, n), cfg.template)
+        batch = rng.sample(inputs.problems, n)
+        ids, attn, labels = sft_batch(tok, batch, cfg.template,
+                                      sft_targets(batch, cfg.arith_op, rng))
         loss = sft_loss(model, ids.to(device), attn.to(device), labels.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
     return _evaluate_phase(run, "sft_control", cfg, model, tok, inputs.sets, progress)
+
+
+def likelihood_probe(run: RunDir, cfg: Config, model, tok, sets: dict):
+    """The on_step callback that logs `probe/loglik` every cfg.probe_every steps: the mean
+    per-token log-likelihood of a fixed probe set of correct responses (the start policy's first
+    correct sample on each of the first probe_prompts problems of the first eval set;
+    predictor.probe_set), the lazy-likelihood-displacement curve of the run. The probe, and its
+    value at step 0, are made from the start model once and kept in probe.json, so a resumed
+    run probes the same responses; sampling it and probing run under torch.random.fork_rng, so
+    the run trains exactly as without the probe."""
+    from .predictor import probe_loglik, probe_set
+
+    path = run / "probe.json"
+    with torch.random.fork_rng():
+        probe = probe_set(model, tok, cfg, next(iter(sets.values()))[:cfg.probe_prompts],
+                          make_grade_fn(cfg))
+        if not path.exists():
+            write_json(path, {"start": probe_loglik(model, probe, cfg.temperature),
+                              "size": len(probe.tokens), "texts": probe.texts})
+
+    def on_step(trainer, row: dict) -> None:
+        if trainer.step % cfg.probe_every == 0 or trainer.step == cfg.steps:
+            was = trainer.model.training
+            trainer.model.eval()  # the policy itself, no dropout noise
+            with torch.random.fork_rng():
+                row["probe/loglik"] = probe_loglik(trainer.model, probe, cfg.temperature)
+            trainer.model.train(was)
+
+    return on_step
+
+
+def greedy_gain(before: dict, after: dict) -> dict | None:
+    """The run's greedy accuracy after minus before over all its eval problems, paired per
+    problem, with the 95% t-interval over problems (stats.problem_difference: this run only,
+    not seed-to-seed variation); None for eval files without per-problem records."""
+    from .stats import problem_difference
+
+    if "problems" not in before or "problems" not in after:
+        return None
+    a = [x for rec in before["problems"].values() for x in rec["greedy"]]
+    b = [x for rec in after["problems"].values() for x in rec["greedy"]]
+    return problem_difference(a, b) if len(a) > 1 else None
 
 
 _GRADING = ("timeouts", "errors", "parse_failures", "gold_parse_failures")
@@ -289,6 +380,12 @@ def format_summary(summary: dict) -> str:
         for i, n in enumerate(names):
             vals = "".join(f"{sets[p].get(n, {}).get(k, float('nan')):>{w}.3f}" for p in phases)
             lines.append(f"{k if i == 0 else '':<12}{shown[n]:<{sw}}" + vals)
+    gain = summary.get("greedy_gain")
+    if gain:
+        lines.append(f"greedy accuracy {100 * gain['mean']:+.1f} points "
+                     f"[{100 * gain['ci_low']:+.1f}, {100 * gain['ci_high']:+.1f}] after minus "
+                     f"before (95% interval over the {gain['problems']} problems, paired; this "
+                     "run only: seeds vary it too)")
     grading = summary.get("grading")
     if grading:
         lines.append("grading failures per set (timeouts / errors / parse failures / gold parse "

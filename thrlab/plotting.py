@@ -23,7 +23,7 @@ METHOD_COLORS = {
     "thr_exploit": "#D55E00", "nthr": "#CC79A7", "passk": "#009E73", "passk_mixed": "#009E73",
     "kl_cov": "#E69F00", "clip_cov": "#F0E442", "entropy_fork": "#CC79A7",
     "gspo_token": "#8C564B", "gspo_token_thr": "#0072B2", "gspo_token_thr_exploit": "#D55E00",
-    "sft_control": "#999999",
+    "sft_control": "#999999", "thr_random_mask": "#7F7F7F", "grpo_mass_matched": "#444444",
 }
 METHOD_LABELS = {
     "base": "before RL", "grpo": "GRPO", "thr_p0": "THR p=0", "thr_explore": "THR p=-0.1",
@@ -31,7 +31,8 @@ METHOD_LABELS = {
     "kl_cov": "KL-Cov", "clip_cov": "Clip-Cov", "entropy_fork": "forking tokens",
     "gspo_token": "GSPO-token", "gspo_token_thr": "GSPO-token + THR p=-0.1",
     "gspo_token_thr_exploit": "GSPO-token + THR p=+0.1",
-    "sft_control": "SFT control",
+    "sft_control": "SFT control", "thr_random_mask": "random mask (THR's size)",
+    "grpo_mass_matched": "GRPO at THR's mass",
 }
 STYLE = {
     "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
@@ -86,6 +87,68 @@ def method_bars(ax, values: dict[str, list[float]], ylabel: str):
     n = sorted({len(v) for v in values.values()})
     seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
     ax.set_xlabel(f"bars: mean over {seeds} seed(s); whiskers: std; dots: seeds", fontsize=6)
+    return ax
+
+
+def diff_bars(ax, table, metric: str, baseline: str = "GRPO"):
+    """The paired difference of each method to the baseline on one metric (rows of
+    paper.paired_table): a dot at the mean, whiskers = the 95% interval over seeds and problems
+    (none with one seed), a line at 0; the seeds and problems are named under the axis."""
+    rows = table[table.metric == metric]
+    if rows.empty:
+        raise ValueError(f"no paired differences for {metric!r} in the table")
+    for x, r in enumerate(rows.itertuples()):
+        lo, hi = r.diff - r.ci_low, r.ci_high - r.diff
+        ax.errorbar(x, r.diff, yerr=None if np.isnan(r.ci_low) else [[lo], [hi]], fmt="o",
+                    color=color(r.method), capsize=3, markersize=4)
+    ax.axhline(0, color="0.5", linewidth=0.8, zorder=1)
+    ax.set_xticks(np.arange(len(rows)), [label(m) for m in rows.method], rotation=20, ha="right")
+    ax.set_ylabel(f"{metric.replace('_acc', '')} minus {baseline}")
+    seeds, probs = int(rows.seeds.max()), int(rows.problems.max())
+    ci = "95% intervals" if seeds > 1 else "one seed: no interval"
+    ax.set_xlabel(f"{seeds} seeds x {probs} problems, paired; {ci}", fontsize=6)
+    return ax
+
+
+def diff_curves(ax, table, ks: list[int], ylabel: str):
+    """Paired differences over K (rows of paper.paired_table / gain_table with metrics pass@k):
+    one line per method, the 95% interval as a band (none with one seed), a line at 0."""
+    for i, (m, d) in enumerate(table.groupby("method", sort=False)):
+        d = d.set_index("metric").reindex([f"pass@{k}" for k in ks])
+        ax.plot(ks, d["diff"], marker="o", color=color(m, i), label=label(m))
+        if d.ci_low.notna().all():
+            ax.fill_between(ks, d.ci_low, d.ci_high, color=color(m, i), alpha=0.15, linewidth=0)
+    ax.axhline(0, color="0.5", linewidth=0.8, zorder=1)
+    ax.set_xscale("log", base=2)
+    step = max(1, len(ks) // 9)
+    ax.set_xticks(ks[::step], [f"{k:g}" for k in ks[::step]])
+    ax.minorticks_off()
+    ax.set_ylabel(ylabel)
+    seeds, probs = int(table.seeds.max()), int(table.problems.max())
+    ci = "bands: 95% intervals" if seeds > 1 else "one seed: no interval"
+    ax.set_xlabel(f"K (samples)\n{seeds} seeds x {probs} problems, paired; {ci}", fontsize=6)
+    ax.legend(fontsize=6, loc="lower left")
+    return ax
+
+
+STRATEGY_COLORS = {"split_a": "#0072B2", "split_b": "#E69F00", "round_b": "#009E73",
+                   "direct": "#CC79A7", "other": "#999999"}
+
+
+def strategy_bars(ax, table):
+    """Stacked bars per method: the mean share of each strategy label after RL (the share_*
+    columns of paper.strategy_table), over seeds."""
+    shares = [c for c in table.columns if c.startswith("share_")]
+    means = table.groupby("method", sort=False)[shares].mean()
+    bottom = np.zeros(len(means))
+    for c in shares:
+        name = c[len("share_"):]
+        ax.bar(np.arange(len(means)), means[c], 0.7, bottom=bottom, label=name,
+               color=STRATEGY_COLORS.get(name, "0.7"))
+        bottom += means[c].to_numpy()
+    ax.set_xticks(np.arange(len(means)), [label(m) for m in means.index], rotation=20, ha="right")
+    ax.set_ylabel("share of samples")
+    ax.legend(fontsize=6)
     return ax
 
 

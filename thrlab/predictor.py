@@ -9,12 +9,12 @@ For one rollout batch (rows group-major, G per group) with GRPO advantages A_j:
 3. exact: logits' = logits + (eta A_j / tau^2) (h_a . H_j^T) G_j for every anchor token a, where
    H_j (T_j, H) and G_j = onehot(y_j) - pi_j (T_j, V) are response j's states and gradients.
 4. measured: dC_g after a real SGD step of all LoRA parameters of the model on l_j (then undone).
-5. LLD: mean over a fixed probe set of correct responses of (1/|y|) log pi(y), along training.
+5. LLD: mean over a fixed probe set of correct responses of (1/|y|) log pi(y), along training
+   (probe_set / probe_loglik; experiment.likelihood_probe logs it inside a run, probe_every).
 Effects are reported per unit step (divided by eta), so 2 and 3 share units and lie on y = x.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,6 @@ from .config import Config
 from .loss import group_advantages
 from .model import completion_forward, lm_parts
 from .paper import top_k_overlap
-from .runs import RunDir, read_json, write_json
 
 
 # -- pure tensor functions -----------------------------------------------------------------------
@@ -233,37 +232,3 @@ def probe_set(model, tok, cfg: Config, problems, grade_fn):
 def probe_loglik(model, probe, temperature: float) -> float:
     """Mean over the probe responses of their per-token log-likelihood (1/|y|) log pi(y)."""
     return float(_loglik_rows(model, probe, torch.arange(len(probe.tokens)), temperature).mean())
-
-
-def likelihood_over_training(cfg: Config, runs_root: str | Path = "runs", *,
-                             probe_prompts: int = 64, probe_every: int = 5) -> dict:
-    """Train cfg with GRPOTrainer (seeded like run_experiment's GRPO phase) and log the probe
-    log-likelihood every probe_every steps; folder runs_root/lld-<run_id>-... (reused when
-    COMPLETE, restarted otherwise). Returns {"steps", "loglik", "probe_size", "probe_texts"}."""
-    from .experiment import eval_problems, make_grade_fn, train_problems
-    from .trainer import GRPOTrainer
-
-    run = RunDir(Path(runs_root) / f"lld-{cfg.run_id()}-p{probe_prompts}-e{probe_every}")
-    if run.complete:
-        return read_json(run / "likelihood.json")
-    if (run / "metrics.jsonl").exists():
-        (run / "metrics.jsonl").unlink()  # no checkpoints: an unfinished run starts over
-    write_json(run / "config.json", cfg.to_dict())
-    t0 = time.time()
-    model, tok = _policy(cfg)
-    grade_fn = make_grade_fn(cfg)
-    held_out = next(iter(eval_problems(cfg).values()))[:probe_prompts]
-    probe = probe_set(model, tok, cfg, held_out, grade_fn)
-    torch.manual_seed(cfg.seed * 1000 + 2)  # run_experiment's GRPO phase seed
-    trainer = GRPOTrainer(cfg, model, tok, train_problems(cfg), run, grade_fn)
-    steps, loglik = [0], [probe_loglik(model, probe, cfg.temperature)]
-    while trainer.step < cfg.steps:
-        run.append_metrics(trainer.train_step())
-        if trainer.step % probe_every == 0 or trainer.step == cfg.steps:
-            steps.append(trainer.step)
-            loglik.append(probe_loglik(model, probe, cfg.temperature))
-    out = {"steps": steps, "loglik": loglik, "probe_size": len(probe.tokens),
-           "probe_texts": probe.texts, "wall_s": time.time() - t0}
-    write_json(run / "likelihood.json", out)
-    run.mark_complete()
-    return out

@@ -4,7 +4,10 @@
                                [--runs-root runs] [--figures-dir DIR] [--force] [NOTEBOOK ...]
 
 Every parameter is checked against the parameters cell of every selected notebook before anything
-runs (unknown names and values of the wrong type stop the command). `--preset` sets `preset`;
+runs (unknown names and values of the wrong type stop the command). `--preset` sets `preset`, and
+for a testbed preset (narrowing, strategies) its study budget (`thrlab.paper.STUDY_BUDGETS`:
+seeds, overrides, workers, the runs' own Pass@K samples); a notebook that declares
+`needs_strategies` runs only on presets whose task labels strategies;
 `--seeds N` sets `seeds = [0, ..., N-1]` where a notebook declares `seeds`; `-p key=value` sets a
 parameter of every selected notebook (values are Python literals: 3, 1e-2, [0, 1], {"steps": 3};
 anything else is a string) and `-p 04_exploration:key=value` of one notebook. Each notebook runs
@@ -111,9 +114,16 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
          runs_root: Path) -> list[dict]:
     """Resolve and validate every notebook's parameters; one job dict per notebook."""
     errors, jobs = [], []
+    budget = study_budget(preset)
     for nb in notebooks:
         declared = declared_parameters(nb)
-        given = {}
+        if declared.get("needs_strategies") and not has_strategies(preset or declared["preset"]):
+            continue  # e.g. the strategy-diversity notebook on a task without strategy labels
+        if nb.stem in budget.get("skip", {}):
+            print(f"skipping {nb.stem} at --preset {preset}: {budget['skip'][nb.stem]}")
+            continue
+        own = {**budget.get("params", {}), **budget.get("notebooks", {}).get(nb.stem, {})}
+        given = {k: v for k, v in own.items() if k in declared}
         if preset is not None:
             given["preset"] = preset
         if seeds is not None and "seeds" in declared:
@@ -147,6 +157,23 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
     if errors:
         raise ParameterError("\n".join(errors))
     return jobs
+
+
+def study_budget(preset: str | None) -> dict:
+    """A testbed preset's study (thrlab.paper.STUDY_BUDGETS; {} for other presets): "params"
+    for every notebook that declares them, "notebooks" per-notebook ones, "skip" notebooks
+    left out with the reason; --seeds and -p override the parameters."""
+    from .paper import STUDY_BUDGETS
+
+    return dict(STUDY_BUDGETS.get(preset or "", {}))
+
+
+def has_strategies(preset: str) -> bool:
+    """Whether the preset's task labels each completion's strategy (the strategies task)."""
+    from .config import preset_config
+
+    cfg = preset_config(preset)
+    return cfg.task == "arithmetic" and cfg.arith_op == "mul_chain"
 
 
 def _source(nb: Path) -> str:

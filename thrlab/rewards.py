@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection, wait
 log = logging.getLogger("thrlab.rewards")
 
 GRADERS = ("exact_int", "math_verify")
-STYLES = ("boxed", "gsm8k", "plain")
+STYLES = ("boxed", "gsm8k", "plain", "chain")
 STATUSES = ("correct", "wrong", "no_answer", "timeout", "error", "gold_unparsed")
 _START_TIMEOUT_S = 120.0  # a cold worker imports sympy; a slow shared disk can take tens of seconds
 
@@ -80,8 +80,10 @@ def extract_gsm8k(text: str) -> str | None:
 
 
 def extract_answer(text: str, style: str) -> str | None:
-    """Return the answer a completion states under `style` (boxed | gsm8k | plain), or None."""
-    readers = {"boxed": extract_boxed, "gsm8k": extract_gsm8k, "plain": str.strip}
+    """Return the answer a completion states under `style` (boxed | gsm8k | plain | chain), or
+    None. chain: the text after the last '=' (the strategies task's final product)."""
+    readers = {"boxed": extract_boxed, "gsm8k": extract_gsm8k, "plain": str.strip,
+               "chain": lambda t: t.rsplit("=", 1)[-1].strip()}
     if style not in readers:
         raise ValueError(f"unknown answer style {style!r}; use one of {STYLES}")
     return readers[style](text)

@@ -165,3 +165,34 @@ def minimum_detectable_effect(components: dict, seeds: int, problems: int, *,
 
     hi = 2.0 * (crit + _st.t.ppf(power, df)) + 2.0  # beyond the shortcut (nct is NaN far out)
     return float(brentq(short, 0.0, hi) * math.sqrt(var))
+
+
+def seed_difference(a, b, *, level: float = 0.95) -> dict:
+    """Mean paired difference b - a of one number per training seed (e.g. a run's strategy
+    entropy), with the t-interval over seeds: a, b array-likes (seeds,), row s of both trained
+    with seed s."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a {a.shape} and b {b.shape} must be (seeds,) of the same length")
+    if len(a) < 2:
+        raise ValueError("need at least 2 seeds for an interval over seeds")
+    d = b - a
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    half = float(_st.t.ppf(0.5 + level / 2, len(d) - 1)) * se
+    return {"mean": float(d.mean()), "ci_low": float(d.mean()) - half,
+            "ci_high": float(d.mean()) + half, "se": se, "seeds": len(d), "level": level}
+
+
+def problem_difference(a, b, *, level: float = 0.95) -> dict:
+    """Mean paired difference b - a over problems of ONE training run (e.g. its greedy accuracy
+    after minus before, per problem), with the t-interval over problems. It is conditional on
+    that run: seed-to-seed variation is not in it, so it says whether this run moved, not
+    whether the method does (paired_difference needs several seeds for that)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"a {a.shape} and b {b.shape} must be (problems,) of >= 2 problems")
+    d = b - a
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    half = float(_st.t.ppf(0.5 + level / 2, len(d) - 1)) * se
+    return {"mean": float(d.mean()), "ci_low": float(d.mean()) - half,
+            "ci_high": float(d.mean()) + half, "se": se, "problems": len(d), "level": level}

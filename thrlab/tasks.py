@@ -41,10 +41,14 @@ class Problem:
 # after 1,500 steps because the units digit, a lookup over three operands, stays at chance (10%).
 # The split rule is a stable hash of the question text: crc32(question) % 10 == 0 is held out
 # (~10%); it depends on nothing but the question, so no seed or sample size can mix the splits.
+# "mul_chain" (the strategies task, thrlab.chains): a*b with two two-digit factors that are not
+# multiples of ten, answered as a chain of partial products whose decomposition is a choice.
+_NOT_TENS = tuple(x for x in range(11, 100) if x % 10)
 ARITH_OPS = {
     "mul": ((range(100, 1000), range(2, 10)), "{}*{}", lambda a, b: a * b),
     "mul_add": ((range(10, 100), range(2, 10), range(10, 100)), "{}*{}+{}",
                 lambda a, b, c: a * b + c),
+    "mul_chain": ((_NOT_TENS, _NOT_TENS), "{}*{}", lambda a, b: a * b),
 }
 SPLITS = ("train", "heldout")
 
@@ -79,6 +83,16 @@ def arithmetic_problems(n: int | None, split: str, seed: int, op: str = "mul") -
                          f"holds {len(pool)}; ask for at most {len(pool)}")
     return [Problem(id=f"arith/{split}/{q}", question=q, answer=ans, source="arithmetic")
             for q, ans in random.Random(seed).sample(pool, n)]
+
+
+def sft_targets(problems: list[Problem], op: str, rng) -> list[str] | None:
+    """Supervised targets for arithmetic problems of family `op`: the chains of a strategy drawn
+    by rng for "mul_chain", None (the gold answer itself) for the others, whose rng is untouched."""
+    if op != "mul_chain":
+        return None
+    from .chains import sft_target
+
+    return [sft_target(p.question, rng) for p in problems]
 
 
 # -- benchmark rows ----------------------------------------------------------------------------------

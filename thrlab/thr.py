@@ -353,8 +353,27 @@ def thr_stats(thr, mask, tau, adv, adv_tok) -> dict:
             "thr/adv_mass_after": float((adv_tok.abs() * m).sum())}
 
 
+def random_mask_like(kept, mask, generator=None) -> torch.Tensor:
+    """Bool (B, T): in each row, as many of the row's real tokens as `kept` keeps there, drawn
+    uniformly at random: the same count (so the same advantage mass) without THR's choice."""
+    m = mask.bool()
+    k = (kept.bool() & m).sum(1, keepdim=True)  # (B, 1)
+    score = torch.rand(m.shape, generator=generator).to(m.device).masked_fill(~m, -1.0)  # (B, T)
+    rank = score.argsort(1, descending=True).argsort(1)  # (B, T) 0 = largest
+    return (rank < k) & m
+
+
+def mass_matched_advantages(adv, mask, kept) -> torch.Tensor:
+    """GRPO token advantages (B, T) on every real token, scaled by the share of advantage mass
+    that `kept` keeps, sum |A| over kept tokens / sum |A| over all (one scalar for the rows)."""
+    m = mask.float()
+    full = adv[:, None].abs() * m  # (B, T)
+    scale = (full * kept.float()).sum() / full.sum().clamp(min=1e-12)
+    return adv[:, None] * m * scale
+
+
 def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight=None, *,
-                         logits=None):
+                         logits=None, generator=None):
     """Per-token advantages (B, T) of whole groups under cfg's thr_* settings; (adv_tok, thr, stats).
 
     The one place the trainer and the TRL integration turn (old-policy hidden states, sampled
@@ -363,6 +382,12 @@ def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight
     probabilities come from lm_head_weight (V, H), the unembedding, streamed in chunks, or from
     logits (B, T, V) already divided by cfg.temperature (an update pass's, reused). Rows are
     group-major, B a multiple of group_size.
+
+    Two controls share THR's computation but not its information (thrlab.config.METHODS
+    `thr_random_mask`, `grpo_mass_matched`): thr_mode="random_mask" keeps, in every response,
+    as many tokens as THR's dominant-token mask does but chosen at random (`generator`), weights
+    unchanged (p = 0); thr_mode="mass_matched" trains on every token with GRPO's advantages
+    scaled so their total mass equals what THR's mask keeps (the smaller step alone).
     """
     G = cfg.group_size
     source = ({"logits": logits.detach()} if logits is not None else
@@ -383,6 +408,12 @@ def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight
                                           dominant_only=cfg.thr_mask)
         elif cfg.thr_mode == "nthr":
             adv_tok = nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=G)
+        elif cfg.thr_mode == "random_mask":
+            keep = random_mask_like(thr.abs() > tau, mask, generator)
+            adv_tok = adv[:, None] * mask * keep
+        elif cfg.thr_mode == "mass_matched":
+            adv_tok = mass_matched_advantages(adv, mask, (thr.abs() > tau) & mask.bool())
         else:
-            raise ValueError(f"thr_mode={cfg.thr_mode!r} computes no THR; use thr or nthr")
+            raise ValueError(f"thr_mode={cfg.thr_mode!r} computes no THR; use thr, nthr, "
+                             "random_mask or mass_matched")
         return adv_tok, thr, thr_stats(thr, mask, tau, adv, adv_tok)

@@ -16,7 +16,7 @@ import torch
 
 from .config import Config
 from .runs import atomic_write_text
-from .tasks import arithmetic_problems, format_prompt
+from .tasks import arithmetic_problems, format_prompt, sft_targets
 
 # One token per character; the task needs only these. <pad> and <eos> are the specials.
 TINY_CHARS = list("0123456789") + list(" +-*=?:QA")
@@ -104,12 +104,14 @@ def ensure_tiny_model(cfg: Config, progress: bool = True) -> Path:
     return out
 
 
-def sft_batch(tok, problems, template: str):
-    """Tokenise prompt+answer+eos, with labels only on the answer tokens (-100 elsewhere)."""
+def sft_batch(tok, problems, template: str, targets: list[str] | None = None):
+    """Tokenise prompt + " " + target + eos, with labels only on the target tokens (-100
+    elsewhere); the targets default to the gold answers (tasks.sft_targets gives chains)."""
     ids, labels = [], []
-    for p in problems:
+    for i, p in enumerate(problems):
         prompt = tok(format_prompt(p.question, template), add_special_tokens=False).input_ids
-        answer = tok(" " + p.answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        target = p.answer if targets is None else targets[i]
+        answer = tok(" " + target, add_special_tokens=False).input_ids + [tok.eos_token_id]
         ids.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(map(len, ids))
@@ -139,7 +141,8 @@ def cold_start(model, tok, cfg: Config, progress: bool = True) -> dict:
     losses = []
     for _ in tqdm(range(cfg.sft_steps), desc="cold start (SFT)", disable=not progress,
                   mininterval=2.0):
-        ids, attn, labels = sft_batch(tok, rng.sample(pool, cfg.sft_batch), "plain")
+        batch = rng.sample(pool, cfg.sft_batch)
+        ids, attn, labels = sft_batch(tok, batch, "plain", sft_targets(batch, cfg.arith_op, rng))
         loss = sft_loss(model, ids, attn, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()

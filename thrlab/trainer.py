@@ -25,7 +25,7 @@ from .faults import failpoint
 from .guards import (NonFiniteError, OutOfMemoryReport, is_nonfinite_sampling_error, is_oom,
                      oom_message)
 from .loss import (aggregate, group_advantages, passk_advantages, passk_mixed_advantages,
-                   policy_loss, selection_count, top_tokens)
+                   policy_loss, top_tokens)
 from .model import completion_forward, lm_parts, reference_policy
 from .rollout import cat_rollouts, generate
 from .runs import RunDir
@@ -119,6 +119,8 @@ class GRPOTrainer:
             self.response_advantages(first.rewards).view(-1, G).eq(0).all(-1).float().mean())
         stats["train/completion_len"] = float(first.lengths.float().mean())
         stats["train/truncated_frac"] = float(first.truncated.float().mean())
+        if cfg.task == "arithmetic" and cfg.arith_op == "mul_chain":
+            stats.update(strategy_stats(first.questions, first.texts))
         if not kept:
             return None, stats
         return cat_rollouts(kept, self.tok.pad_token_id) if len(kept) > 1 else kept[0], stats
@@ -179,8 +181,10 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         # the unembedding (V, H), never LoRA-wrapped, streams probabilities when no logits
         w = lm_parts(self.model)[1].weight if logits is None else None
+        # the random-mask control draws from its own stream: one per step, part of the run
+        gen = torch.Generator().manual_seed(self.cfg.seed * 104_729 + self.step)
         adv_tok, thr, stats = thr_token_advantages(self.cfg, hidden, tokens, mask, rewards, adv, w,
-                                                   logits=logits)
+                                                   logits=logits, generator=gen)
         self._thr_parts.append(thr)
         stats["time/thr"] = time.perf_counter() - t0
         return adv_tok, stats
@@ -363,8 +367,12 @@ class GRPOTrainer:
                 f"{self.cfg.max_nonfinite_steps}); last: {why}. The last checkpoint is intact. "
                 "Lower lr or max_grad_norm, check rewards for NaN, or use compute_dtype=float32")
 
-    def train(self, progress: bool = True) -> list[dict]:
-        """Run (or resume) cfg.steps steps, logging and checkpointing; return all metric rows."""
+    def train(self, progress: bool = True, on_step=None) -> list[dict]:
+        """Run (or resume) cfg.steps steps, logging and checkpointing; return all metric rows.
+
+        on_step(trainer, row), when given, runs after each step and may add keys to that step's
+        metrics row before it is written (e.g. experiment's likelihood probe); it must not
+        touch the random state the next step samples from (use torch.random.fork_rng)."""
         from tqdm.auto import tqdm
 
         from .checkpoint import load_checkpoint, save_checkpoint
@@ -374,6 +382,8 @@ class GRPOTrainer:
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", disable=not progress)
         while self.step < self.cfg.steps:
             row = self.train_step()
+            if on_step is not None:
+                on_step(self, row)
             self.run.append_metrics(row)
             bar.update(1)
             bar.set_postfix(reward=f"{row.get('train/reward_mean', float('nan')):.2f}")
@@ -381,6 +391,18 @@ class GRPOTrainer:
                 save_checkpoint(self, self.run / "checkpoint")
         bar.close()
         return self.run.metrics()
+
+
+def strategy_stats(questions: list[str], texts: list[str]) -> dict:
+    """train/strategy_entropy (bits) and train/strategy_frac/<label> of a strategies-task batch
+    (thrlab.chains): how diverse the ways the policy's samples reach their answers are."""
+    from .chains import STRATEGIES, strategy_entropy, strategy_of
+
+    labels = [strategy_of(q, t) for q, t in zip(questions, texts)]
+    out = {"train/strategy_entropy": strategy_entropy(labels)}
+    for name in (*STRATEGIES, "direct", "other"):
+        out[f"train/strategy_frac/{name}"] = labels.count(name) / max(len(labels), 1)
+    return out
 
 
 def mini_batch_rows(perm: torch.Tensor, n: int) -> list[torch.Tensor]:

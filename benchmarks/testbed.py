@@ -1,0 +1,120 @@
+"""The CPU testbed study of one preset, read back from its run folders: is plain GRPO in the
+narrowing regime, what did the study cost, how many seeds per CPU-hour.
+
+    python benchmarks/testbed.py --preset narrowing [--runs-root runs] [--seeds 0 1 2 3 4]
+    python benchmarks/testbed.py --preset strategies --json
+
+Reads the finished runs of the preset in the runs root (what `make reproduce ARGS="--preset
+NAME"` made with the study budget of thrlab.paper.STUDY_BUDGETS; nothing is trained here), for
+the study's seeds: for GRPO, the change from the start model
+of greedy accuracy and Pass@K at every K (paired by seed and problem, 95% intervals), and on the
+strategies task the strategy entropy before and after; then the CPU seconds of every run (its own
+wall time at one thread: training plus evaluations), their sum, and seeds per CPU-hour (one seed
+of the whole grid: every method once). Prints tables and, on its last line, JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# A study run has every field its preset sets (config.PRESETS[preset]) at the preset's value;
+# others (e.g. a design measurement at another schedule or without the probe) are not the study's.
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="narrowing")
+    ap.add_argument("--runs-root", default="runs")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="default: the study budget's seeds")
+    ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
+    args = ap.parse_args()
+
+    import pandas as pd
+
+    from thrlab import paper
+    from thrlab.runs import RunDir, read_json
+
+    from thrlab.config import PRESETS, Config, method_of
+
+    seeds = args.seeds or paper.STUDY_BUDGETS[args.preset]["params"]["seeds"]
+    own = paper.preset_config(args.preset)
+    rows = []
+    for d in sorted(Path(args.runs_root).iterdir()):
+        run = RunDir(d)
+        if not (run.complete and (d / "config.json").exists()):
+            continue
+        cfg = Config.from_dict(read_json(d / "config.json"))
+        if cfg.preset != args.preset or cfg.seed not in seeds or any(
+                getattr(cfg, k) != getattr(own, k) for k in PRESETS[args.preset]):
+            continue  # another preset, seed or schedule (e.g. a design measurement)
+        s = read_json(d / "summary.json")
+        arch = "" if cfg.tiny_arch == "qwen2" else f"{cfg.tiny_arch}:"
+        rows.append({"method": arch + method_of(cfg), "seed": cfg.seed, "run_id": d.name,
+                     "run_dir": str(d), "wall_s": s["wall_s"], "train_s": s["train_wall_s"]})
+    if not rows:
+        raise SystemExit(f"no finished {args.preset} runs of seeds {seeds} in {args.runs_root}; "
+                         f"run make reproduce ARGS=\"--preset {args.preset}\" first")
+    runs = pd.DataFrame(rows)
+    grpo = runs[runs.method == "grpo"]
+    print(f"{len(runs)} runs: " + ", ".join(f"{m} x {n}" for m, n in
+                                           runs.method.value_counts(sort=False).items()))
+    ks = sorted(int(k.split("@")[1]) for k in read_json(Path(grpo.run_dir.iloc[0]) /
+                                                         "eval_after.json")["mean"]
+                if k.startswith("pass@"))
+    gains = paper.gain_table(grpo, ["greedy_acc"] + [f"pass@{k}" for k in ks])
+    print(f"GRPO after minus start ({len(seeds)} seeds; 95% intervals over seeds and problems):")
+    print(gains[["metric", "before", "after", "diff", "ci_low", "ci_high", "problems"]]
+          .round(4).to_string(index=False))
+    out = {"preset": args.preset, "seeds": seeds,
+           "grpo_gain": gains.drop(columns=["method"]).to_dict("records")}
+    top = gains[gains.metric == f"pass@{ks[-1]}"].iloc[0]
+    greedy = gains[gains.metric == "greedy_acc"].iloc[0]
+    out["greedy_rises"] = bool(greedy.ci_low > 0)
+    out["passk_narrows"] = bool(top["diff"] <= 0)
+    narrows = out["passk_narrows"]
+    if own.arith_op == "mul_chain":
+        from thrlab.stats import seed_difference
+
+        div = paper.strategy_table(grpo)
+        r = seed_difference(div.entropy_before, div.entropy_after)
+        out["strategy_entropy"] = {"before": float(div.entropy_before.mean()),
+                                   "after": float(div.entropy_after.mean()), "diff": r["mean"],
+                                   "ci": [r["ci_low"], r["ci_high"]]}
+        out["strategies_collapse"] = bool(r["ci_high"] < 0)
+        narrows = narrows or out["strategies_collapse"]
+        print(f"strategy entropy (bits) before {out['strategy_entropy']['before']:.3f}"
+              f", after GRPO {out['strategy_entropy']['after']:.3f} (change {r['mean']:+.3f}, "
+              f"95% interval over seeds [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])")
+    out["narrowing"] = bool(out["greedy_rises"] and narrows)
+    claims = paper.claims_table(runs)
+    print(f"\nthe paper's claims (method minus baseline, {len(seeds)} seeds, paired by seed and "
+          "problem; 95% interval; MDE at 80% power):")
+    print("| experiment | claim | metric | difference [95% interval] | MDE | seeds x problems | "
+          "verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for c in claims.itertuples():
+        if c.metric == "strategy_entropy":  # bits, one number per run
+            cells = (f"{c.metric} (bits)", f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
+                     f"{c.mde:.2f}", f"{c.seeds} seeds")
+        else:  # points
+            cells = (c.metric, f"{100 * c.diff:+.1f} [{100 * c.ci_low:+.1f}, "
+                     f"{100 * c.ci_high:+.1f}]", f"{100 * c.mde:.1f}", f"{c.seeds} x {c.problems}")
+        print(f"| {c.experiment} | {c.claim} | " + " | ".join(cells) + f" | {c.verdict} |")
+    out["claims"] = claims.to_dict("records")
+    cpu_s = float(runs.wall_s.sum())
+    per_seed = cpu_s / len(seeds)
+    out.update(runs=len(runs), cpu_s=cpu_s, cpu_s_per_seed=per_seed,
+               seeds_per_cpu_hour=3600 / per_seed, mean_run_s=float(runs.wall_s.mean()),
+               mean_train_s=float(runs.train_s.mean()))
+    print(f"\nnarrowing regime (greedy up; Pass@{ks[-1]} at or below the start, or the "
+          f"strategies collapse): {out['narrowing']}")
+    print(f"{len(runs)} runs, {cpu_s / 60:.1f} CPU-minutes at one thread each (mean run "
+          f"{out['mean_run_s']:.0f} s, of which training {out['mean_train_s']:.0f} s); one seed of "
+          f"the grid costs {per_seed / 60:.1f} CPU-minutes: {out['seeds_per_cpu_hour']:.2f} seeds "
+          "per CPU-hour")
+    print(json.dumps(out, default=float))
+
+
+if __name__ == "__main__":
+    main()
