@@ -323,18 +323,16 @@ def paired_table(runs: pd.DataFrame, metrics: list[str], baseline: str = "grpo",
     if baseline not in set(runs.method):
         raise ValueError(f"baseline {baseline!r} is not among the runs' methods "
                          f"{sorted(set(runs.method))}")
-    base_seeds = set(runs[runs.method == baseline].seed)
+    seeds = {m: sorted(d.seed) for m, d in runs.groupby("method", sort=False)}  # problem_scores' rows
     rows = []
     for metric in metrics:
-        for method in dict.fromkeys(runs.method):
-            if method == baseline:
+        scores = problem_scores(runs, metric, phase, sets)  # every eval file read once per metric
+        for method in seeds:
+            both = sorted(set(seeds[baseline]) & set(seeds[method]))
+            if method == baseline or not both:
                 continue
-            both = base_seeds & set(runs[runs.method == method].seed)
-            if not both:
-                continue
-            scores = problem_scores(runs[runs.method.isin([baseline, method])
-                                         & runs.seed.isin(both)], metric, phase, sets)
-            base, x = scores[baseline], scores[method]
+            base = scores[baseline][[seeds[baseline].index(s) for s in both]]
+            x = scores[method][[seeds[method].index(s) for s in both]]
             rows.append({"method": method, "metric": metric, "value": float(x.mean()),
                          baseline: float(base.mean()), **_paired(base, x)})
     return pd.DataFrame(rows)
