@@ -122,6 +122,20 @@ def test_parse_and_plan_units(tmp_path, books):
     assert jobs[0]["out_dir"] != jobs[1]["out_dir"]
 
 
+def test_an_unscoped_parameter_goes_to_the_notebooks_that_declare_it(tmp_path, books):
+    """`-p seeds=[5, 6]` reaches every notebook with a `seeds` parameter and leaves the others
+    alone (a notebook of one seed declares `seed`); a scoped `-p` stays strict."""
+    _notebook(books / "03_one.ipynb", PARAMS.replace("seeds = [0]", "seed = 0"), OK)
+    nbs = reproduce.find_notebooks(books, [])
+    jobs = reproduce.plan(nbs, preset=None, seeds=None, params=[(None, "seeds", [5, 6])],
+                          runs_root=tmp_path)
+    assert [j["params"].get("seeds") for j in jobs] == [[5, 6], [5, 6], None]
+    assert jobs[2]["effective"]["seed"] == 0
+    with pytest.raises(reproduce.ParameterError, match="03_one: unknown parameter 'seeds'"):
+        reproduce.plan(nbs, preset=None, seeds=None, params=[("03", "seeds", [5])],
+                       runs_root=tmp_path)
+
+
 def test_repo_notebooks_declare_valid_parameters():
     nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
     jobs = reproduce.plan(nbs, preset="tiny", seeds=2, params=[], runs_root=Path("runs"))

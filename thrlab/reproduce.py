@@ -9,8 +9,9 @@ for a testbed preset (narrowing, strategies) its study budget (`thrlab.paper.STU
 seeds, overrides, workers, the runs' own Pass@K samples); a notebook that declares
 `needs_strategies` runs only on presets whose task labels strategies;
 `--seeds N` sets `seeds = [0, ..., N-1]` where a notebook declares `seeds`; `-p key=value` sets a
-parameter of every selected notebook (values are Python literals: 3, 1e-2, [0, 1], {"steps": 3};
-anything else is a string) and `-p 04_exploration:key=value` of one notebook. Each notebook runs
+parameter of every selected notebook that declares it (an error if none does; values are Python
+literals: 3, 1e-2, [0, 1], {"steps": 3}; anything else is a string) and `-p 04_exploration:key=value`
+of one notebook (an error if that notebook does not declare it). Each notebook runs
 in `<runs-root>/notebooks/<name>-<hash of source and parameters>/` (executed copy
 `executed.ipynb`, its figures, `outputs.json`, `COMPLETE` last), so a rerun with the same
 parameters is reused. Figures are copied to the figures folder (`paper_figures/` for tiny,
@@ -129,7 +130,7 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
         if seeds is not None and "seeds" in declared:
             given["seeds"] = list(range(seeds))
         for scope, key, value in params:
-            if scope is None or scope in (nb.stem, nb.stem[:2], nb.name):
+            if scope in (nb.stem, nb.stem[:2], nb.name) or scope is None and key in declared:
                 given[key] = value
         for key, value in given.items():
             if key in RESERVED:
@@ -154,6 +155,8 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
         if scope is not None and not any(scope in (nb.stem, nb.stem[:2], nb.name)
                                          for nb in notebooks):
             errors.append(f"-p {scope}:{key}: no selected notebook is called {scope!r}")
+        elif scope is None and not any(key in declared_parameters(nb) for nb in notebooks):
+            errors.append(f"-p {key}: unknown parameter {key!r}: no selected notebook declares it")
     if errors:
         raise ParameterError("\n".join(errors))
     return jobs
