@@ -4,7 +4,7 @@ against the naive pairwise double sum.
     python benchmarks/thr_scaling.py            # H = 1536; N sweep at V = 32,768; V sweep at T = 256
     python benchmarks/thr_scaling.py --quick    # smoke run: H = 64, tiny grid
 
-Cost per group (multiply-adds, streamed from h W^T; METHOD.md section 2):
+Cost per group (multiply-adds, streamed from h W^T; docs/method.md section 2):
   naive       N V H (all probability rows) + N N_c V (all pairs, explicit N x V g rows); memory
               about four N x V matrices
   factorised  (2N + N_c) V H through the V x H matrix M (rows of the last anchor chunk reused);
@@ -67,7 +67,7 @@ def logits_given(inp: str, est_row: dict, chunk: int, tmp: str, V: int, T: int) 
     for route in ("factorised", "gram"):
         t0 = time.perf_counter()
         thr = token_hidden_reward(case["hidden"], case["tokens"], case["mask"], case["rewards"],
-                                  logits=logits, method=route, chunk_size=chunk)
+                                  logits=logits, route=route, chunk_size=chunk)
         row = {k: est_row[k] for k in ("V", "H", "G", "T", "N", "N_c")}
         row.update(route=f"{route}+logits", madds_est=est[route],
                    wall_s=time.perf_counter() - t0, peak_mb=None,

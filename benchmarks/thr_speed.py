@@ -4,7 +4,7 @@
     python benchmarks/thr_speed.py --quick    # smoke run: T=32, naive T=16, 3 tiny GRPO steps
 
 1. paper shape: token_hidden_reward via lm_head_weight (temperature 1, vocab="full") with
-   method="factorised", "gram" and "auto": wall seconds and peak memory.
+   route="factorised", "gram" and "auto": wall seconds and peak memory.
 2. naive reference: the pairwise double sum with explicit (N x V) g matrices,
    THR = c * ((G_all @ G_c^T) * (H_all @ H_c^T)) @ w_c, on the paper case when its estimated peak
    fits in half the available memory (else T halved until it does; --naive-tokens forces a T),
@@ -87,7 +87,7 @@ def case_sizes(case: dict) -> dict:
 
 
 def naive_thr(hidden, tokens, mask, rewards, W, temperature=1.0) -> torch.Tensor:
-    """THR by the pairwise double sum (METHOD.md section 2) with explicit (N x V) g rows; (G, T)."""
+    """THR by the pairwise double sum (docs/method.md section 2) with explicit (N x V) g rows; (G, T)."""
     G, T, H = hidden.shape
     flat = mask.reshape(-1).nonzero().squeeze(1)  # (N,)
     h = hidden.reshape(G * T, H)[flat]  # (N, H)
@@ -138,7 +138,7 @@ def worker(spec: dict) -> dict:
     else:
         thr = token_hidden_reward(case["hidden"], case["tokens"], case["mask"], case["rewards"],
                                   lm_head_weight=case["W"], temperature=1.0,
-                                  vocab=spec["vocab"], method=spec["method"],
+                                  vocab=spec["vocab"], route=spec["method"],
                                   chunk_size=spec["chunk_size"])
     wall = time.perf_counter() - t0
     if mem_method.startswith("VmHWM"):

@@ -58,7 +58,7 @@ from step_breakdown import make_trainer, peak_rss_mb, phase_row  # noqa: E402
 
 DIFFERENCES = [
     "advantage std: TRL divides by the sample std (Bessel) + 1e-4, thrlab by the population std "
-    "+ 1e-6 (METHOD.md); for a group of 8 binary rewards TRL's advantages are sqrt(7/8) = 0.935x "
+    "+ 1e-6 (docs/method.md section 1); for a group of 8 binary rewards TRL's advantages are sqrt(7/8) = 0.935x "
     "thrlab's. The parity check feeds both the same advantages.",
     "positions: TRL's training forward passes no position_ids (0..L-1 including left padding), "
     "thrlab derives them from the attention mask as generate() does; identical when prompts are "
@@ -66,7 +66,7 @@ DIFFERENCES = [
     "TRL scores every position through its fused LM head on CPU (prompt positions too, then masks); "
     "thrlab projects only the completion positions.",
     "TRL 1.16's default use_bias_correction_kl=True multiplies the k3 KL by the importance ratio; "
-    "the race sets it False (METHOD.md's k3 KL, as thrlab).",
+    "the race sets it False (the k3 KL of docs/method.md section 1, as thrlab).",
 ]
 
 
@@ -205,8 +205,7 @@ def parity(cfg, thr_tr, trl_tr, seed: int = 1234) -> dict:
     ref = thr_tr.frozen_pass(r, reference=True)["logp"]
     o = completion_forward(m_thr, r.input_ids, r.attention_mask, r.prompt_len, cfg.temperature)
     lt, _ = policy_loss(o["logp"], o["logp"].detach(), adv[:, None] * mask.float(), mask,
-                        objective="grpo", eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
-                        ref_logp=ref, kl_coef=cfg.kl_coef)
+                        cfg, ref_logp=ref)
     loss_thr = aggregate(lt, mask, "token_mean", n_tokens=n_tok, n_seqs=float(len(mask)),
                          max_len=cfg.max_new_tokens)
     loss_thr.backward()

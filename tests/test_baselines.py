@@ -1,4 +1,4 @@
-"""Baselines (METHOD.md section 4) against naive references: brute-force Pass@K over all K-subsets,
+"""Baselines (docs/method.md section 4) against naive references: brute-force Pass@K over all K-subsets,
 covariances and selections by explicit loops and sorting, and two real steps of each on a tiny model."""
 import itertools
 import math
@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from thrlab.config import METHODS, from_preset
+from thrlab.config import METHODS, LossConfig, from_preset
 from thrlab.loss import (clip_cov_tokens, group_advantages, passk_advantages,
                          passk_mixed_advantages, policy_loss, selection_count, token_covariance,
                          top_tokens)
@@ -129,8 +129,8 @@ def _loss_inputs():
 
 def test_kl_cov_loss_per_token_matches_the_paper_form():
     logp, old, adv, mask = _loss_inputs()
-    loss, st = policy_loss(logp, old, adv, mask, objective="grpo", eps_low=0.2, eps_high=0.2,
-                           cov_mode="kl_cov", cov_ratio=0.2, cov_kl_coef=0.5)
+    loss, st = policy_loss(logp, old, adv, mask, LossConfig(kl_coef=0.0, cov_mode="kl_cov",
+                                                              cov_ratio=0.2, cov_kl_coef=0.5))
     sel = st["cov_selected"]
     assert int(sel.sum()) == selection_count(0.2, int(mask.sum()))
     assert torch.equal(sel, top_tokens(token_covariance(adv, logp, mask), mask, 0.2))
@@ -146,9 +146,9 @@ def test_kl_cov_loss_per_token_matches_the_paper_form():
 def test_clip_cov_zeroes_value_and_gradient_of_selected_tokens():
     logp, old, adv, mask = _loss_inputs()
     adv = adv * 3.0  # widen covariances so the (1, 5) window is populated
-    plain, _ = policy_loss(logp, old, adv, mask, objective="grpo", eps_low=0.2, eps_high=0.2)
-    loss, st = policy_loss(logp, old, adv, mask, objective="grpo", eps_low=0.2, eps_high=0.2,
-                           cov_mode="clip_cov", cov_ratio=0.2,
+    plain, _ = policy_loss(logp, old, adv, mask, LossConfig(kl_coef=0.0))
+    loss, st = policy_loss(logp, old, adv, mask,
+                           LossConfig(kl_coef=0.0, cov_mode="clip_cov", cov_ratio=0.2),
                            generator=torch.Generator().manual_seed(0))
     sel = st["cov_selected"]
     assert sel.any()
@@ -187,8 +187,9 @@ def test_clip_cov_never_spends_its_budget_on_tokens_the_clip_already_clipped():
     old = torch.randn(6, 8) - 2.0
     logp = old + 0.5 * torch.randn(6, 8)  # several updates away from the old policy
     mask = torch.rand(6, 8) > 0.15
-    loss, st = policy_loss(logp, old, adv, mask, objective="grpo", eps_low=0.2, eps_high=0.2,
-                           cov_mode="clip_cov", cov_ratio=0.3, cov_bounds=(0.0, 50.0),
+    loss, st = policy_loss(logp, old, adv, mask,
+                           LossConfig(kl_coef=0.0, cov_mode="clip_cov", cov_ratio=0.3,
+                                      cov_clip_lb=0.0, cov_clip_ub=50.0),
                            generator=torch.Generator().manual_seed(1))
     sel = {tuple(x) for x in st["cov_selected"].nonzero().tolist()}
     want_sel, want_loss = _verl_style_clip_cov(logp, old, adv, mask, 0.2, 0.3, 0.0, 50.0,

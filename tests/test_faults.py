@@ -152,7 +152,7 @@ def test_nonfinite_step_is_skipped_counted_and_leaves_state_untouched(tiny_model
     hook.remove()
     assert row["train/nonfinite_skipped"] == 1 and row["train/skipped"] == 1
     assert _same(before, _snapshot(tr))  # adapter and optimizer state as before the bad step
-    assert tr.nonfinite_steps == 1
+    assert tr.state.nonfinite_steps == 1
     row = tr.train_step()  # training goes on
     assert row["train/nonfinite_skipped"] == 0 and not _same(before, _snapshot(tr))
     assert all(torch.isfinite(p).all() for p in tr.params)
@@ -230,6 +230,7 @@ def test_completions_at_the_length_limit_train_finitely(tiny_model_dir, tmp_path
 
 
 def test_empty_completion_rows_contribute_nothing_and_stay_finite():
+    from thrlab.config import LossConfig
     from thrlab.loss import aggregate, group_advantages, policy_loss
     from thrlab.thr import thr_for_batch
 
@@ -242,7 +243,7 @@ def test_empty_completion_rows_contribute_nothing_and_stay_finite():
     adv = group_advantages(rewards, B)
     logp = torch.randn(B, T, generator=g).requires_grad_()
     loss_tok, _ = policy_loss(logp, logp.detach(), adv[:, None].expand(B, T), mask,
-                              objective="grpo", eps_low=0.2, eps_high=0.2)
+                              LossConfig(kl_coef=0.0))
     for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
         loss = aggregate(loss_tok, mask, mode, n_tokens=float(mask.sum()), n_seqs=B, max_len=T)
         (grad,) = torch.autograd.grad(loss, logp, retain_graph=True)

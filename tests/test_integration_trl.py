@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("trl")
 
 from tests.fixtures import trl_data  # noqa: E402
-from thrlab.config import from_preset  # noqa: E402
+from thrlab.config import THRConfig, from_preset  # noqa: E402
 from thrlab.integrations import groups  # noqa: E402
 from thrlab.integrations.trl import (LOSS_TYPES, THRGRPOTrainer, check_trl_version,  # noqa: E402
                                      grpo_config)
@@ -162,6 +162,7 @@ def test_merge_thr_stats_equals_one_process():
     dict(thr_mode="nthr", thr_advantage_weighted=True),             # NTHR, A_j-weighted THR
 ])
 def test_thr_matches_thrlab_trainer(tiny_model_dir, tmp_path, one_thread, over):
+    from thrlab.old_policy import frozen_pass
     from thrlab.rollout import Rollout
     from thrlab.runs import RunDir
     from thrlab.trainer import GRPOTrainer
@@ -182,11 +183,11 @@ def test_thr_matches_thrlab_trainer(tiny_model_dir, tmp_path, one_thread, over):
                 tokens, mask, torch.zeros(len(rows), dtype=torch.bool), [], list(range(len(rows))),
                 rewards)
     ref = GRPOTrainer(cfg, model, tok, [], RunDir(tmp_path / "run"), grade_fn=None)
-    ref._thr_parts = []  # token_advantages appends here; update() normally creates it
-    hidden = ref.frozen_pass(r, reference=False)["hidden"]
-    adv_tok, stats = ref.token_advantages(hidden, tokens, mask, rewards, _trl_advantages(rewards))
+    hidden = frozen_pass(ref.model, r, cfg, ref.micro, need_hidden=True)["hidden"]
+    adv_tok, stats, thr = ref.token_advantages(hidden, tokens, mask, rewards,
+                                               _trl_advantages(rewards))
 
-    torch.testing.assert_close(tr.thr_last, ref._thr_parts[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tr.thr_last, thr, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["advantages"], adv_tok, rtol=1e-5, atol=1e-6)
     plain = _trl_advantages(rewards)[:, None] * mask
     assert tr.thr_last.abs().sum() > 0 and not torch.allclose(out["advantages"], plain)
@@ -231,6 +232,11 @@ def test_loud_failures(tiny_model_dir, tmp_path, one_thread):
         THRGRPOTrainer(model=model, reward_funcs=trl_data.exact_reward, args=args,
                        train_dataset=trl_data.dataset(12), processing_class=tok,
                        thr_config=cfg.replace(temperature=0.7))
+    # a THRConfig alone carries no group size or temperature: THR uses TRL's
+    alone = THRGRPOTrainer(model=model, reward_funcs=trl_data.exact_reward, args=args,
+                           train_dataset=trl_data.dataset(12), processing_class=tok,
+                           thr_config=THRConfig(thr_mode="thr", thr_p=0.1))
+    assert alone.thr_config.thr_p == 0.1
 
     def half(completions, **_):
         return [0.5] * len(completions)

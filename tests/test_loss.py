@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from thrlab.loss import (aggregate, clipped_surrogate, group_advantages, gspo_token_ratio, k3_kl,
-                         policy_loss)
+from thrlab.config import SECTIONS, LossConfig, THRConfig
+from thrlab.loss import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, COV_PENALTIES, RATIOS, aggregate,
+                         clipped_surrogate, group_advantages, gspo_token_ratio, k3_kl, policy_loss)
 
 
 def naive_advantages(rewards, G, eps=1e-6, std_norm=True):
@@ -24,7 +25,7 @@ def test_group_advantages_match_loop_and_closed_form():
     got = group_advantages(r, 8)
     want = naive_advantages(r.tolist(), 8)
     assert torch.allclose(got, torch.tensor(want), atol=1e-6)
-    # Binary rewards: A+ = sqrt((1-q)/q), A- = -sqrt(q/(1-q)) (METHOD.md section 1).
+    # Binary rewards: A+ = sqrt((1-q)/q), A- = -sqrt(q/(1-q)) (docs/method.md section 1).
     r = torch.tensor([1., 1., 0., 0., 0., 0., 0., 0.])
     q = 0.25
     a = group_advantages(r, 8, eps=0.0)
@@ -121,14 +122,12 @@ def test_policy_loss_on_policy_gradient_is_reinforce():
     logp = torch.randn(2, 3, requires_grad=True)
     adv = torch.tensor([[1.0, 1.0, 1.0], [-0.5, -0.5, -0.5]])
     mask = torch.ones(2, 3, dtype=torch.bool)
-    loss_tok, st = policy_loss(logp, logp.detach(), adv, mask, objective="grpo",
-                               eps_low=0.2, eps_high=0.2)
+    loss_tok, st = policy_loss(logp, logp.detach(), adv, mask, LossConfig(kl_coef=0.0))
     loss_tok.sum().backward()
     assert torch.allclose(logp.grad, -adv)
     assert not st["clipped"].any()
     with pytest.raises(ValueError, match="ref_logp"):
-        policy_loss(logp, logp.detach(), adv, mask, objective="grpo", eps_low=.2, eps_high=.2,
-                    kl_coef=0.1)
+        policy_loss(logp, logp.detach(), adv, mask, LossConfig(kl_coef=0.1))
 
 
 def test_gspo_token_recipes_are_the_gspo_objective():
@@ -146,8 +145,7 @@ def test_gspo_token_recipes_are_the_gspo_objective():
     logp = (old + 1e-3 * torch.randn(3, 6)).requires_grad_()  # inside and outside the clip
     adv = torch.randn(3, 6)  # per-token advantages (THR makes them vary within a response)
     mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 4 + [0] * 2], dtype=torch.bool)
-    loss_tok, _ = policy_loss(logp, old, adv, mask, objective="gspo_token",
-                              eps_low=gspo.clip_eps_low, eps_high=gspo.clip_eps_high)
+    loss_tok, _ = policy_loss(logp, old, adv, mask, gspo)
     got = aggregate(loss_tok, mask, gspo.loss_agg, n_tokens=float(mask.sum()), n_seqs=3.0,
                     max_len=6)
     want = 0.0
@@ -157,3 +155,25 @@ def test_gspo_token_recipes_are_the_gspo_objective():
         clip_s = min(max(s, 1 - 3e-4), 1 + 4e-4)
         want += sum(-min(s * float(adv[b, t]), clip_s * float(adv[b, t])) for t in range(n)) / n
     assert float(got) == pytest.approx(want / 3, rel=1e-5)
+
+
+def test_every_config_choice_has_its_registry_entry_and_back():
+    """A variant is one function and one registry line; the config's list of names (what a user
+    may choose, checked at construction without torch) must name exactly the registry's keys."""
+    from thrlab.thr import THRESHOLDS, TOKEN_ADVANTAGES
+
+    def choices(field: str) -> set:
+        with pytest.raises(ValueError) as err:
+            cls = LossConfig if field in LossConfig.names() else THRConfig
+            cls(**{field: "?"})
+        return set(eval(str(err.value).split("choose one of ")[1]))
+
+    assert choices("adv_estimator") == set(ADVANTAGE_ESTIMATORS)
+    assert choices("objective") == set(RATIOS)
+    assert choices("cov_mode") == set(COV_PENALTIES)
+    assert choices("loss_agg") == set(AGGREGATIONS)
+    assert choices("thr_mode") == set(TOKEN_ADVANTAGES) | {"off"}
+    assert choices("thr_tau_mode") == set(THRESHOLDS)
+    # every Config field belongs to exactly one section
+    names = [n for sec in SECTIONS for n in sec.names()]
+    assert len(names) == len(set(names))

@@ -49,31 +49,31 @@ def test_correct_loglik_against_loop():
 def test_unembedding_effects_equal_a_materialised_sgd_step():
     hidden, tokens, mask, rewards, W = _batch()
     adv = group_advantages(rewards, 4)
-    tau, eta = 0.7, 0.05  # a large step: exact, not first-order
+    kappa, eta = 0.7, 0.05  # a large step: exact, not first-order
     got = predictor.unembedding_effects(hidden, tokens, mask, rewards, adv, W, eta=eta,
-                                        temperature=tau, group_size=4)
+                                        temperature=kappa, group_size=4)
     for j in range(8):
         group = range(j // 4 * 4, j // 4 * 4 + 4)
         Wv = W.clone().requires_grad_(True)
-        lp = torch.log_softmax(hidden[j] @ Wv.T / tau, -1).gather(1, tokens[j][:, None])[:, 0]
+        lp = torch.log_softmax(hidden[j] @ Wv.T / kappa, -1).gather(1, tokens[j][:, None])[:, 0]
         (-adv[j] * (lp * mask[j]).sum()).backward()
         W1 = (W - eta * Wv.grad).detach()
-        want = (_c_naive(hidden, tokens, mask, rewards, W1, tau, group)
-                - _c_naive(hidden, tokens, mask, rewards, W, tau, group)) / eta
+        want = (_c_naive(hidden, tokens, mask, rewards, W1, kappa, group)
+                - _c_naive(hidden, tokens, mask, rewards, W, kappa, group)) / eta
         assert float(got[j]) == pytest.approx(want, rel=1e-5, abs=1e-6), j
 
 
 def test_thr_prediction_is_the_first_order_limit():
-    """METHOD.md section 6 by finite differences: dC/eta -> (1/tau^2)|A| sum THR as eta -> 0."""
+    """docs/method.md section 6 by finite differences: dC/eta -> (1/kappa^2)|A| sum THR (kappa the temperature) as eta -> 0."""
     hidden, tokens, mask, rewards, W = _batch(seed=1)
     adv = group_advantages(rewards, 4)
-    tau = 0.7
-    thr = thr_for_batch(hidden, tokens, mask, rewards, 4, lm_head_weight=W, temperature=tau)
-    pred = predictor.predicted_effects(thr.double(), mask, adv.double(), tau)
+    kappa = 0.7
+    thr = thr_for_batch(hidden, tokens, mask, rewards, 4, lm_head_weight=W, temperature=kappa)
+    pred = predictor.predicted_effects(thr.double(), mask, adv.double(), kappa)
     errs = []
     for eta in (1e-2, 1e-3, 1e-4):
         exact = predictor.unembedding_effects(hidden, tokens, mask, rewards, adv, W, eta=eta,
-                                              temperature=tau, group_size=4).double()
+                                              temperature=kappa, group_size=4).double()
         errs.append(float((exact - pred).abs().max() / pred.abs().max()))
     assert errs[-1] < 1e-3 and errs[0] > errs[1] > errs[2]  # error shrinks with the step
 

@@ -1,4 +1,4 @@
-"""THR against a naive pairwise loop written here, and the first-order identity of METHOD.md
+"""THR against a naive pairwise loop written here, and the first-order identity of docs/method.md
 section 6 (one SGD step on the unembedding of a real tiny model) checked by finite differences."""
 import re
 
@@ -14,7 +14,7 @@ G, T, H, V = 4, 5, 8, 11  # small enough for the O((G T)^2 V) python loop below
 
 def naive_thr(hidden, tokens, mask, rewards, logits, length_normalize=True,
               advantage_weighted=False, vocab="full", adv=None):
-    """The pairwise definition (METHOD.md section 2) in float64 with explicit loops."""
+    """The pairwise definition (docs/method.md section 2) in float64 with explicit loops."""
     hidden, logits, r = hidden.double(), logits.double(), rewards.double()
     g = F.one_hot(tokens, logits.shape[-1]).double() - torch.softmax(logits, -1)  # (G, T, V)
     if vocab == "group":
@@ -63,21 +63,21 @@ def close(got, want, rel=1e-5):
 REWARDS = {"one": [1., 0., 0., 0.], "two": [0., 1., 1., 0.], "padded_anchor": [0., 0., 1., 0.]}
 
 
-@pytest.mark.parametrize("method", ["factorised", "gram", "auto"])
+@pytest.mark.parametrize("route", ["factorised", "gram", "auto"])
 @pytest.mark.parametrize("pattern", list(REWARDS))
 @pytest.mark.parametrize("opts", [{}, {"length_normalize": False}, {"advantage_weighted": True},
                                   {"vocab": "group"}])
-def test_matches_naive_pairwise_definition(method, pattern, opts):
+def test_matches_naive_pairwise_definition(route, pattern, opts):
     hidden, W, tokens, mask = make_group()
     r = torch.tensor(REWARDS[pattern])
     logits = hidden @ W.T / 0.7  # (G, T, V)
     want = naive_thr(hidden, tokens, mask, r, logits, **opts)
-    got = token_hidden_reward(hidden, tokens, mask, r, logits=logits, method=method, **opts)
+    got = token_hidden_reward(hidden, tokens, mask, r, logits=logits, route=route, **opts)
     close(got, want)
     assert (got[~mask] == 0).all()
     # The streamed path recomputes the same probabilities from W, chunk by chunk.
     got_w = token_hidden_reward(hidden, tokens, mask, r, lm_head_weight=W, temperature=0.7,
-                                method=method, chunk_size=3, **opts)
+                                route=route, chunk_size=3, **opts)
     close(got_w, want)
 
 
@@ -99,18 +99,18 @@ def test_advantage_weighted_thr_uses_the_advantages_the_run_trains_with():
         cfg = from_preset("tiny", thr_mode="thr", thr_advantage_weighted=True, group_size=G,
                           adv_estimator="passk" if est == "passk" else "grpo", passk_k=2,
                           adv_std_norm=est != "dr_grpo")
-        _, thr, _ = thr_token_advantages(cfg, hidden, tokens, mask, r, adv, W)
+        _, thr, _ = thr_token_advantages(cfg, hidden, tokens, mask, r, adv, W, group_size=G)
         close(thr, want)
     with pytest.raises(ValueError, match=r"adv must be \(G,\)"):
         token_hidden_reward(hidden, tokens, mask, r, logits=logits, advantage_weighted=True,
                             adv=torch.zeros(G, 1))
 
 
-@pytest.mark.parametrize("method", ["factorised", "gram"])
-def test_chunk_size_one_equals_one_chunk(method):
+@pytest.mark.parametrize("route", ["factorised", "gram"])
+def test_chunk_size_one_equals_one_chunk(route):
     hidden, W, tokens, mask = make_group(1)
     r = torch.tensor(REWARDS["two"])
-    kw = dict(lm_head_weight=W, method=method, vocab="group")
+    kw = dict(lm_head_weight=W, route=route, vocab="group")
     a = token_hidden_reward(hidden, tokens, mask, r, chunk_size=1, **kw)
     b = token_hidden_reward(hidden, tokens, mask, r, chunk_size=10_000, **kw)
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
@@ -228,7 +228,7 @@ def test_stats_are_floats_with_expected_values():
     assert s["thr/adv_mass_after"] == pytest.approx(1.1 + 0.9 + 2 * 1.1)
 
 
-# -- METHOD.md section 6: THR is exact to first order for a step on the unembedding -------------
+# -- docs/method.md section 6: THR is exact to first order for a step on the unembedding -------------
 
 @pytest.fixture(scope="module")
 def tiny_group(tiny_model_dir):
@@ -385,19 +385,16 @@ def test_random_mask_keeps_the_same_count_per_response_uniformly():
 def test_controls_keep_thrs_advantage_mass_without_its_choice():
     """random_mask: THR p = 0's count per response (so its mass), other tokens; mass_matched:
     every token, GRPO's weights scaled to the mass THR's mask keeps."""
-    from types import SimpleNamespace
-
+    from thrlab.config import THRConfig
     from thrlab.loss import group_advantages
     from thrlab.thr import thr_token_advantages
 
     hidden, W, tokens, mask = make_group()
     r = torch.tensor([0., 1., 1., 0.])
     adv = group_advantages(r, G)
-    base = dict(group_size=G, temperature=1.0, thr_vocab="full", thr_length_normalize=True,
-                thr_advantage_weighted=False, thr_tau_mode="quantile", thr_tau_quantile=0.6,
-                thr_beta=1.0, thr_p=0.0, thr_mask=True)
-    out = {m: thr_token_advantages(SimpleNamespace(**base, thr_mode=m), hidden, tokens, mask, r,
-                                   adv, W, generator=torch.Generator().manual_seed(1))
+    out = {m: thr_token_advantages(THRConfig(thr_mode=m, thr_tau_mode="quantile",
+                                             thr_tau_quantile=0.6), hidden, tokens, mask, r, adv,
+                                   W, group_size=G, generator=torch.Generator().manual_seed(1))
            for m in ("thr", "random_mask", "mass_matched")}
     thr_tok, thr, st = out["thr"]
     rnd_tok, _, st_rnd = out["random_mask"]

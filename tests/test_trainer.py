@@ -8,6 +8,7 @@ from thrlab.config import from_preset
 from thrlab.model import load_policy
 from thrlab.runs import RunDir
 from thrlab.tasks import arithmetic_problems
+from thrlab.step import UpdateMetrics
 from thrlab.trainer import GRPOTrainer
 
 
@@ -79,7 +80,7 @@ def test_resume_from_checkpoint_matches_uninterrupted(tiny_model_dir, tmp_path):
     b.train(progress=False)  # "killed" after step 2's checkpoint
     c = _trainer(tiny_model_dir, tmp_path / "b", steps=3, kl_coef=0.0)
     c.train(progress=False)
-    assert c.step == 3 and c.cursor == a.cursor
+    assert c.step == 3 and c.state.cursor == a.state.cursor
     la, lc = _split_params(a.model)[0], _split_params(c.model)[0]
     assert all(torch.equal(la[n], lc[n]) for n in la)
     ma = [json.dumps({k: v for k, v in r.items() if not k.startswith("time/")}, sort_keys=True)
@@ -98,7 +99,7 @@ def _lora_after(tiny_model_dir, tmp_path, **over):
 
 @pytest.mark.parametrize("sched", [dict(), dict(epochs=2, mini_batches=2, micro_batch_size=4)])
 def test_thr_with_p0_and_no_mask_is_exactly_grpo(tiny_model_dir, tmp_path, sched):
-    """METHOD.md section 6: with p = 0 and no mask, THR-GRPO is exactly GRPO."""
+    """docs/method.md section 6: with p = 0 and no mask, THR-GRPO is exactly GRPO."""
     base, _ = _lora_after(tiny_model_dir, tmp_path / "a", **sched)
     thr0, rows = _lora_after(tiny_model_dir, tmp_path / "b", thr_mode="thr", thr_p=0.0,
                              thr_mask=False, **sched)
@@ -120,6 +121,38 @@ def test_thr_on_policy_uses_the_update_forward_only(tiny_model_dir, tmp_path):
     assert all(r["time/thr"] > 0 for r in rows)
 
 
+@pytest.mark.parametrize("over", [dict(thr_mode="thr", thr_p=0.1, thr_save_every=1),
+                                  dict(kl_coef=1e-2), dict(entropy_top_frac=0.2)])
+def test_both_old_policy_views_train_the_same(tiny_model_dir, tmp_path, over):
+    """On-policy without dropout the update pass is the old policy (old_policy.UpdatePass); a
+    separate frozen pass (FrozenPass) must give the same update: same THR, same LoRA weights."""
+    from thrlab.anatomy import load_token_records
+    from thrlab.old_policy import FrozenPass, UpdatePass
+
+    out = {}
+    for name in ("update", "frozen"):
+        torch.manual_seed(3)
+        tr = _trainer(tiny_model_dir, tmp_path / name, lr=1e-3, **over)
+        assert isinstance(tr.old_policy, UpdatePass)
+        if name == "frozen":
+            tr.old_policy = FrozenPass(tr.model, tr.cfg, tr.micro, tr.token_advantages)
+        rows = tr.train(progress=False)
+        out[name] = (rows, _split_params(tr.model)[0], load_token_records(tmp_path / name / "run"))
+    (ra, la, ta), (rb, lb, tb) = out["update"], out["frozen"]
+    assert [r["train/reward_mean"] for r in ra] == [r["train/reward_mean"] for r in rb]
+    for key in ("train/loss", "train/entropy", "train/kl", "thr/abs_mean", "thr/frac_kept"):
+        if key in ra[-1]:
+            assert rb[-1][key] == pytest.approx(ra[-1][key], rel=1e-4, abs=1e-7), key
+    assert (rb[0]["time/old_logp"] > 0) and (ra[0]["time/old_logp"] == 0) == ("entropy_top_frac"
+                                                                             not in over)
+    for n in la:
+        torch.testing.assert_close(lb[n], la[n], rtol=1e-4, atol=1e-6)
+    assert len(ta) == len(tb)
+    for a, b in zip(ta, tb):
+        torch.testing.assert_close(torch.tensor(b["rows"][0]["thr"]),
+                                   torch.tensor(a["rows"][0]["thr"]), rtol=1e-4, atol=1e-6)
+
+
 def test_on_policy_thr_from_the_update_logits_equals_streamed_thr(tiny_model_dir, tmp_path):
     """On-policy, THR reads the update pass's own logits; the result equals THR that streams
     the probabilities from the unembedding (thr_token_advantages' other source)."""
@@ -127,17 +160,18 @@ def test_on_policy_thr_from_the_update_logits_equals_streamed_thr(tiny_model_dir
     from thrlab.thr import thr_token_advantages
 
     tr = _trainer(tiny_model_dir, tmp_path, thr_mode="thr", thr_p=0.1, steps=1)
-    seen, inner = [], tr.token_advantages
+    seen, inner = [], tr.old_policy.token_advantages
 
     def spy(hidden, tokens, mask, rewards, adv, logits=None):
         assert logits is not None and logits.shape[:2] == tokens.shape  # handed over, (B, T, V)
         streamed = thr_token_advantages(tr.cfg, hidden, tokens, mask, rewards, adv,
-                                        lm_parts(tr.model)[1].weight)
+                                        lm_parts(tr.model)[1].weight, group_size=tr.cfg.group_size,
+                                        temperature=tr.cfg.temperature)
         out = inner(hidden, tokens, mask, rewards, adv, logits)
-        seen.append((out[0], tr._thr_parts[-1], streamed))
+        seen.append((out[0], out[2], streamed))
         return out
 
-    tr.token_advantages = spy
+    tr.old_policy.token_advantages = spy
     tr.train(progress=False)
     assert seen
     for adv_tok, thr, (adv_ref, thr_ref, _) in seen:
@@ -203,12 +237,13 @@ def test_prompt_order_is_one_seeded_shuffle_per_pass_and_resumes_from_the_cursor
         random.Random(seed * 100_003 + epoch).shuffle(order)
         return problems[order[pos]]
 
-    t = SimpleNamespace(cfg=SimpleNamespace(seed=seed), problems=problems, cursor=0,
-                        _order=(-1, []))
+    t = SimpleNamespace(cfg=SimpleNamespace(seed=seed), problems=problems,
+                        state=SimpleNamespace(cursor=0), _order=(-1, []))
     got = GRPOTrainer.next_prompts(t, 5) + GRPOTrainer.next_prompts(t, 12)  # crosses 2 passes
     assert got == [naive(c) for c in range(17)]
     assert sorted(got[:7]) == problems and got[:7] != got[7:14]  # each pass a new permutation
-    resumed = SimpleNamespace(cfg=t.cfg, problems=problems, cursor=9, _order=(-1, []))
+    resumed = SimpleNamespace(cfg=t.cfg, problems=problems, state=SimpleNamespace(cursor=9),
+                              _order=(-1, []))
     assert GRPOTrainer.next_prompts(resumed, 8) == [naive(c) for c in range(9, 17)]
 
 
@@ -235,8 +270,7 @@ def test_update_never_drops_rows_dynamic_sampling_returned(tiny_model_dir, tmp_p
     r = generate(tr.model, tr.tok, [format_prompt(p.question, "plain") for p in probs], n=4,
                  do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=6)
     r.rewards = torch.tensor([1.0, 0.0, 0.0, 1.0] * 3)
-    tr._opt_steps = 0
-    st = tr.update(r, tr.response_advantages(r.rewards))
+    st = tr.update(r, tr.response_advantages(r.rewards), UpdateMetrics())
     assert st["train/tokens"] == float(r.mask.sum())  # 12 // 8 = 1 row per step dropped 4 before
     assert st["train/opt_steps"] == 8
 
@@ -259,7 +293,7 @@ def test_dynamic_sampling_keeps_groups_with_a_nonzero_advantage(tiny_model_dir, 
     tr.grade_fn = grade
     seen = []
     inner = tr.update
-    tr.update = lambda r, adv: seen.append((r, adv)) or inner(r, adv)
+    tr.update = lambda r, adv, acc: seen.append((r, adv)) or inner(r, adv, acc)
     row = tr.train(progress=False)[-1]
     r, adv = seen[0]
     assert len(r.tokens) == 4 * G or row["train/sampling_rounds"] == 4
@@ -292,6 +326,7 @@ def test_lora_dropout_never_reaches_the_old_policy_or_thr(tiny_model_dir, tmp_pa
     """With lora_dropout > 0 the old-policy log-probs and THR's hidden states come from a pass
     without dropout (eval mode), not from the noisy update pass."""
     from thrlab.model import completion_forward, lm_parts
+    from thrlab.old_policy import frozen_pass
     from thrlab.thr import thr_token_advantages
 
     torch.manual_seed(0)
@@ -300,22 +335,24 @@ def test_lora_dropout_never_reaches_the_old_policy_or_thr(tiny_model_dir, tmp_pa
     _randomise_lora(tr.model)  # LoRA B = 0 at init would hide the dropout on the LoRA branch
     want, inner = [], tr.update
 
-    def spy(r, adv):
+    def spy(r, adv, acc):
         tr.model.eval()
         with torch.no_grad():
             o = completion_forward(tr.model, r.input_ids, r.attention_mask, r.prompt_len,
                                    tr.cfg.temperature, need_hidden=True)
             want.append(thr_token_advantages(tr.cfg, o["hidden"], r.tokens, r.mask, r.rewards,
-                                             adv, lm_parts(tr.model)[1].weight)[1])
-            again = tr.frozen_pass(r, reference=False)
+                                             adv, lm_parts(tr.model)[1].weight,
+                                             group_size=tr.cfg.group_size,
+                                             temperature=tr.cfg.temperature)[1])
+            again = frozen_pass(tr.model, r, tr.cfg, tr.micro)
         assert torch.equal(again["logp"], o["logp"])  # deterministic: no dropout
         tr.model.train()
-        return inner(r, adv)
+        return inner(r, adv, acc)
 
     tr.update = spy
     row = tr.train(progress=False)[-1]
     assert row["time/old_logp"] > 0
-    got = torch.cat(tr._thr_parts)
+    got = torch.cat(tr.old_policy.thr_parts)
     assert got.abs().max() > 0
     torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-6 * float(want[0].abs().max()))
 

@@ -8,11 +8,13 @@ someone else never runs code stored in it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +37,16 @@ def save_adapter(model, path: Path) -> None:
     _swap(tmp, path)
 
 
+@dataclass
+class TrainState:
+    """What a trainer carries from step to step besides weights, optimizer and RNG."""
+
+    step: int = 0  # GRPO steps done
+    cursor: int = 0  # position in the seeded prompt order
+    nonfinite_steps: int = 0  # steps skipped for NaN/inf
+    micro_batch_size: int = 0  # rows per forward/backward now (halved on OOM; 0 = mini-batch)
+
+
 def save_checkpoint(trainer, path: Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -47,9 +59,7 @@ def save_checkpoint(trainer, path: Path) -> None:
     torch.save({"optimizer": trainer.opt.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "py_rng": random.getstate()}, tmp / "state.pt")
-    (tmp / "trainer.json").write_text(json.dumps({"step": trainer.step, "cursor": trainer.cursor,
-                                                   "nonfinite_steps": trainer.nonfinite_steps,
-                                                   "micro_batch_size": trainer.micro_batch_size}))
+    (tmp / "trainer.json").write_text(json.dumps(dataclasses.asdict(trainer.state)))
     failpoint("checkpoint")
     (tmp / "COMPLETE").write_text("ok\n")
     _swap(tmp, path)
@@ -77,10 +87,9 @@ def load_checkpoint(trainer, path: Path) -> bool:
     if s["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda_rng"])
     random.setstate(s["py_rng"])
-    meta = json.loads((path / "trainer.json").read_text())
-    trainer.step, trainer.cursor = meta["step"], meta["cursor"]
-    trainer.nonfinite_steps = meta.get("nonfinite_steps", 0)
-    trainer.micro_batch_size = meta.get("micro_batch_size", trainer.micro_batch_size)
+    meta = json.loads((path / "trainer.json").read_text())  # older ones lack the last two
+    for key, value in meta.items():  # in place: the trainer's parts hold this state
+        setattr(trainer.state, key, value)
     return True
 
 

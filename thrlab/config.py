@@ -1,8 +1,13 @@
-"""Typed configuration: one frozen dataclass, named presets, strict overrides, a stable hash.
+"""Typed configuration: frozen sections, one flat Config made of them, presets, a stable hash.
 
-Every knob that changes results lives here explicitly (never inherited from a library default).
-Field name = notebook parameter name = logged key (STYLE.md). No torch import: run folders and
-figures can be read on any laptop.
+Each section (ModelConfig, DataConfig, RolloutConfig, OptimConfig, LossConfig, THRConfig,
+EvalConfig, TinyConfig, SystemConfig) is a frozen dataclass that checks its own values; Config
+inherits every section, so a field has one flat name everywhere (field name = notebook parameter
+= CLI --set key = logged key, STYLE.md) and a function that needs one section takes it: a Config
+is a THRConfig, and the TRL integration can build a THRConfig alone. Checks between sections live
+on Config. Every knob that changes results lives here explicitly (never a library default);
+SystemConfig holds the ones that do not (where and how fast a run goes), which stay out of the
+run id. No torch import: run folders and figures can be read on any laptop.
 """
 from __future__ import annotations
 
@@ -15,12 +20,37 @@ from dataclasses import dataclass, fields
 from .errors import ConfigError, ConfigTypeError
 
 
-@dataclass(frozen=True)
-class Config:
-    """All settings of one thrlab run. Field docs are the CLI's --help."""
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"bad config: {msg}")
 
-    preset: str = "tiny"  # the preset the config was built from (first part of the run id)
-    # -- model ---------------------------------------------------------------
+
+def _choose(obj, **choices) -> None:
+    for key, allowed in choices.items():
+        _need(getattr(obj, key) in allowed, f"{key}={getattr(obj, key)!r}; choose one of {allowed}")
+
+
+class _Section:
+    """A group of Config fields: `of(cfg)` is that group alone, `names()` its field names."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def of(cls, cfg):
+        return cls(**{k: getattr(cfg, k) for k in cls.names()})
+
+    def __post_init__(self) -> None:  # a section built alone checks itself; Config checks all
+        _check_types(self)
+        type(self).check(self)
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
     model: str = "tiny"  # "tiny" = the embedded cold-started model; else an HF id or local path
     load_in_4bit: bool = True  # NF4 base weights (bitsandbytes), LoRA adapters on top
     compute_dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU (bf16 is slower on CPU)
@@ -30,7 +60,16 @@ class Config:
     lora_targets: str = "all-linear"  # peft target_modules; "all-linear" leaves lm_head alone
     bnb_double_quant: bool = True  # QLoRA's double quantisation of the NF4 scales
     gradient_checkpointing: bool = False  # trade compute for memory on long GPU rollouts
-    # -- data ----------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda
+
+    def check(self) -> None:
+        _choose(self, compute_dtype=("auto", "float32", "bfloat16", "float16"),
+                device=("auto", "cpu", "cuda"))
+        _need(self.lora_r >= 1, "lora_r must be >= 1")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
     task: str = "arithmetic"  # "arithmetic" or a benchmark name / JSONL path for training prompts
     arith_op: str = "mul"  # synthetic family: mul (a*b, 3-digit a) | mul_add (a*b+c) | mul_chain (strategies)
     train_levels: tuple[int, ...] = ()  # MATH level filter, e.g. (3, 4, 5); () = all
@@ -38,17 +77,47 @@ class Config:
     answer_style: str = "plain"  # how the answer is read from a completion: plain | boxed | gsm8k | chain
     grader: str = "exact_int"  # exact_int (arithmetic) | math_verify
     grader_timeout_s: float = 5.0  # per-item wall-clock limit of the verifier
-    eval_sets: tuple[str, ...] = ("arithmetic",)  # benchmark names or JSONL paths
-    eval_limit: int = 500  # problems per eval set (0 = all)
     data_dir: str = ""  # local folder holding benchmark JSONL files ("" = hub or $THRLAB_DATA_DIR)
-    # -- GRPO ----------------------------------------------------------------
-    seed: int = 0  # LoRA init, prompt order, rollouts; evaluations: experiment.eval_seed
-    steps: int = 60  # GRPO steps, one rollout batch each (0 = evaluate only)
+
+    def check(self) -> None:
+        _choose(self, answer_style=("plain", "boxed", "gsm8k", "chain"),
+                grader=("exact_int", "math_verify"), arith_op=("mul", "mul_add", "mul_chain"))
+        _need(self.grader_timeout_s > 0, "grader_timeout_s must be > 0")
+        _need(all(1 <= lv <= 5 for lv in self.train_levels), "train_levels must be MATH levels 1..5")
+        _need(not (self.train_levels and self.task == "arithmetic"),
+              f"train_levels={self.train_levels} filters MATH levels and means nothing for the "
+              "arithmetic task; drop it (train_levels=) or pick a MATH task (e.g. task=math_train)")
+        _need(self.task != "arithmetic"
+              or (self.arith_op == "mul_chain") == (self.answer_style == "chain"),
+              f"arith_op={self.arith_op!r} with answer_style={self.answer_style!r}: the "
+              "strategies task (mul_chain) is graded on the number after the last '=' "
+              "(answer_style=chain), the other arithmetic families on the whole completion (plain)")
+
+
+@dataclass(frozen=True)
+class RolloutConfig(_Section):
     prompts_per_step: int = 16  # P, prompts drawn per step
     group_size: int = 8  # G, completions sampled per prompt (one group)
     temperature: float = 1.0  # rollout sampling temperature (also divides the training logits)
     top_p: float = 1.0  # rollout nucleus sampling (1 = off)
     max_new_tokens: int = 8  # completion length limit of training rollouts
+    dynamic_sampling: bool = False  # drop all-equal groups and draw new prompts (DAPO)
+    max_sampling_rounds: int = 4  # generation rounds per step when dynamic_sampling is on
+
+    def check(self) -> None:
+        _need(self.group_size >= 2,
+              f"group_size={self.group_size}; GRPO needs at least 2 responses per prompt")
+        _need(self.prompts_per_step >= 1, "prompts_per_step must be >= 1")
+        _need(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
+        _need(self.temperature > 0,
+              "temperature must be > 0 (sampling); greedy is only used for evaluation")
+        _need(0 < self.top_p <= 1, "top_p must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Section):
+    seed: int = 0  # LoRA init, prompt order, rollouts; evaluations: experiment.eval_seed
+    steps: int = 60  # GRPO steps, one rollout batch each (0 = evaluate only)
     lr: float = 3e-4  # tiny default: +10.3 greedy points over 3 seeds vs +7.7 at 1e-4 (RESULTS.md)
     weight_decay: float = 0.0  # AdamW weight decay of the LoRA parameters
     adam_beta1: float = 0.9  # AdamW beta1
@@ -57,28 +126,36 @@ class Config:
     epochs: int = 1  # optimisation passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch
     micro_batch_size: int = 0  # sequences per forward/backward (0 = whole mini-batch)
+    save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
+    probe_every: int = 0  # log probe/loglik, the start policy's correct responses' log-lik., every N steps (0 = off)
+    probe_prompts: int = 64  # held-out problems whose first correct sample forms the probe set
+    sft_control: bool = True  # also train an equal-compute SFT control (LoRA, same steps/sequences)
+
+    def check(self) -> None:
+        _need(self.steps >= 0, "steps must be >= 0")
+        _need(self.lr > 0, "lr must be > 0")
+        _need(self.epochs >= 1 and self.mini_batches >= 1, "epochs and mini_batches must be >= 1")
+        _need(self.micro_batch_size >= 0, "micro_batch_size must be >= 0 (0 = whole mini-batch)")
+        _need(self.save_every >= 1, "save_every must be >= 1")
+        _need(self.probe_every >= 0 and self.probe_prompts >= 1,
+              "probe_every must be >= 0 (0 = off) and probe_prompts >= 1")
+
+    @property
+    def on_policy(self) -> bool:
+        """One epoch of one mini-batch: the rollout's policy is the one the update starts from."""
+        return self.epochs == 1 and self.mini_batches == 1
+
+
+@dataclass(frozen=True)
+class LossConfig(_Section):
     objective: str = "grpo"  # grpo | gspo_token
     clip_eps_low: float = 0.2  # the ratio is clipped below at 1 - clip_eps_low
     clip_eps_high: float = 0.2  # > clip_eps_low = DAPO clip-higher
     kl_coef: float = 1e-4  # k3 KL to the reference (= base model, adapters disabled); 0 skips the pass
     loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    adv_estimator: str = "grpo"  # grpo | passk (Chen et al. analytic Pass@K) | passk_mixed
     adv_eps: float = 1e-6  # A = (r - mean) / (std + adv_eps), population std
     adv_std_norm: bool = True  # False = Dr. GRPO (no division by std)
-    # -- THR (METHOD.md sections 2-3) -----------------------------------------
-    thr_mode: str = "off"  # off | thr (THR-guided reweighting) | nthr | controls: random_mask | mass_matched
-    thr_p: float = 0.0  # p: > 0 exploitation, < 0 exploration (paper: +-0.1)
-    thr_mask: bool = True  # keep only dominant tokens, |THR| > tau
-    thr_beta: float = 1.0  # tau = beta * max(0, min over correct responses of mean THR)
-    thr_tau_mode: str = "min_mean"  # min_mean (NTHR heuristic, above) | quantile (of abs THR)
-    thr_tau_quantile: float = 0.8  # quantile mode: tau = this quantile of abs(THR) in the group
-    thr_vocab: str = "full"  # full (exact) | group (token ids seen in the group; approximation)
-    thr_length_normalize: bool = True  # weight anchors by 1/|y_i|
-    thr_advantage_weighted: bool = False  # A_j instead of (2 r_j - 1)
-    thr_save_every: int = 10  # save per-token THR/entropy/text every N steps (0 = never)
-    thr_save_rows: int = 32  # responses saved per such step (whole groups)
-    thr_save_tokens: int = 512  # tokens saved per response
-    # -- baselines (METHOD.md section 4; named recipes in METHODS below) -------
-    adv_estimator: str = "grpo"  # grpo | passk (Chen et al. analytic Pass@K) | passk_mixed
     passk_k: int = 4  # K of Pass@K training, 1 <= K < group_size (K = 1 is GRPO)
     passk_chi: float = 0.2  # passk_mixed: chi * Pass@K advantage + (1 - chi) * GRPO advantage
     cov_mode: str = "off"  # off | kl_cov | clip_cov (Cui et al. 2025)
@@ -87,21 +164,84 @@ class Config:
     cov_clip_lb: float = 1.0  # Clip-Cov: detach random tokens whose covariance lies in (lb, ub)
     cov_clip_ub: float = 5.0  # Clip-Cov: upper end of that window
     entropy_top_frac: float = 0.0  # forking tokens: train on this top fraction by entropy (0 = off)
-    dynamic_sampling: bool = False  # drop all-equal groups and draw new prompts (DAPO)
-    max_sampling_rounds: int = 4  # generation rounds per step when dynamic_sampling is on
-    max_nonfinite_steps: int = 3  # skip NaN/inf steps; stop once more than this many were skipped
-    oom_halve_micro_batch: bool = True  # on OOM in the update, halve the micro-batch and retry
-    save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
-    probe_every: int = 0  # log probe/loglik, the start policy's correct responses' log-lik., every N steps (0 = off)
-    probe_prompts: int = 64  # held-out problems whose first correct sample forms the probe set
-    # -- evaluation ----------------------------------------------------------
+
+    def check(self) -> None:
+        _choose(self, objective=("grpo", "gspo_token"),
+                loss_agg=("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
+                adv_estimator=("grpo", "passk", "passk_mixed"),
+                cov_mode=("off", "kl_cov", "clip_cov"))
+        _need(self.clip_eps_low >= 0 and self.clip_eps_high >= 0, "clip eps must be >= 0")
+        _need(self.kl_coef >= 0, "kl_coef must be >= 0")
+        _need(0 <= self.passk_chi <= 1, f"passk_chi={self.passk_chi} must be in [0, 1]")
+        _need(0 < self.cov_ratio <= 1,
+              f"cov_ratio={self.cov_ratio} is a fraction in (0, 1] (2e-4 = 0.02%)")
+        _need(self.cov_kl_coef >= 0, "cov_kl_coef must be >= 0")
+        _need(self.cov_clip_lb < self.cov_clip_ub, "cov_clip_lb must be < cov_clip_ub")
+        _need(0 <= self.entropy_top_frac <= 1, f"entropy_top_frac={self.entropy_top_frac} is a "
+              "fraction in [0, 1] (0 = off, paper 0.2)")
+
+
+@dataclass(frozen=True)
+class THRConfig(_Section):
+    """docs/method.md sections 2-3."""
+
+    thr_mode: str = "off"  # off | thr (THR-guided reweighting) | nthr | controls: random_mask | mass_matched
+    thr_p: float = 0.0  # p: > 0 exploitation, < 0 exploration (paper: +-0.1)
+    thr_mask: bool = True  # keep only dominant tokens, |THR| > threshold
+    thr_beta: float = 1.0  # threshold = beta * max(0, min over correct responses of mean THR)
+    thr_tau_mode: str = "min_mean"  # min_mean (NTHR heuristic, above) | quantile (of abs THR)
+    thr_tau_quantile: float = 0.8  # quantile mode: threshold = this quantile of abs(THR) in the group
+    thr_vocab: str = "full"  # full (exact) | group (token ids seen in the group; approximation)
+    thr_length_normalize: bool = True  # weight anchors by 1/|y_i|
+    thr_advantage_weighted: bool = False  # A_j instead of (2 r_j - 1)
+    thr_save_every: int = 10  # save per-token THR/entropy/text every N steps (0 = never)
+    thr_save_rows: int = 32  # responses saved per such step (whole groups)
+    thr_save_tokens: int = 512  # tokens saved per response
+
+    def check(self) -> None:
+        _choose(self, thr_mode=("off", "thr", "nthr", "random_mask", "mass_matched"),
+                thr_vocab=("full", "group"), thr_tau_mode=("min_mean", "quantile"))
+        _need(-1.0 <= self.thr_p <= 1.0,
+              f"thr_p={self.thr_p} must be in [-1, 1] (the paper uses +-0.1)")
+        _need(self.thr_mode not in ("random_mask", "mass_matched")
+              or (self.thr_p == 0 and self.thr_mask),
+              f"thr_mode={self.thr_mode} is a control of THR's mask at p = 0: it needs thr_p=0 "
+              "and thr_mask=true")
+        _need(self.thr_beta >= 0, "thr_beta must be >= 0")
+        _need(0 <= self.thr_tau_quantile <= 1, "thr_tau_quantile must be in [0, 1]")
+        _need(self.thr_save_every >= 0 and self.thr_save_rows >= 1 and self.thr_save_tokens >= 1,
+              "thr_save_every must be >= 0, thr_save_rows and thr_save_tokens >= 1")
+
+    @property
+    def thr_on(self) -> bool:
+        """Whether the run computes THR (the method or one of its controls)."""
+        return self.thr_mode != "off"
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Section):
+    eval_sets: tuple[str, ...] = ("arithmetic",)  # benchmark names or JSONL paths
+    eval_limit: int = 500  # problems per eval set (0 = all)
     eval_samples: int = 8  # n samples per problem for pass@k
     eval_passk_limit: int = 0  # problems per set that get the samples (0 = all); greedy uses all
     eval_temperature: float = 0.6  # sampling temperature of the pass@k samples
     eval_top_p: float = 0.95  # nucleus sampling of the pass@k samples
     eval_max_new_tokens: int = 8  # completion length limit in evaluation
-    eval_batch_size: int = 256  # prompts per generate() call
-    # -- embedded tiny model cold start (used only when model == "tiny") -----
+
+    def check(self) -> None:
+        _need(self.eval_max_new_tokens >= 1, "max_new_tokens must be >= 1")
+        _need(0 < self.eval_top_p <= 1, "top_p must be in (0, 1]")
+        _need(self.eval_samples >= 1, "eval_samples must be >= 1")
+        _need(self.eval_limit >= 0 and self.eval_passk_limit >= 0,
+              "eval_limit and eval_passk_limit must be >= 0 (0 = all)")
+        _need(len(self.eval_sets) >= 1,
+              "eval_sets is empty; name at least one set (e.g. arithmetic)")
+
+
+@dataclass(frozen=True)
+class TinyConfig(_Section):
+    """The embedded tiny model and its cold start (used only when model == "tiny")."""
+
     tiny_arch: str = "qwen2"  # qwen2 | llama
     tiny_hidden: int = 128  # multiples of 64: bitsandbytes' CPU kernels need them
     tiny_layers: int = 4  # decoder layers of the tiny model
@@ -113,14 +253,44 @@ class Config:
     sft_batch: int = 64  # cold-start problems per step
     sft_lr: float = 1e-3  # constant; 2e-3 plateaued higher in measurement
     sft_seed: int = 0  # the cold start has its own seed so GRPO seeds share one starting model
-    sft_control: bool = True  # also train an equal-compute SFT control (LoRA, same steps/sequences)
-    # -- system --------------------------------------------------------------
-    device: str = "auto"  # auto | cpu | cuda
+
+    def check(self) -> None:
+        _choose(self, tiny_arch=("qwen2", "llama"))
+        for w in ("tiny_hidden", "tiny_ffn"):
+            _need(getattr(self, w) % 64 == 0, f"{w}={getattr(self, w)} must be a multiple of 64 "
+                  "(bitsandbytes' 4-bit CPU kernels fail or go wrong on other widths)")
+        _need(self.tiny_hidden % self.tiny_heads == 0, "tiny_hidden must be divisible by tiny_heads")
+
+
+@dataclass(frozen=True)
+class SystemConfig(_Section):
+    """Where and how fast a run goes, never what it computes: outside the run id."""
+
     threads: int = 0  # torch CPU threads (0 = torch default)
+    eval_batch_size: int = 256  # prompts per generate() call
+    max_nonfinite_steps: int = 3  # skip NaN/inf steps; stop once more than this many were skipped
+    oom_halve_micro_batch: bool = True  # on OOM in the update, halve the micro-batch and retry
+
+    def check(self) -> None:
+        _need(self.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
+
+
+SECTIONS = (ModelConfig, DataConfig, RolloutConfig, OptimConfig, LossConfig, THRConfig,
+            EvalConfig, TinyConfig, SystemConfig)
+
+
+@dataclass(frozen=True)
+class Config(SystemConfig, TinyConfig, EvalConfig, THRConfig, LossConfig, OptimConfig,
+             RolloutConfig, DataConfig, ModelConfig):
+    """All settings of one thrlab run: every section's fields. Field docs are the CLI's --help."""
+
+    preset: str = "tiny"  # the preset the config was built from (first part of the run id)
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check_values(self)
+        for section in SECTIONS:
+            section.check(self)
+        _check_across_sections(self)
 
     # -- serialisation -----------------------------------------------------
     def to_dict(self) -> dict:
@@ -143,9 +313,9 @@ class Config:
         return dataclasses.replace(self, **{k: _coerce(Config, k, v) for k, v in overrides.items()})
 
     def result_dict(self) -> dict:
-        """The fields that change results (all but _NOT_HASHED), as config.json stores them."""
+        """The fields that change results (all but SystemConfig's), as config.json stores them."""
         d = json.loads(self.to_json())
-        for k in _NOT_HASHED:
+        for k in SystemConfig.names():
             d.pop(k)
         return d
 
@@ -158,25 +328,6 @@ class Config:
         """`<preset>-<method_of(self)>-<hash>`: the method is a label, the hash tells runs apart."""
         return f"{self.preset}-{method_of(self)}-{self.config_hash()}"
 
-
-# Fields that do not change results (where or how fast it runs), so they do not change the run id.
-_NOT_HASHED = ("threads", "eval_batch_size", "max_nonfinite_steps", "oom_halve_micro_batch")
-
-_CHOICES = {
-    "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
-    "answer_style": ("plain", "boxed", "gsm8k", "chain"),
-    "grader": ("exact_int", "math_verify"),
-    "objective": ("grpo", "gspo_token"),
-    "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
-    "tiny_arch": ("qwen2", "llama"),
-    "arith_op": ("mul", "mul_add", "mul_chain"),
-    "thr_mode": ("off", "thr", "nthr", "random_mask", "mass_matched"),
-    "adv_estimator": ("grpo", "passk", "passk_mixed"),
-    "cov_mode": ("off", "kl_cov", "clip_cov"),
-    "thr_vocab": ("full", "group"),
-    "thr_tau_mode": ("min_mean", "quantile"),
-    "device": ("auto", "cpu", "cuda"),
-}
 
 
 def _reject_unknown(d: dict) -> None:
@@ -221,8 +372,8 @@ def _coerce(cls, key: str, value):
     return value
 
 
-def _check_types(cfg: Config) -> None:
-    hints = typing.get_type_hints(Config)
+def _check_types(cfg) -> None:
+    hints = typing.get_type_hints(type(cfg))
     for f in fields(cfg):
         v, tp = getattr(cfg, f.name), hints[f.name]
         if typing.get_origin(tp) is tuple:
@@ -239,81 +390,28 @@ def _check_types(cfg: Config) -> None:
                             f"got {type(v).__name__} {v!r}")
 
 
-def _check_values(c: Config) -> None:
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"bad config: {msg}")
-
-    for key, choices in _CHOICES.items():
-        need(getattr(c, key) in choices, f"{key}={getattr(c, key)!r}; choose one of {choices}")
-    need(c.group_size >= 2, f"group_size={c.group_size}; GRPO needs at least 2 responses per prompt")
-    need(c.prompts_per_step >= 1, "prompts_per_step must be >= 1")
-    need(c.steps >= 0, "steps must be >= 0")
-    need(c.max_new_tokens >= 1 and c.eval_max_new_tokens >= 1, "max_new_tokens must be >= 1")
-    need(c.temperature > 0, "temperature must be > 0 (sampling); greedy is only used for evaluation")
-    need(0 < c.top_p <= 1 and 0 < c.eval_top_p <= 1, "top_p must be in (0, 1]")
-    need(c.lr > 0, "lr must be > 0")
-    need(c.epochs >= 1 and c.mini_batches >= 1, "epochs and mini_batches must be >= 1")
-    need(c.micro_batch_size >= 0, "micro_batch_size must be >= 0 (0 = whole mini-batch)")
-    need(c.clip_eps_low >= 0 and c.clip_eps_high >= 0, "clip eps must be >= 0")
-    need(c.kl_coef >= 0, "kl_coef must be >= 0")
-    need(c.lora_r >= 1, "lora_r must be >= 1")
-    need(c.eval_samples >= 1, "eval_samples must be >= 1")
-    need(c.eval_limit >= 0 and c.eval_passk_limit >= 0,
-         "eval_limit and eval_passk_limit must be >= 0 (0 = all)")
-    need(len(c.eval_sets) >= 1, "eval_sets is empty; name at least one set (e.g. arithmetic)")
-    need(c.grader_timeout_s > 0, "grader_timeout_s must be > 0")
-    need(c.save_every >= 1, "save_every must be >= 1")
-    need(c.probe_every >= 0 and c.probe_prompts >= 1,
-         "probe_every must be >= 0 (0 = off) and probe_prompts >= 1")
-    need(c.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
-    need(c.prompts_per_step * c.group_size % c.mini_batches == 0,
-         f"prompts_per_step*group_size={c.prompts_per_step * c.group_size} is not divisible by "
-         f"mini_batches={c.mini_batches}")
-    need(not c.sft_control or c.task == "arithmetic",
-         "sft_control is defined for the embedded arithmetic task only; set sft_control=false")
-    need(-1.0 <= c.thr_p <= 1.0, f"thr_p={c.thr_p} must be in [-1, 1] (the paper uses +-0.1)")
-    need(c.thr_mode not in ("random_mask", "mass_matched") or (c.thr_p == 0 and c.thr_mask),
-         f"thr_mode={c.thr_mode} is a control of THR's mask at p = 0: it needs thr_p=0 and "
-         "thr_mask=true")
-    need(c.thr_beta >= 0, "thr_beta must be >= 0")
-    need(0 <= c.thr_tau_quantile <= 1, "thr_tau_quantile must be in [0, 1]")
-    need(c.thr_save_every >= 0 and c.thr_save_rows >= 1 and c.thr_save_tokens >= 1,
-         "thr_save_every must be >= 0, thr_save_rows and thr_save_tokens >= 1")
-    need(c.adv_estimator == "grpo" or 1 <= c.passk_k < c.group_size,
-         f"passk_k={c.passk_k} must be in [1, group_size={c.group_size}): Pass@K draws K of the "
-         "group's G responses, and at K = G the draw is the whole group, so every advantage is 0")
-    need(0 <= c.passk_chi <= 1, f"passk_chi={c.passk_chi} must be in [0, 1]")
-    need(0 < c.cov_ratio <= 1, f"cov_ratio={c.cov_ratio} is a fraction in (0, 1] (2e-4 = 0.02%)")
-    need(c.cov_kl_coef >= 0, "cov_kl_coef must be >= 0")
-    need(c.cov_clip_lb < c.cov_clip_ub, "cov_clip_lb must be < cov_clip_ub")
-    need(0 <= c.entropy_top_frac <= 1, f"entropy_top_frac={c.entropy_top_frac} is a fraction "
-         "in [0, 1] (0 = off, paper 0.2)")
-    on_policy = c.epochs == 1 and c.mini_batches == 1
-    need(c.cov_mode != "kl_cov" or not on_policy,
-         "cov_mode=kl_cov with epochs=1 and mini_batches=1 is GRPO under another name: its "
-         "penalty |logp - old_logp| is 0, with zero gradient, on an on-policy update. Set "
-         "mini_batches >= 2 (or epochs >= 2) for every method of the comparison, e.g. "
-         "--set mini_batches=2")
-    need(c.thr_mode == "off" or not on_policy or c.micro_batch_size % c.group_size == 0,
-         f"THR needs whole groups per micro-batch: micro_batch_size={c.micro_batch_size} must be "
-         f"a multiple of group_size={c.group_size} (or 0)")
-    need(c.thr_mode == "off" or "lm_head" not in c.lora_targets,
-         f"lora_targets={c.lora_targets!r} puts LoRA on lm_head, but THR streams its "
-         "probabilities from the unembedding's base weight and would ignore the LoRA delta; "
-         "leave lm_head out (the default 'all-linear' does)")
-    need(c.task != "arithmetic" or (c.arith_op == "mul_chain") == (c.answer_style == "chain"),
-         f"arith_op={c.arith_op!r} with answer_style={c.answer_style!r}: the strategies task "
-         "(mul_chain) is graded on the number after the last '=' (answer_style=chain), the other "
-         "arithmetic families on the whole completion (plain)")
-    need(all(1 <= lv <= 5 for lv in c.train_levels), "train_levels must be MATH levels 1..5")
-    need(not (c.train_levels and c.task == "arithmetic"),
-         f"train_levels={c.train_levels} filters MATH levels and means nothing for the arithmetic "
-         "task; drop it (train_levels=) or pick a MATH task (e.g. task=math_train)")
-    for w in ("tiny_hidden", "tiny_ffn"):
-        need(getattr(c, w) % 64 == 0, f"{w}={getattr(c, w)} must be a multiple of 64 "
-             "(bitsandbytes' 4-bit CPU kernels fail or go wrong on other widths)")
-    need(c.tiny_hidden % c.tiny_heads == 0, "tiny_hidden must be divisible by tiny_heads")
+def _check_across_sections(c: Config) -> None:
+    """The checks that read fields of more than one section."""
+    _need(c.prompts_per_step * c.group_size % c.mini_batches == 0,
+          f"prompts_per_step*group_size={c.prompts_per_step * c.group_size} is not divisible by "
+          f"mini_batches={c.mini_batches}")
+    _need(not c.sft_control or c.task == "arithmetic",
+          "sft_control is defined for the embedded arithmetic task only; set sft_control=false")
+    _need(c.adv_estimator == "grpo" or 1 <= c.passk_k < c.group_size,
+          f"passk_k={c.passk_k} must be in [1, group_size={c.group_size}): Pass@K draws K of the "
+          "group's G responses, and at K = G the draw is the whole group, so every advantage is 0")
+    _need(c.cov_mode != "kl_cov" or not c.on_policy,
+          "cov_mode=kl_cov with epochs=1 and mini_batches=1 is GRPO under another name: its "
+          "penalty |logp - old_logp| is 0, with zero gradient, on an on-policy update. Set "
+          "mini_batches >= 2 (or epochs >= 2) for every method of the comparison, e.g. "
+          "--set mini_batches=2")
+    _need(not c.thr_on or not c.on_policy or c.micro_batch_size % c.group_size == 0,
+          f"THR needs whole groups per micro-batch: micro_batch_size={c.micro_batch_size} must be "
+          f"a multiple of group_size={c.group_size} (or 0)")
+    _need(not c.thr_on or "lm_head" not in c.lora_targets,
+          f"lora_targets={c.lora_targets!r} puts LoRA on lm_head, but THR streams its "
+          "probabilities from the unembedding's base weight and would ignore the LoRA delta; "
+          "leave lm_head out (the default 'all-linear' does)")
 
 
 # -- presets -------------------------------------------------------------------------------------
@@ -391,7 +489,7 @@ METHODS: dict[str, dict] = {
     "entropy_fork": dict(entropy_top_frac=0.2),
     "clip_higher": dict(clip_eps_high=0.28),  # DAPO
     "dr_grpo": dict(adv_std_norm=False, loss_agg="seq_mean_token_sum_norm"),
-    # GSPO-token (METHOD.md section 1): the GSPO paper's clip range on the sequence ratio, no KL,
+    # GSPO-token (docs/method.md section 1): the GSPO paper's clip range on the sequence ratio, no KL,
     # and its aggregation: the mean over responses of each response's token mean. The paper's
     # GSPO-token + THR result uses p < 0 (exploration); the p > 0 variant is there to compare.
     "gspo_token": dict(objective="gspo_token", clip_eps_low=3e-4, clip_eps_high=4e-4, kl_coef=0.0,
@@ -451,7 +549,7 @@ def config_diff(stored: dict, cfg: Config) -> dict[str, tuple]:
     """{field: (stored, cfg's)} for the result fields where a stored config.json (a dict) differs
     from cfg; fields outside the hash (threads, ...) never count."""
     new, missing = cfg.result_dict(), "<absent>"
-    keys = sorted((set(stored) | set(new)) - set(_NOT_HASHED))
+    keys = sorted((set(stored) | set(new)) - set(SystemConfig.names()))
     return {k: (stored.get(k, missing), new.get(k, missing)) for k in keys
             if stored.get(k, missing) != new.get(k, missing)}
 
@@ -472,7 +570,7 @@ def field_docs() -> dict[str, str]:
     import inspect
     import re
 
-    src = inspect.getsource(Config)
+    src = "".join(inspect.getsource(c) for c in (Config, *SECTIONS))
     return {m.group(1): m.group(2).strip()
             for m in re.finditer(r"^\s+(\w+): [^=]+=[^#\n]*#\s*(.+)$", src, re.M)}
 

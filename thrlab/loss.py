@@ -1,4 +1,4 @@
-"""GRPO objective pieces as pure tensor functions (METHOD.md section 1).
+"""GRPO objective pieces as pure tensor functions (docs/method.md section 1).
 
 1. Group advantage  A_j = (r_j - mean_G r) / (std_G r + eps), population std; 0 for all-equal groups.
 2. Token ratio      rho_t = pi_theta(y_t) / pi_old(y_t)            (GRPO)
@@ -9,7 +9,7 @@
 5. Aggregation      token_mean: sum_{b,t} l / N_tokens (DAPO); seq_mean_token_mean: mean_b mean_t l;
                     seq_mean_token_sum_norm: mean_b sum_t l / T_max (Dr. GRPO)
 
-Baselines (METHOD.md section 4):
+Baselines (docs/method.md section 4):
 6. Pass@K advantage (Chen et al. 2025), per group of n with N- wrong answers:
    R = 1 - C(N-, K) / C(n, K), s = sqrt(R (1 - R)), A+ = (1 - R) / s,
    A- = (1 - R - C(N- - 1, K - 1) / C(n - 1, K - 1)) / s; mixed = chi * A_passk + (1 - chi) * A_grpo
@@ -20,12 +20,16 @@ Baselines (METHOD.md section 4):
 8. Forking tokens (Wang et al. 2025): keep only the top `frac` tokens by entropy
 Selections count n_sel = max(1, floor(frac * N_valid)) tokens of the micro-batch (verl's rule).
 Shapes: B sequences, T completion tokens; `mask` (B, T) bool marks real completion tokens.
+Each variant (adv_estimator, objective, cov_mode, loss_agg) is one function in a registry below,
+chosen by name; config.LossConfig lists the names (tests/test_loss.py checks they agree).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from .config import LossConfig
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6,
@@ -151,6 +155,31 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
+def _token_mean(loss_tok, m, n_tokens, n_seqs, max_len):
+    return (loss_tok * m).sum() / max(n_tokens, 1.0)  # DAPO: every token of the mini-batch alike
+
+
+def _seq_mean_token_mean(loss_tok, m, n_tokens, n_seqs, max_len):
+    per_seq = (loss_tok * m).sum(-1) / m.sum(-1).clamp(min=1)  # (B,) each response's token mean
+    return per_seq.sum() / max(n_seqs, 1.0)
+
+
+def _seq_mean_token_sum_norm(loss_tok, m, n_tokens, n_seqs, max_len):
+    return (loss_tok * m).sum() / (max(n_seqs, 1.0) * max_len)  # Dr. GRPO: a constant divisor
+
+
+# loss_agg -> reduction of per-token losses (config.LossConfig lists the names; a test checks)
+AGGREGATIONS = {"token_mean": _token_mean, "seq_mean_token_mean": _seq_mean_token_mean,
+                "seq_mean_token_sum_norm": _seq_mean_token_sum_norm}
+
+
+def variant(registry: dict, kind: str, name: str):
+    """registry[name], or a ValueError naming the choices."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; choose {', '.join(registry)}")
+    return registry[name]
+
+
 def aggregate(loss_tok: torch.Tensor, mask: torch.Tensor, mode: str, *, n_tokens: float,
               n_seqs: float, max_len: int) -> torch.Tensor:
     """Reduce per-token losses (B, T) of one micro-batch to its share of the mini-batch loss.
@@ -158,50 +187,82 @@ def aggregate(loss_tok: torch.Tensor, mask: torch.Tensor, mode: str, *, n_tokens
     n_tokens / n_seqs count the whole mini-batch, so summing the micro-batch shares (gradient
     accumulation) gives exactly the mini-batch loss.
     """
-    m = mask.float()
-    if mode == "token_mean":
-        return (loss_tok * m).sum() / max(n_tokens, 1.0)
-    if mode == "seq_mean_token_mean":
-        per_seq = (loss_tok * m).sum(-1) / m.sum(-1).clamp(min=1)
-        return per_seq.sum() / max(n_seqs, 1.0)
-    if mode == "seq_mean_token_sum_norm":
-        return (loss_tok * m).sum() / (max(n_seqs, 1.0) * max_len)
-    raise ValueError(f"unknown loss_agg {mode!r}; choose token_mean, seq_mean_token_mean or "
-                     "seq_mean_token_sum_norm")
+    return variant(AGGREGATIONS, "loss_agg", mode)(loss_tok, mask.float(), n_tokens, n_seqs,
+                                                   max_len)
 
 
-def policy_loss(logp, old_logp, adv_tok, mask, *, objective: str, eps_low: float,
-                eps_high: float, ref_logp=None, kl_coef: float = 0.0, cov_mode: str = "off",
-                cov_ratio: float = 2e-4, cov_kl_coef: float = 1.0,
-                cov_bounds: tuple[float, float] = (1.0, 5.0), generator=None):
-    """Per-token GRPO / GSPO-token loss with optional k3 KL and KL-Cov / Clip-Cov; (loss_tok, stats).
+def _ppo_ratio(logp, old_logp, mask):
+    return ppo_ratio(logp, old_logp)
 
-    logp (B, T) with grad; old_logp, ref_logp (B, T) without; adv_tok (B, T). The covariance
-    selections are over this call's valid tokens; stats["cov_selected"] (B, T) marks them.
+
+# objective -> per-token ratio (B, T) from (logp, old_logp, mask)
+RATIOS = {"grpo": _ppo_ratio, "gspo_token": gspo_token_ratio}
+
+
+def _no_cov(loss_tok, clipped, ratio, logp, old_logp, adv_tok, mask, c, generator):
+    return loss_tok, clipped, None
+
+
+def _kl_cov(loss_tok, clipped, ratio, logp, old_logp, adv_tok, mask, c, generator):
+    """KL-Cov: unclipped -rho A everywhere, |logp - old_logp| on the top-covariance tokens."""
+    sel = top_tokens(token_covariance(adv_tok, logp, mask), mask, c.cov_ratio)
+    loss_tok = -ratio * adv_tok + c.cov_kl_coef * sel * (logp - old_logp).abs()
+    return loss_tok, torch.zeros_like(clipped), sel
+
+
+def _clip_cov(loss_tok, clipped, ratio, logp, old_logp, adv_tok, mask, c, generator):
+    """Clip-Cov: the clipped loss, zeroed on random tokens of the covariance window."""
+    sel = clip_cov_tokens(token_covariance(adv_tok, logp, mask), mask, c.cov_ratio,
+                          c.cov_clip_lb, c.cov_clip_ub, generator=generator, clipped=clipped)
+    return loss_tok * ~sel, clipped, sel
+
+
+# cov_mode -> (loss_tok, clipped, selected tokens or None) from the clipped surrogate's
+COV_PENALTIES = {"off": _no_cov, "kl_cov": _kl_cov, "clip_cov": _clip_cov}
+
+
+def policy_loss(logp, old_logp, adv_tok, mask, loss: LossConfig, *, ref_logp=None,
+                generator=None):
+    """Per-token loss (B, T) of loss.objective with loss.cov_mode and the k3 KL; (loss_tok, stats).
+
+    logp (B, T) with grad; old_logp, ref_logp (B, T) without; adv_tok (B, T); `loss` a
+    LossConfig (a Config is one). The covariance selections are over this call's valid tokens;
+    stats["cov_selected"] (B, T) marks them.
     """
-    if objective == "grpo":
-        ratio = ppo_ratio(logp, old_logp)
-    elif objective == "gspo_token":
-        ratio = gspo_token_ratio(logp, old_logp, mask)
-    else:
-        raise ValueError(f"unknown objective {objective!r}; choose grpo or gspo_token")
-    loss_tok, clipped = clipped_surrogate(ratio, adv_tok, eps_low, eps_high)
+    ratio = variant(RATIOS, "objective", loss.objective)(logp, old_logp, mask)
+    loss_tok, clipped = clipped_surrogate(ratio, adv_tok, loss.clip_eps_low, loss.clip_eps_high)
+    loss_tok, clipped, sel = variant(COV_PENALTIES, "cov_mode", loss.cov_mode)(
+        loss_tok, clipped, ratio, logp, old_logp, adv_tok, mask, loss, generator)
     stats = {"clipped": clipped.detach(), "ratio": ratio.detach()}
-    if cov_mode == "kl_cov":
-        sel = top_tokens(token_covariance(adv_tok, logp, mask), mask, cov_ratio)
-        loss_tok = -ratio * adv_tok + cov_kl_coef * sel * (logp - old_logp).abs()
-        stats["clipped"], stats["cov_selected"] = torch.zeros_like(clipped), sel
-    elif cov_mode == "clip_cov":
-        sel = clip_cov_tokens(token_covariance(adv_tok, logp, mask), mask, cov_ratio, *cov_bounds,
-                              generator=generator, clipped=clipped)
-        loss_tok = loss_tok * ~sel
+    if sel is not None:
         stats["cov_selected"] = sel
-    elif cov_mode != "off":
-        raise ValueError(f"unknown cov_mode {cov_mode!r}; choose off, kl_cov or clip_cov")
-    if kl_coef > 0:
+    if loss.kl_coef > 0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs ref_logp (reference log-probs)")
         kl = k3_kl(logp, ref_logp)
-        loss_tok = loss_tok + kl_coef * kl
+        loss_tok = loss_tok + loss.kl_coef * kl
         stats["kl"] = kl.detach()
     return loss_tok, stats
+
+
+def _grpo_advantages(rewards, group_size, c):
+    return group_advantages(rewards, group_size, c.adv_eps, c.adv_std_norm)
+
+
+def _passk_advantages(rewards, group_size, c):
+    return passk_advantages(rewards, group_size, c.passk_k)
+
+
+def _passk_mixed_advantages(rewards, group_size, c):
+    return passk_mixed_advantages(rewards, group_size, c.passk_k, c.passk_chi, c.adv_eps)
+
+
+# adv_estimator -> response advantages (B,) from rewards (B,)
+ADVANTAGE_ESTIMATORS = {"grpo": _grpo_advantages, "passk": _passk_advantages,
+                        "passk_mixed": _passk_mixed_advantages}
+
+
+def response_advantages(rewards: torch.Tensor, group_size: int, loss: LossConfig) -> torch.Tensor:
+    """Per-response advantages (B,) of group-major rewards (B,) by loss.adv_estimator."""
+    return variant(ADVANTAGE_ESTIMATORS, "adv_estimator", loss.adv_estimator)(
+        rewards, group_size, loss)

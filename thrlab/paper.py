@@ -1,4 +1,4 @@
-"""The experiment grid behind the paper notebooks (METHOD.md section 5) and the tables their
+"""The experiment grid behind the paper notebooks (docs/method.md section 5) and the tables their
 figures are drawn from.
 
 Every comparison run is `run_experiment(from_preset(preset, method, seed=seed, **overrides))`: its

@@ -4,9 +4,9 @@ For one rollout batch (rows group-major, G per group) with GRPO advantages A_j:
 
 1. C_g = sum_{i in P_g} (1/|y_i|) sum_k log pi(y_{i,k})     correct responses' log-lik. in group g
 2. Train on response j alone: one plain SGD step of size eta on l_j = -A_j sum_k log pi(y_{j,k}).
-   THR predicts  dC_g ~= (eta / tau^2) |A_j| sum_k THR_{j,k}          (METHOD.md section 6)
+   THR predicts  dC_g ~= (eta / kappa^2) |A_j| sum_k THR_{j,k}          (docs/method.md section 6)
    which is exact to first order for a step on the unembedding W with hidden states held fixed:
-3. exact: logits' = logits + (eta A_j / tau^2) (h_a . H_j^T) G_j for every anchor token a, where
+3. exact: logits' = logits + (eta A_j / kappa^2) (h_a . H_j^T) G_j for every anchor token a, where
    H_j (T_j, H) and G_j = onehot(y_j) - pi_j (T_j, V) are response j's states and gradients.
 4. measured: dC_g after a real SGD step of all LoRA parameters of the model on l_j (then undone).
 5. LLD: mean over a fixed probe set of correct responses of (1/|y|) log pi(y), along training

@@ -1,4 +1,4 @@
-"""Token Hidden Reward (THR) and the advantage reweighting it drives (METHOD.md sections 2, 3).
+"""Token Hidden Reward (THR) and the advantage reweighting it drives (docs/method.md sections 2, 3).
 
 For one group, token k of response j has hidden state h_{j,k} (post-final-norm, the vector the
 unembedding W multiplies), next-token distribution pi_{j,k} and g_{j,k} = e_{y_{j,k}} - pi_{j,k}.
@@ -24,10 +24,11 @@ import math
 
 import torch
 
+from .config import THRConfig
 from .guards import NonFiniteError
 from .loss import group_advantages
 
-METHODS = ("auto", "factorised", "gram")
+ROUTES = ("auto", "factorised", "gram")  # how token_hidden_reward computes THR (section 2)
 VOCABS = ("full", "group")
 
 
@@ -36,7 +37,7 @@ class NonFiniteInput(NonFiniteError, ValueError):
 
 
 def _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperature, vocab,
-                 method, chunk_size) -> None:
+                 route, chunk_size) -> None:
     if (logits is None) == (lm_head_weight is None):
         raise ValueError("pass exactly one of logits=(G, T, V) or lm_head_weight=(V, H); got "
                          f"{'both' if logits is not None else 'neither'}")
@@ -64,9 +65,9 @@ def _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperat
                          f"{tuple(lm_head_weight.shape)} disagree on H: lm_head_weight must be "
                          "(V, H), the unembedding that multiplies hidden's last dimension (W, not "
                          "W.T), and hidden the post-final-norm states it multiplies")
-    if vocab not in VOCABS or method not in METHODS:
-        raise ValueError(f"vocab={vocab!r}, method={method!r}; choose vocab from {VOCABS} and "
-                         f"method from {METHODS}")
+    if vocab not in VOCABS or route not in ROUTES:
+        raise ValueError(f"vocab={vocab!r}, route={route!r}; choose vocab from {VOCABS} and "
+                         f"route from {ROUTES}")
     if chunk_size < 1 or temperature <= 0:
         raise ValueError(f"chunk_size={chunk_size} and temperature={temperature} must be positive")
 
@@ -143,7 +144,7 @@ def _gram(h, y, w, anchors, where, probs, chunk_size):
 
 def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_weight=None,
                         temperature=1.0, length_normalize=True, advantage_weighted=False,
-                        adv=None, vocab="full", method="auto", chunk_size=1024) -> torch.Tensor:
+                        adv=None, vocab="full", route="auto", chunk_size=1024) -> torch.Tensor:
     """Score every completion token of one group by its token hidden reward; (G, T) float32.
 
     hidden (G, T, H) post-final-norm states; tokens (G, T); mask (G, T) real tokens; rewards (G,)
@@ -155,7 +156,7 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
     tau (none above it, the mask unchanged). advantage_weighted=True weights response j by its
     advantage A_j instead of 2 r_j - 1: `adv` (G,), the advantages the run trains with (any
     estimator); without it, GRPO's std-normalised advantages of `rewards`.
-    method="auto" takes the route with fewer estimated multiply-adds
+    route="auto" takes the one with fewer estimated multiply-adds
     (route_flops); with given logits and V >> H that is gram roughly when N_c < H.
     0 on padding and for groups whose rewards are all equal.
 
@@ -188,7 +189,7 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
     True
     """
     _check_group(hidden, tokens, mask, rewards, logits, lm_head_weight, temperature, vocab,
-                 method, chunk_size)
+                 route, chunk_size)
     G, T, H = hidden.shape
     mask = mask.bool()
     out = torch.zeros(G, T, dtype=torch.float32, device=hidden.device)  # (G, T)
@@ -248,10 +249,10 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
     anchors = (w > 0).nonzero().squeeze(1)  # (N_c,) real tokens of correct responses
     where = torch.full((len(y),), -1, dtype=torch.long, device=h.device)  # (N,) anchor index
     where[anchors] = torch.arange(len(anchors), device=h.device)  # or -1
-    if method == "auto":
+    if route == "auto":
         cost = route_flops(len(y), len(anchors), n_vocab, H, logits is None, chunk_size)
-        method = min(cost, key=cost.get)
-    if method == "factorised":
+        route = min(cost, key=cost.get)
+    if route == "factorised":
         score = _factorised(h, y, w, anchors, where, probs, n_vocab, chunk_size)  # (N,)
     else:
         score = _gram(h, y, w, anchors, where, probs, chunk_size)  # (N,)
@@ -372,16 +373,52 @@ def mass_matched_advantages(adv, mask, kept) -> torch.Tensor:
     return adv[:, None] * m * scale
 
 
-def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight=None, *,
-                         logits=None, generator=None):
-    """Per-token advantages (B, T) of whole groups under cfg's thr_* settings; (adv_tok, thr, stats).
+def _reweight(adv, thr, mask, rewards, tau, c, group_size, generator):
+    return reweight_advantages(adv, thr, mask, tau=tau, p=c.thr_p, dominant_only=c.thr_mask)
+
+
+def _nthr(adv, thr, mask, rewards, tau, c, group_size, generator):
+    return nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=group_size)
+
+
+def _random_mask(adv, thr, mask, rewards, tau, c, group_size, generator):
+    keep = random_mask_like(thr.abs() > tau, mask, generator)
+    return adv[:, None] * mask * keep
+
+
+def _mass_matched(adv, thr, mask, rewards, tau, c, group_size, generator):
+    return mass_matched_advantages(adv, mask, (thr.abs() > tau) & mask.bool())
+
+
+# thr_mode -> token advantages (B, T) from (adv (B,), thr (B, T), mask, rewards, tau (B, 1), ...);
+# "off" computes no THR (the trainer broadcasts adv). config.THRConfig lists the names.
+TOKEN_ADVANTAGES = {"thr": _reweight, "nthr": _nthr, "random_mask": _random_mask,
+                    "mass_matched": _mass_matched}
+
+
+def _min_mean_tau(thr, mask, rewards, c) -> float:
+    return thr_threshold(thr, mask, rewards, c.thr_beta)
+
+
+def _quantile_tau(thr, mask, rewards, c) -> float:
+    return thr_quantile_threshold(thr, mask, c.thr_tau_quantile)
+
+
+# thr_tau_mode -> one group's threshold from (thr (G, T), mask, rewards (G,), config)
+THRESHOLDS = {"min_mean": _min_mean_tau, "quantile": _quantile_tau}
+
+
+def thr_token_advantages(c: THRConfig, hidden, tokens, mask, rewards, adv, lm_head_weight=None,
+                         *, group_size: int, temperature: float = 1.0, logits=None,
+                         generator=None):
+    """Per-token advantages (B, T) of whole groups under a THRConfig; (adv_tok, thr, stats).
 
     The one place the trainer and the TRL integration turn (old-policy hidden states, sampled
-    tokens, rewards, GRPO advantages) into reweighted token advantages. cfg is a thrlab Config (or
-    anything with its thr_* fields, temperature and group_size); hidden (B, T, H); the
-    probabilities come from lm_head_weight (V, H), the unembedding, streamed in chunks, or from
-    logits (B, T, V) already divided by cfg.temperature (an update pass's, reused). Rows are
-    group-major, B a multiple of group_size.
+    tokens, rewards, response advantages) into reweighted token advantages (docs/method.md
+    section 3). `c` is a THRConfig (a thrlab Config is one); hidden (B, T, H); the probabilities
+    come from lm_head_weight (V, H), the unembedding, streamed in chunks at `temperature`, or from
+    logits (B, T, V) already divided by it (an update pass's, reused). Rows are group-major, B a
+    multiple of group_size.
 
     Two controls share THR's computation but not its information (thrlab.config.METHODS
     `thr_random_mask`, `grpo_mass_matched`): thr_mode="random_mask" keeps, in every response,
@@ -389,31 +426,20 @@ def thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, lm_head_weight
     unchanged (p = 0); thr_mode="mass_matched" trains on every token with GRPO's advantages
     scaled so their total mass equals what THR's mask keeps (the smaller step alone).
     """
-    G = cfg.group_size
+    from .loss import variant
+
+    G = group_size
+    token_advantages = variant(TOKEN_ADVANTAGES, "thr_mode (that computes THR)", c.thr_mode)
+    threshold = variant(THRESHOLDS, "thr_tau_mode", c.thr_tau_mode)
     source = ({"logits": logits.detach()} if logits is not None else
-              {"lm_head_weight": lm_head_weight.detach(), "temperature": cfg.temperature})
+              {"lm_head_weight": lm_head_weight.detach(), "temperature": temperature})
     with torch.no_grad():
         thr = thr_for_batch(hidden.detach(), tokens, mask, rewards, G, **source,
-                            vocab=cfg.thr_vocab, length_normalize=cfg.thr_length_normalize,
-                            advantage_weighted=cfg.thr_advantage_weighted,
-                            adv=adv.detach() if cfg.thr_advantage_weighted else None)  # (B, T)
-        groups = [slice(g, g + G) for g in range(0, len(thr), G)]
-        if cfg.thr_tau_mode == "quantile":
-            taus = [thr_quantile_threshold(thr[s], mask[s], cfg.thr_tau_quantile) for s in groups]
-        else:
-            taus = [thr_threshold(thr[s], mask[s], rewards[s], cfg.thr_beta) for s in groups]
+                            vocab=c.thr_vocab, length_normalize=c.thr_length_normalize,
+                            advantage_weighted=c.thr_advantage_weighted,
+                            adv=adv.detach() if c.thr_advantage_weighted else None)  # (B, T)
+        taus = [threshold(thr[s], mask[s], rewards[s], c)
+                for s in (slice(g, g + G) for g in range(0, len(thr), G))]
         tau = torch.tensor(taus, device=thr.device).repeat_interleave(G).unsqueeze(-1)  # (B, 1)
-        if cfg.thr_mode == "thr":
-            adv_tok = reweight_advantages(adv, thr, mask, tau=tau, p=cfg.thr_p,
-                                          dominant_only=cfg.thr_mask)
-        elif cfg.thr_mode == "nthr":
-            adv_tok = nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=G)
-        elif cfg.thr_mode == "random_mask":
-            keep = random_mask_like(thr.abs() > tau, mask, generator)
-            adv_tok = adv[:, None] * mask * keep
-        elif cfg.thr_mode == "mass_matched":
-            adv_tok = mass_matched_advantages(adv, mask, (thr.abs() > tau) & mask.bool())
-        else:
-            raise ValueError(f"thr_mode={cfg.thr_mode!r} computes no THR; use thr, nthr, "
-                             "random_mask or mass_matched")
+        adv_tok = token_advantages(adv, thr, mask, rewards, tau, c, G, generator)  # (B, T)
         return adv_tok, thr, thr_stats(thr, mask, tau, adv, adv_tok)

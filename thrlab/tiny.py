@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import Config, TinyConfig
 from .runs import atomic_write_text
 from .tasks import arithmetic_problems, format_prompt, sft_targets
 
@@ -57,15 +57,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("THRLAB_CACHE", Path.home() / ".cache" / "thrlab"))
 
 
-_TINY_KEYS = ("arith_op", "tiny_arch", "tiny_hidden", "tiny_layers", "tiny_heads", "tiny_ffn", "sft_steps",
-              "sft_batch", "sft_lr", "sft_seed")
+def cold_start_key(cfg: Config) -> dict:
+    """What the cold-started model depends on: its TinyConfig and the task it learns (arith_op)."""
+    return {k: getattr(cfg, k) for k in ("arith_op", *TinyConfig.names())}
 
 
 def tiny_model_dir(cfg: Config) -> Path:
     """Cache path of the cold-started tiny model for cfg's tiny_* and sft_* settings."""
     import hashlib
 
-    key = json.dumps({k: getattr(cfg, k) for k in _TINY_KEYS}, sort_keys=True)
+    key = json.dumps(cold_start_key(cfg), sort_keys=True)
     return cache_root() / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -92,7 +93,7 @@ def ensure_tiny_model(cfg: Config, progress: bool = True) -> Path:
     tok.save_pretrained(tmp)
     atomic_write_text(tmp / "cold_start.json",
                       json.dumps(dict(stats, wall_s=time.time() - t0,
-                                      **{k: getattr(cfg, k) for k in _TINY_KEYS}), indent=2))
+                                      **cold_start_key(cfg)), indent=2))
     (tmp / "COMPLETE").write_text("ok\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

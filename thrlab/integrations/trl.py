@@ -52,7 +52,7 @@ check_trl_version()
 
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402  (after the version check, on purpose)
 
-from ..config import Config  # noqa: E402
+from ..config import Config, THRConfig  # noqa: E402
 from ..model import lm_parts  # noqa: E402
 from ..thr import thr_token_advantages  # noqa: E402
 from .groups import GroupLayout, assemble, exchange_shared_rows, merge_thr_stats  # noqa: E402
@@ -159,15 +159,19 @@ def grpo_config(cfg: Config, output_dir: str, *, world_size: int | None = None,
 
 
 class THRGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with THR-reweighted per-token advantages; thr_config is a thrlab Config.
+    """TRL's GRPOTrainer with THR-reweighted per-token advantages.
+
+    thr_config is a THRConfig (e.g. THRConfig(thr_mode="thr", thr_p=0.1)) or a whole thrlab
+    Config (which is one, and whose group_size and temperature must then agree with the args);
+    the group size and temperature THR uses are TRL's num_generations and temperature.
 
     Train mode only: evaluation losses stay plain GRPO. Rewards must be binary (0/1) after TRL's
     reward weighting, since THR's anchors are the correct responses. `thr_last` holds the last
     generation batch's THR (local rows, (b, T)) for inspection.
     """
 
-    def __init__(self, *args, thr_config: Config, **kwargs):
-        if thr_config.thr_mode == "off":
+    def __init__(self, *args, thr_config: THRConfig, **kwargs):
+        if not thr_config.thr_on:
             raise ValueError("thr_config.thr_mode is 'off'; use trl.GRPOTrainer, or set thr_mode "
                              "to 'thr' or 'nthr'")
         super().__init__(*args, **kwargs)
@@ -179,9 +183,11 @@ class THRGRPOTrainer(GRPOTrainer):
 
     def _check_args(self) -> None:
         cfg, a = self.thr_config, self.args
-        wrong = {"num_generations": (a.num_generations, cfg.group_size),
-                 "temperature": (a.temperature, cfg.temperature)}
-        wrong = {k: v for k, v in wrong.items() if v[0] != v[1]}
+        wrong = {}
+        if isinstance(cfg, Config):
+            wrong = {"num_generations": (a.num_generations, cfg.group_size),
+                     "temperature": (a.temperature, cfg.temperature)}
+            wrong = {k: v for k, v in wrong.items() if v[0] != v[1]}
         if wrong:
             raise ValueError(f"GRPOConfig disagrees with thr_config (TRL value, thrlab value): "
                              f"{wrong}; build the args with thrlab.integrations.trl.grpo_config")
@@ -265,7 +271,7 @@ class THRGRPOTrainer(GRPOTrainer):
 
         cfg, acc = self.thr_config, self.accelerator
         rewards = self._binary_rewards()  # (B_global,)
-        lay = GroupLayout(acc.process_index, len(adv), cfg.group_size)
+        lay = GroupLayout(acc.process_index, len(adv), self.args.num_generations)
         w = lm_parts(acc.unwrap_model(self.model))[1].weight  # (V, H), replicated on every rank
         b, T = tokens.shape
         remote, adv_all = {}, None
@@ -287,7 +293,9 @@ class THRGRPOTrainer(GRPOTrainer):
                 where = [lay.local_index(r) for r in rows]  # local index or None
                 a = torch.stack([adv[i] if i is not None else adv_all[r]
                                  for i, r in zip(where, rows)])  # (n,)
-                a_tok, thr, st = thr_token_advantages(cfg, h, y, m, rewards[rows], a, w)
+                a_tok, thr, st = thr_token_advantages(
+                    cfg, h, y, m, rewards[rows], a, w, group_size=self.args.num_generations,
+                    temperature=self.args.temperature)
                 if is_owner:
                     mine = (float(m.sum()), float(len(rows)), st)
                 for k, i in enumerate(where):
