@@ -36,8 +36,8 @@ def main() -> None:
     from thrlab.evaluate import summarise
     from thrlab.rewards import extract_answer
     from thrlab.rollout import generate
-    from thrlab.tasks import arithmetic_problems, format_prompt, sft_targets
-    from thrlab.tiny import build_model, build_tokenizer, sft_batch, sft_loss
+    from thrlab.tasks import arithmetic_problems, format_prompt
+    from thrlab.tiny import build_model, build_tokenizer, sft_loop
 
     chain = args.op == "mul_chain"
     style, new_tokens, n = ("chain", 28, args.samples) if chain else ("plain", 8, args.samples)
@@ -51,15 +51,10 @@ def main() -> None:
     rng = random.Random(cfg.sft_seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     rows, t0 = [], time.time()
-    for step in range(1, args.steps + 1):
-        batch = rng.sample(pool, args.batch)
-        ids, attn, labels = sft_batch(tok, batch, "plain", sft_targets(batch, args.op, rng))
-        loss = sft_loss(model, ids, attn, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+    def measure(step: int, loss: float) -> None:
         if step % args.every:
-            continue
+            return
         torch.manual_seed(0)
         g = generate(model, tok, prompts, n=1, do_sample=False, temperature=1.0, top_p=1.0,
                      max_new_tokens=new_tokens)
@@ -72,13 +67,16 @@ def main() -> None:
                     for j in range(n)] for i, p in enumerate(held)]
         summ = summarise(greedy, samples)
         units = sum(a[-1:] == p.answer[-1] for a, p in zip(ans, held)) / len(held)
-        rows.append({"step": step, "loss": loss.item(), "greedy_acc": summ["greedy_acc"],
+        rows.append({"step": step, "loss": loss, "greedy_acc": summ["greedy_acc"],
                      "units_digit_acc": units, "pass@1": summ["pass@1"],
                      f"pass@{n}": summ[f"pass@{n}"], "wall_s": time.time() - t0})
         if chain:
             rows[-1]["strategy_entropy"] = strategy_entropy(
                 [strategy_of(held[i // n].question, t) for i, t in enumerate(s.texts)])
         print(" ".join(f"{k}={v:.3f}" for k, v in rows[-1].items()), flush=True)
+
+    sft_loop(model, tok, opt, pool, rng, steps=args.steps, batch_size=args.batch,
+             template="plain", op=args.op, progress=False, on_step=measure)
     print(json.dumps({"op": args.op, "arch": args.arch, "lr": args.lr, "batch": args.batch,
                       "samples": n, "rows": rows}))
 

@@ -25,24 +25,16 @@ The last line printed is JSON; record it in RESULTS.md with the card's name.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
-import sys
 import tempfile
 import time
-from pathlib import Path
-from unittest import mock
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-for p in (HERE.parent, HERE):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from thrlab.runs import environment_info  # noqa: E402
-from step_breakdown import PHASES, make_trainer, phase_row, summarise  # noqa: E402
+from thrlab.experiment import build_trainer
+from thrlab.profiling import PHASES, phase_row, summarise
+from thrlab.runs import environment_info
 
 SHAPES = {  # Qwen2.5-1.5B: hidden 1536, 28 layers, 12 heads / 2 KV heads, FFN 8960, vocab 151,936
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -139,19 +131,16 @@ def generation_before_after(tr, n_prompts: int, new_tokens: int) -> dict:
     prompts = [format_prompt(p.question, cfg.template) for p in tr.problems[:n_prompts]]
     out = {}
     for name in ("thrlab", "transformers"):
-        patch = contextlib.ExitStack()
-        if name == "transformers":  # the path generate() took before the shared prefill
-            patch.enter_context(mock.patch.object(rollout, "dequantized_4bit_cpu", contextlib.nullcontext))
-        with patch:
-            torch.manual_seed(1)
-            _sync()
-            t0 = time.perf_counter()
-            r = rollout.generate(tr.model, tr.tok, prompts, n=cfg.group_size, do_sample=True,
-                                 temperature=cfg.temperature, top_p=cfg.top_p,
-                                 max_new_tokens=new_tokens,
-                                 engine="generate" if name == "transformers" else "auto")
-            _sync()
-            dt = time.perf_counter() - t0
+        plain = name == "transformers"  # the path generate() took before the shared prefill
+        torch.manual_seed(1)
+        _sync()
+        t0 = time.perf_counter()
+        r = rollout.generate(tr.model, tr.tok, prompts, n=cfg.group_size, do_sample=True,
+                             temperature=cfg.temperature, top_p=cfg.top_p,
+                             max_new_tokens=new_tokens, engine="generate" if plain else "auto",
+                             dequantize=not plain)
+        _sync()
+        dt = time.perf_counter() - t0
         out[name] = {"wall_s": dt, "tokens": int(r.mask.sum()),
                      "tokens_per_s": float(r.mask.sum()) / dt, "ids": r.tokens}
     same = torch.equal(out["thrlab"].pop("ids"), out["transformers"].pop("ids"))
@@ -201,7 +190,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = build_model(args.shape, f"{d}/model", device)
         cfg = cfg.replace(model=path)
-        tr = make_trainer(cfg, path, f"{d}/run", problems=problems, grade_fn=RandomGrade(0))
+        tr = build_trainer(cfg, path, f"{d}/run", problems=problems, grade_fn=RandomGrade(0))
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         rows = []

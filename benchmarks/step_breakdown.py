@@ -37,72 +37,23 @@ batch of the preset (`--reps` rounds, medians), and checks the results are uncha
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import resource
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
-from unittest import mock
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from thrlab.runs import environment_info  # noqa: E402
-from thrlab.tiny import save_random_model  # noqa: E402
-
-PHASES = ("generate", "reward", "old_logp", "ref_logp", "thr", "update", "other")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def make_trainer(cfg, model_path: str, run_dir: str, problems=None, grade_fn=None):
-    """A GRPOTrainer with its model loaded from model_path; problems and grader default to cfg's."""
-    from thrlab.experiment import make_grade_fn, train_problems
-    from thrlab.model import load_policy, resolve_device
-    from thrlab.runs import RunDir
-    from thrlab.trainer import GRPOTrainer
-
-    model, tok = load_policy(cfg, model_path, resolve_device(cfg))
-    return GRPOTrainer(cfg, model, tok, problems or train_problems(cfg), RunDir(run_dir),
-                       grade_fn or make_grade_fn(cfg))
-
-
-def phase_row(stats: dict, batch: int) -> dict:
-    """Per-phase seconds of one logged step (keys of PHASES plus step, tokens)."""
-    g = lambda k: float(stats.get(f"time/{k}", 0.0))  # noqa: E731
-    thr = g("thr")
-    on_policy_thr = g("old_logp") == 0.0  # THR then runs inside the update's timer
-    row = {"generate": g("generate"), "reward": g("reward"), "old_logp": g("old_logp"),
-           "ref_logp": g("ref_logp"), "thr": thr,
-           "update": g("update") - (thr if on_policy_thr else 0.0), "step": g("step")}
-    row["other"] = row["step"] - sum(row[k] for k in PHASES if k != "other")
-    row["tokens"] = float(stats.get("train/completion_len", 0.0)) * batch
-    return row
-
-
-def summarise(rows: list[dict]) -> dict:
-    med = {k: statistics.median(r[k] for r in rows) for k in PHASES + ("step",)}
-    mean = {k: statistics.fmean(r[k] for r in rows) for k in PHASES + ("step",)}
-    gen = sum(r["generate"] for r in rows)
-    return {"phases_s": med, "phases_mean_s": mean,
-            "phase_frac": {k: mean[k] / mean["step"] for k in PHASES},
-            "gen_tokens_per_s": sum(r["tokens"] for r in rows) / gen if gen else 0.0,
-            "thr_overhead_frac": sum(r["thr"] for r in rows) / sum(r["step"] for r in rows),
-            "thr_overhead_frac_median": statistics.median(r["thr"] / r["step"] for r in rows)}
+from thrlab.experiment import build_trainer
+from thrlab.profiling import PHASES, peak_rss_mb, phase_row, summarise
+from thrlab.runs import environment_info
+from thrlab.tiny import save_random_model
 
 
 def run(cfg, model_path: str, steps: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
-        tr = make_trainer(cfg, model_path, os.path.join(d, "run"))
+        tr = build_trainer(cfg, model_path, os.path.join(d, "run"))
         B = cfg.prompts_per_step * cfg.group_size
         rows = []
         for i in range(warmup + steps):
@@ -147,15 +98,11 @@ def ablation(cfg, model_path: str, reps: int) -> dict:
     out = {}
     for rep in range(reps):
         for name, (shared, dq) in variants.items():
-            with contextlib.ExitStack() as stack:
-                if not dq:
-                    stack.enter_context(mock.patch.object(rollout, "dequantized_4bit_cpu",
-                                                 contextlib.nullcontext))
-                torch.manual_seed(rep)
-                t0 = time.perf_counter()
-                r = rollout.generate(model, tok, prompts, engine="auto" if shared else "generate",
-                                     **kw)
-                gen[name].append(time.perf_counter() - t0)
+            torch.manual_seed(rep)
+            t0 = time.perf_counter()
+            r = rollout.generate(model, tok, prompts, engine="auto" if shared else "generate",
+                                 dequantize=dq, **kw)
+            gen[name].append(time.perf_counter() - t0)
             out[name] = (r, torch.get_rng_state())
         same = all(torch.equal(out["before"][0].tokens, out[k][0].tokens)
                    and torch.equal(out["before"][1], out[k][1]) for k in variants)

@@ -45,12 +45,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from thrlab.model import _available_memory as mem_available  # noqa: E402
-from thrlab.runs import environment_info  # noqa: E402
+from thrlab.model import available_memory as mem_available
+from thrlab.runs import environment_info
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -157,7 +153,7 @@ def measure(name: str, inputs: str, outdir: str, impl: str, method: str = "auto"
     spec = {"inputs": inputs, "out": out, "impl": impl, "method": method, "vocab": vocab,
             "chunk_size": chunk_size}
     p = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)],
-                       capture_output=True, text=True, cwd=ROOT)
+                       capture_output=True, text=True)
     if p.returncode != 0:  # e.g. killed for memory: report it, keep going
         res = {"error": f"rc={p.returncode}: {p.stderr.strip()[-300:]}"}
         print(f"  {name}: FAILED {res['error']}", flush=True)

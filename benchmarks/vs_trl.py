@@ -28,10 +28,9 @@ median thrlab step. Per-phase seconds come from thrlab's own timers and from tim
 TRL's methods (`_generate`, `_calculate_rewards`, `_get_per_token_logps_and_entropies` without grad
 = reference pass and with grad = policy forward, backward, optimizer), so the reasons are measured.
 
-Parity: on one shared rollout batch with shared advantages, the same non-zero LoRA weights copied
-into both models, thrlab's loss (completion_forward + policy_loss + aggregate) and TRL's
-`_compute_loss` must agree, and so must their LoRA gradients (p = 0, same aggregation; the
-algorithms coincide there). Known algorithmic differences are listed in the JSON (`differences`).
+Parity (same batch, advantages and adapters: loss and LoRA gradients agree) is a test:
+tests/test_integration_trl.py::test_thrlab_loss_and_gradients_equal_trls. Known algorithmic
+differences are listed in the JSON (`differences`).
 The last line printed is JSON.
 """
 from __future__ import annotations
@@ -39,27 +38,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from thrlab.runs import environment_info  # noqa: E402
-from thrlab.tiny import save_random_model  # noqa: E402
-from step_breakdown import make_trainer, peak_rss_mb, phase_row  # noqa: E402
+from thrlab.experiment import build_trainer
+from thrlab.profiling import peak_rss_mb, phase_row
+from thrlab.runs import environment_info
+from thrlab.tiny import save_random_model
 
 DIFFERENCES = [
     "advantage std: TRL divides by the sample std (Bessel) + 1e-4, thrlab by the population std "
     "+ 1e-6 (docs/method.md section 1); for a group of 8 binary rewards TRL's advantages are sqrt(7/8) = 0.935x "
-    "thrlab's. The parity check feeds both the same advantages.",
+    "thrlab's. The parity test (tests/test_integration_trl.py) feeds both the same advantages.",
     "positions: TRL's training forward passes no position_ids (0..L-1 including left padding), "
     "thrlab derives them from the attention mask as generate() does; identical when prompts are "
     "unpadded (the tiny task's prompts all have one length).",
@@ -178,71 +171,9 @@ def trl_phase_row(acc: dict, opt_s: float, step_s: float) -> dict:
     return row
 
 
-# -- parity on a shared batch ---------------------------------------------------------------------
-def parity(cfg, thr_tr, trl_tr, seed: int = 1234) -> dict:
-    """Loss and LoRA gradients of thrlab and TRL on one shared batch, shared advantages."""
-    from thrlab.loss import aggregate, group_advantages, policy_loss
-    from thrlab.model import completion_forward
-
-    r, _ = thr_tr.rollout()
-    adv = group_advantages(r.rewards, cfg.group_size, cfg.adv_eps)  # (B,)
-    m_thr, m_trl = thr_tr.model, trl_tr.model
-    p_thr = {n: p for n, p in m_thr.named_parameters() if p.requires_grad}
-    p_trl = {n: p for n, p in m_trl.named_parameters() if p.requires_grad}
-    if set(p_thr) != set(p_trl):
-        return {"error": f"LoRA parameter names differ: {sorted(set(p_thr) ^ set(p_trl))[:4]}"}
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n in sorted(p_thr):  # the same non-zero adapters in both (B starts at 0 otherwise)
-            w = torch.randn(p_thr[n].shape, generator=g) * 0.05
-            p_thr[n].copy_(w)
-            p_trl[n].copy_(w)
-    mask = r.mask
-    n_tok = float(mask.sum())
-    # thrlab: the update's own computation (on-policy: old = logp.detach())
-    m_thr.train()
-    m_thr.zero_grad(set_to_none=True)
-    ref = thr_tr.frozen_pass(r, reference=True)["logp"]
-    o = completion_forward(m_thr, r.input_ids, r.attention_mask, r.prompt_len, cfg.temperature)
-    lt, _ = policy_loss(o["logp"], o["logp"].detach(), adv[:, None] * mask.float(), mask,
-                        cfg, ref_logp=ref)
-    loss_thr = aggregate(lt, mask, "token_mean", n_tokens=n_tok, n_seqs=float(len(mask)),
-                         max_len=cfg.max_new_tokens)
-    loss_thr.backward()
-    # TRL: its own reference pass and loss on the same ids, masks and advantages
-    from trl.trainer.utils import use_adapter
-
-    m_trl.train()
-    m_trl.zero_grad(set_to_none=True)
-    Lp = r.prompt_len
-    ids, att = r.input_ids, r.attention_mask
-    with torch.no_grad(), use_adapter(trl_tr.accelerator.unwrap_model(m_trl), adapter_name=None):
-        ref_trl, _, _ = trl_tr._get_per_token_logps_and_entropies(m_trl, ids, att, ids.shape[1] - Lp)
-    inputs = {"prompt_ids": ids[:, :Lp], "prompt_mask": att[:, :Lp],
-              "completion_ids": r.tokens, "completion_mask": mask.long(),
-              "advantages": adv, "ref_per_token_logps": ref_trl,
-              # TRL divides by num_items * grad_accum / steps_per_generation: the whole batch
-              "num_items_in_batch": mask.sum() * trl_tr.args.steps_per_generation
-              / trl_tr.args.gradient_accumulation_steps}
-    loss_trl = trl_tr._compute_loss(m_trl, inputs)
-    loss_trl.backward()
-    num = max(float((p_thr[n].grad - p_trl[n].grad).abs().max()) for n in p_thr)
-    den = max(float(p_thr[n].grad.abs().max()) for n in p_thr)
-    with torch.no_grad():
-        for n in p_thr:
-            p_thr[n].grad = p_trl[n].grad = None
-    lt_, lr_ = float(loss_thr), float(loss_trl)
-    return {"loss_thrlab": lt_, "loss_trl": lr_, "loss_abs_diff": abs(lt_ - lr_),
-            "loss_rel_diff": abs(lt_ - lr_) / max(abs(lt_), 1e-12),
-            "ref_logp_max_abs_diff": float(((ref - ref_trl) * mask).abs().max()),
-            "grad_max_abs_diff_over_max_grad": num / max(den, 1e-30),
-            "prompt_padding_tokens": int((att[:, :Lp] == 0).sum()), "batch": len(mask),
-            "tokens": n_tok}
-
-
 # -- the race -------------------------------------------------------------------------------------
 def race(cfg, model_path: str, steps: int, rounds: int, warmup_rounds: int, with_thr: bool,
-         do_parity: bool, problems=None, grade_fn=None) -> dict:
+         problems=None, grade_fn=None) -> dict:
     """Run the contestants alternately (module docstring); problems / grader default to cfg's."""
     from transformers import TrainerCallback
 
@@ -250,10 +181,10 @@ def race(cfg, model_path: str, steps: int, rounds: int, warmup_rounds: int, with
     B = cfg.prompts_per_step * cfg.group_size
     with tempfile.TemporaryDirectory() as d:
         data = dict(problems=problems, grade_fn=grade_fn)
-        contestants = {"thrlab": make_trainer(cfg, model_path, f"{d}/thrlab", **data)}
+        contestants = {"thrlab": build_trainer(cfg, model_path, f"{d}/thrlab", **data)}
         if with_thr:
             cthr = cfg.replace(thr_mode="thr", thr_p=0.1)
-            contestants["thrlab_thr"] = make_trainer(cthr, model_path, f"{d}/thrlab_thr", **data)
+            contestants["thrlab_thr"] = build_trainer(cthr, model_path, f"{d}/thrlab_thr", **data)
         trl_tr = build_trl(cfg, model_path, f"{d}/trl", steps * rounds, timer, **data)
         rows = {k: [] for k in ["trl", *contestants]}
 
@@ -323,8 +254,6 @@ def race(cfg, model_path: str, steps: int, rounds: int, warmup_rounds: int, with
             float(r.get("train/completion_len", 0)) for r in tr.run.metrics())
             for name, tr in contestants.items()}
         out["completion_len_mean"] = comp
-        if do_parity:
-            out["parity"] = parity(cfg, contestants["thrlab"], trl_tr)
     return out
 
 
@@ -339,12 +268,6 @@ def format_table(res: dict) -> str:
                     if "speedup_vs_trl_thr" in res else ""))
     lines.append("TRL detail (median s): " + ", ".join(
         f"{k} {v:.4f}" for k, v in res["trl"]["detail_s_median"].items()))
-    if "parity" in res:
-        p = res["parity"]
-        lines.append("parity: " + (p["error"] if "error" in p else
-                     f"loss thrlab {p['loss_thrlab']:.6g} vs TRL {p['loss_trl']:.6g} "
-                     f"(rel diff {p['loss_rel_diff']:.1e}), LoRA grads max diff / max "
-                     f"{p['grad_max_abs_diff_over_max_grad']:.1e}"))
     return "\n".join(lines)
 
 
@@ -357,7 +280,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--warmup-rounds", type=int, default=1, help="first rounds not counted")
     ap.add_argument("--no-thr", action="store_true", help="leave out the thrlab + THR contestant")
-    ap.add_argument("--no-parity", action="store_true")
     ap.add_argument("--random-model", action="store_true")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: random model, 2 prompts x G=4, 2 rounds x 1 step")
@@ -379,8 +301,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         path = save_random_model(cfg, d) if args.random_model else resolve_model_path(cfg, False)
-        res = race(cfg, path, args.steps, args.rounds, args.warmup_rounds, not args.no_thr,
-                   not args.no_parity)
+        res = race(cfg, path, args.steps, args.rounds, args.warmup_rounds, not args.no_thr)
     import trl
 
     res.update({"preset": cfg.preset, "overrides": over,

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from thrlab.runs import STEP_PHASES
+
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = {"generate", "reward", "old_logp", "ref_logp", "thr", "update", "other"}
+PHASES = {*STEP_PHASES, "other"}
 
 
 def run_script(name: str, *args: str, timeout: int = 300) -> dict:
@@ -41,15 +43,13 @@ def test_step_breakdown_quick_json():
     assert res["phases_s"]["old_logp"] == 0  # tiny preset is on-policy: THR reads the update
 
 
-def test_vs_trl_quick_json_and_parity():
+def test_vs_trl_quick_json():
     pytest.importorskip("trl")
     res = run_script("vs_trl.py", "--quick", "--json")
     for name in ("thrlab", "thrlab_thr", "trl"):
         assert res[name]["step_s_median"] > 0 and res[name]["steps_counted"] == 1
         assert set(res[name]["phases_s_median"]) == PHASES
     assert res["speedup_vs_trl"] > 0 and res["speedup_vs_trl_thr"] > 0
-    p = res["parity"]  # same batch, advantages and adapters: the algorithms coincide
-    assert p["loss_rel_diff"] < 1e-5 and p["grad_max_abs_diff_over_max_grad"] < 1e-4
 
 
 def test_thr_scaling_quick_json():

@@ -272,6 +272,54 @@ def test_p0_without_mask_is_plain_trl(tiny_model_dir, tmp_path, one_thread):
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
 
 
+def test_thrlab_loss_and_gradients_equal_trls(tiny_model_dir, tmp_path, one_thread):
+    """thrlab's own loss (completion_forward + policy_loss + aggregate, the k3 KL to the
+    adapters-disabled reference) and TRL 1.16's GRPO loss on one batch with the same advantages
+    and adapters: the two algorithms coincide (loss to 1e-5, LoRA gradients to 1e-4 of the
+    largest)."""
+    from trl import GRPOTrainer
+
+    from thrlab.loss import aggregate, policy_loss
+    from thrlab.model import completion_forward, reference_policy
+
+    # a KL term large enough to matter; 16-bit base weights, since TRL 1.16 casts the adapters
+    # of a quantized model to bf16 (grpo_trainer.py, after QLoRA) where thrlab keeps fp32 on CPU
+    cfg = _cfg("grpo", kl_coef=0.05, load_in_4bit=False)
+    losses, grads = {}, {}
+    for name in ("thrlab", "trl"):
+        model, tok = _policy(cfg, tiny_model_dir)  # the same seeded adapters in both
+        tr = _trl(GRPOTrainer, cfg, model, tok, tmp_path / name)
+        tr.model.train()
+        tr.current_gradient_accumulation_steps = 1  # set by TRL's training loop
+        out = tr._generate_and_score_completions(_fixed_batch(tok)[0])
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+        att = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+        mask, Lp = out["completion_mask"].bool(), out["prompt_ids"].shape[1]
+        # one reference for both: the adapters disabled (TRL's own would be a frozen copy of
+        # the adapter it was handed, not the base model)
+        with torch.no_grad(), reference_policy(model):
+            ref = completion_forward(model, ids, att, Lp, cfg.temperature)["logp"]
+        if name == "trl":
+            loss = tr.compute_loss(tr.model, dict(out, ref_per_token_logps=ref))
+        else:
+            o = completion_forward(model, ids, att, Lp, cfg.temperature)
+            lt, _ = policy_loss(o["logp"], o["logp"].detach(), out["advantages"][:, None] * mask,
+                                mask, cfg, ref_logp=ref)
+            loss = aggregate(lt, mask, cfg.loss_agg, n_tokens=float(mask.sum()),
+                             n_seqs=float(len(mask)), max_len=cfg.max_new_tokens)
+        loss.backward()
+        losses[name] = float(loss.detach())
+        grads[name] = {n: p.grad for n, p in model.named_parameters()
+                       if p.requires_grad and "ref" not in n}
+    assert losses["trl"] != 0
+    assert losses["thrlab"] == pytest.approx(losses["trl"], rel=1e-5)
+    assert grads["thrlab"].keys() == grads["trl"].keys()
+    top = max(float(g.abs().max()) for g in grads["trl"].values())
+    assert top > 0
+    for n, g in grads["trl"].items():
+        assert float((grads["thrlab"][n] - g).abs().max()) <= 1e-4 * top, n
+
+
 def test_trl_sampling_steps_train_lora_only(tiny_model_dir, tmp_path, one_thread):
     """Two steps with TRL's own sampling (no rollout_func) through the example's entry point."""
     sys.path.insert(0, str(ROOT / "examples"))

@@ -6,7 +6,7 @@ import torch
 
 from thrlab.config import from_preset
 from thrlab.model import load_policy
-from thrlab.runs import RunDir
+from thrlab.runs import STEP_PHASES, RunDir
 from thrlab.tasks import arithmetic_problems
 from thrlab.step import UpdateMetrics
 from thrlab.trainer import GRPOTrainer
@@ -119,6 +119,8 @@ def test_thr_on_policy_uses_the_update_forward_only(tiny_model_dir, tmp_path):
     assert 0.3 <= q[-1]["thr/frac_kept"] <= 0.7  # about half the tokens above the median
     assert all(r["time/old_logp"] == 0.0 for r in rows)
     assert all(r["time/thr"] > 0 for r in rows)
+    # the logged phases are disjoint: THR inside the update pass is not counted in time/update
+    assert all(sum(r[f"time/{p}"] for p in STEP_PHASES) <= r["time/step"] for r in rows)
 
 
 @pytest.mark.parametrize("over", [dict(thr_mode="thr", thr_p=0.1, thr_save_every=1),

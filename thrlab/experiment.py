@@ -20,6 +20,7 @@ import torch
 from .config import Config, config_diff, method_of
 from .errors import RunFolderError, SetupError
 from .runs import RunDir, environment_info, read_json, write_json
+from .seeds import draw_seed, stage_seed
 
 # Held-out arithmetic problems are drawn with this seed, independent of the run's seed, so runs
 # with different seeds are scored on the same problems.
@@ -36,7 +37,7 @@ def eval_seed(cfg: Config) -> int:
     identically before and after). The value is the former "before" seed, so eval_before files
     of earlier versions still match.
     """
-    return cfg.seed * 1000 + 11
+    return stage_seed("eval", cfg.seed)
 
 
 def evaluate_run(model, tok, cfg: Config, sets: dict, progress: bool = True) -> dict:
@@ -122,6 +123,18 @@ class Inputs(NamedTuple):
     sets: dict  # {eval set name: [Problem]}
 
 
+def build_trainer(cfg: Config, model_path: str, run_dir: str | Path, problems=None,
+                  grade_fn=None):
+    """A GRPOTrainer on the model at model_path (LoRA added); problems and grader default to
+    cfg's (train_problems, make_grade_fn). For benchmarks and notebooks that drive steps."""
+    from .model import load_policy, resolve_device
+    from .trainer import GRPOTrainer
+
+    model, tok = load_policy(cfg, model_path, resolve_device(cfg))
+    return GRPOTrainer(cfg, model, tok, problems or train_problems(cfg), RunDir(run_dir),
+                       grade_fn or make_grade_fn(cfg))
+
+
 def check_inputs(cfg: Config, progress: bool = True, *, train: bool = True) -> Inputs:
     """Resolve and check everything cfg needs that can be checked without loading the model:
     the device, the training problems (when train) and eval sets (empty ones refused), the model
@@ -168,10 +181,10 @@ def check_folder(run: RunDir, cfg: Config, own: Path) -> None:
                              "config.json); pass a new or empty folder as --run-dir")
 
 
-def _seed_phase(cfg: Config, phase: int) -> None:
+def _seed_phase(cfg: Config, phase: str) -> None:
     # Each training phase starts from its own seed, so a resumed run replays skipped phases'
     # RNG exactly; evaluations all use eval_seed(cfg).
-    torch.manual_seed(cfg.seed * 1000 + phase)
+    torch.manual_seed(stage_seed(phase, cfg.seed))
 
 
 def _evaluate_phase(run: RunDir, name: str, cfg, model, tok, sets, progress,
@@ -255,12 +268,12 @@ def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
     t0 = time.time()
     write_json(run / "config.json", cfg.to_dict())
     write_json(run / "env.json", environment_info())  # torch is imported: its threads included
-    _seed_phase(cfg, 1)
+    _seed_phase(cfg, "init")
     model, tok = load_policy(cfg, inputs.path, inputs.device)
     before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress,
                              cache=start_eval_cache(cfg, inputs.path))
     on_step = likelihood_probe(run, cfg, model, tok, inputs.sets) if cfg.probe_every else None
-    _seed_phase(cfg, 2)
+    _seed_phase(cfg, "train")
     trainer = GRPOTrainer(cfg, model, tok, inputs.problems, run, make_grade_fn(cfg))
     metrics = trainer.train(progress=progress, on_step=on_step)
     save_adapter(model, run / "adapter")
@@ -287,29 +300,17 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
         return read_json(run / "eval_sft_control.json")
     import random
 
-    from tqdm.auto import tqdm
-
     from .model import load_policy
-    from .tasks import sft_targets
-    from .tiny import sft_batch, sft_loss
+    from .tiny import sft_loop
     from .trainer import make_optimizer
 
-    _seed_phase(cfg, 3)
-    device = inputs.device
-    model, tok = load_policy(cfg, inputs.path, device)
+    _seed_phase(cfg, "sft_control")
+    model, tok = load_policy(cfg, inputs.path, inputs.device)
     params, opt = make_optimizer(model, cfg)
-    rng = random.Random(cfg.seed)
-    n = cfg.prompts_per_step * cfg.group_size
-    model.train()
-    for _ in tqdm(range(cfg.steps), desc="SFT control", disable=not progress):
-        batch = rng.sample(inputs.problems, n)
-        ids, attn, labels = sft_batch(tok, batch, cfg.template,
-                                      sft_targets(batch, cfg.arith_op, rng))
-        loss = sft_loss(model, ids.to(device), attn.to(device), labels.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
+    sft_loop(model, tok, opt, inputs.problems, random.Random(draw_seed("sft_control", cfg.seed)),
+             steps=cfg.steps, batch_size=cfg.prompts_per_step * cfg.group_size,
+             template=cfg.template, op=cfg.arith_op, clip=(params, cfg.max_grad_norm),
+             device=inputs.device, desc="SFT control", progress=progress)
     return _evaluate_phase(run, "sft_control", cfg, model, tok, inputs.sets, progress)
 
 

@@ -144,7 +144,7 @@ def dequantized_4bit_cpu(model):
             and m.weight.device.type == "cpu"
             and not getattr(m, "support_avx512bf16_for_cpu", False)  # unguarded: bnb repacks
             and not getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
-    budget = _DEQUANT_MEM_FRAC * _available_memory()  # the rest keep bnb's per-call path
+    budget = _DEQUANT_MEM_FRAC * available_memory()  # the rest keep bnb's per-call path
     for i, m in enumerate(mods):
         budget -= 4 * m.weight.quant_state.shape.numel()  # fp32 copy
         if budget < 0:
@@ -161,7 +161,7 @@ def dequantized_4bit_cpu(model):
 _DEQUANT_MEM_FRAC = 0.25
 
 
-def _available_memory() -> int:
+def available_memory() -> int:
     """Bytes of memory available to new allocations (MemAvailable; 8 GiB if unknown)."""
     try:
         with open("/proc/meminfo") as f:

@@ -18,13 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, from_preset, preset_config
-from .runs import RunDir, read_json, write_json
-
-# Phases of a training step (metrics.jsonl keys, seconds). time/thr runs inside time/update on
-# on-policy steps and before it otherwise; runtime_table separates the two.
-PHASES = ("time/generate", "time/reward", "time/old_logp", "time/ref_logp", "time/thr",
-          "time/update")
-
+from .runs import STEP_PHASES, RunDir, read_json, write_json
 
 # The study of each CPU testbed preset (README, "The CPU testbed"): what
 # `python -m thrlab.reproduce --preset NAME` gives every notebook that declares these parameters.
@@ -527,15 +521,13 @@ def curve_by_method(metrics: pd.DataFrame, key: str, window: int = 1):
 
 
 def runtime_table(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """method x phase: mean wall seconds per step; THR split out of the update where it is
-    inside (on-policy runs), 'other' = step minus the phases."""
+    """method x phase (runs.STEP_PHASES, disjoint): mean wall seconds per step; 'other' = step
+    minus the phases."""
     out = {}
     for r in runs.drop_duplicates("method").itertuples():
-        cfg = read_json(Path(r.run_dir) / "config.json")
         d = metrics[(metrics.method == r.method) & (metrics["train/skipped"] == 0)]
-        row = {p.split("/")[1]: float(d[p].fillna(0.0).mean()) if p in d else 0.0 for p in PHASES}
-        if cfg["epochs"] == 1 and cfg["mini_batches"] == 1:
-            row["update"] -= row["thr"]  # on-policy: THR is computed inside the update pass
+        row = {p: float(d[f"time/{p}"].fillna(0.0).mean()) if f"time/{p}" in d else 0.0
+               for p in STEP_PHASES}
         row["other"] = max(0.0, float(d["time/step"].mean()) - sum(row.values()))
         out[r.method] = row
     return pd.DataFrame(out).T

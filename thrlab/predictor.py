@@ -24,6 +24,7 @@ from .config import Config
 from .loss import group_advantages
 from .model import completion_forward, lm_parts
 from .paper import top_k_overlap
+from .seeds import draw_seed, stage_seed
 
 
 # -- pure tensor functions -----------------------------------------------------------------------
@@ -138,7 +139,7 @@ def lora_step_effects(model, r, adv, *, eta: float, temperature: float,
 def _policy(cfg: Config, adapter=None):
     from .experiment import load_run_policy
 
-    torch.manual_seed(cfg.seed * 1000 + 1)  # run_experiment's seeding: the same LoRA init
+    torch.manual_seed(stage_seed("init", cfg.seed))  # run_experiment's: the same LoRA init
     model, tok = load_run_policy(cfg, adapter, progress=False)
     model.train()
     return model, tok
@@ -167,8 +168,9 @@ def predictor_batch(cfg: Config, *, n_prompts: int, eta_unembed: float, eta_lora
     from .thr import thr_for_batch
 
     model, tok = _policy(cfg, adapter)
-    problems = random.Random(cfg.seed).sample(train_problems(cfg), n_prompts)
-    torch.manual_seed(cfg.seed * 1000 + 21)
+    problems = random.Random(draw_seed("predictor_batch", cfg.seed)).sample(train_problems(cfg),
+                                                                        n_prompts)
+    torch.manual_seed(stage_seed("predictor_batch", cfg.seed))
     r = _sample(model, tok, cfg, problems, make_grade_fn(cfg))
     adv = group_advantages(r.rewards, cfg.group_size, cfg.adv_eps)
     with torch.no_grad():
@@ -199,8 +201,9 @@ def thr_records(cfg: Config, *, n_prompts: int, adapter: str | Path | None = Non
     from .thr import thr_for_batch
 
     model, tok = _policy(cfg, adapter)
-    problems = random.Random(cfg.seed + 1).sample(train_problems(cfg), n_prompts)
-    torch.manual_seed(cfg.seed * 1000 + 22)
+    problems = random.Random(draw_seed("thr_records", cfg.seed)).sample(train_problems(cfg),
+                                                                    n_prompts)
+    torch.manual_seed(stage_seed("thr_records", cfg.seed))
     r = _sample(model, tok, cfg, problems, make_grade_fn(cfg))
     with torch.no_grad():
         o = completion_forward(model, r.input_ids, r.attention_mask, r.prompt_len,
@@ -217,7 +220,7 @@ def thr_records(cfg: Config, *, n_prompts: int, adapter: str | Path | None = Non
 def probe_set(model, tok, cfg: Config, problems, grade_fn):
     """Correct responses of the policy on `problems` (G samples each, the first correct one per
     problem; seeded, so methods sharing an initial policy share the probe)."""
-    torch.manual_seed(cfg.seed * 1000 + 31)
+    torch.manual_seed(stage_seed("probe", cfg.seed))
     r = _sample(model, tok, cfg, problems, grade_fn)
     rows = [g * cfg.group_size + int(k) for g, grp in
             enumerate(r.rewards.view(-1, cfg.group_size)) for k in grp.nonzero()[:1].flatten()]

@@ -6,6 +6,7 @@ old-policy pass, THR): `input_ids (B, L)`, `attention_mask (B, L)`, `tokens (B, 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Ten
 @torch.no_grad()  # not inference_mode: the tensors feed the autograd update later
 def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, temperature: float,
              top_p: float, max_new_tokens: int, batch_size: int = 0,
-             engine: str = "auto") -> Rollout:
+             engine: str = "auto", dequantize: bool = True) -> Rollout:
     """Sample n completions per prompt (greedy when do_sample is False).
 
     Rows are prompt-major: row i*n + g is sample g of prompt i. Generation runs in eval mode
@@ -99,7 +100,9 @@ def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, tempera
     and every id of the checkpoint's `generation_config.eos_token_id` (`stop_token_ids`).
     engine="auto" prefills each prompt once, not n times (`_shared_prefill_sample`), where the
     architecture allows; "generate" always calls transformers' generate(). Both give the same
-    tokens bit for bit (tested). CPU 4-bit weights are dequantised once per call, not per token.
+    tokens bit for bit (tested). CPU 4-bit weights are dequantised once per call, not per token
+    (`dequantize=False` keeps bitsandbytes' kernels per token: the same tokens, slower; the
+    benchmarks' "before").
     """
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
@@ -114,7 +117,8 @@ def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, tempera
     shared = engine == "auto" and _shared_prefill_supported(lm)
     step = batch_size or len(prompts)
     try:
-        with dequantized_4bit_cpu(model), _own_generation_config(lm, **sampling):
+        dq = dequantized_4bit_cpu(model) if dequantize else contextlib.nullcontext()
+        with dq, _own_generation_config(lm, **sampling):
             for s in range(0, len(prompts), step):
                 enc = tok(prompts[s:s + step], return_tensors="pt", padding=True,
                           add_special_tokens=False)

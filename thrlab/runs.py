@@ -24,6 +24,10 @@ from pathlib import Path
 
 from .errors import RunFolderError
 
+# The phases of a training step as metrics.jsonl logs them (time/<phase>, wall seconds). They are
+# disjoint, so time/step minus their sum is everything else (logging, checkpoints).
+STEP_PHASES = ("generate", "reward", "old_logp", "ref_logp", "thr", "update")
+
 MARKER = "COMPLETE"
 LOCK = ".lock"
 

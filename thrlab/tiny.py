@@ -131,23 +131,44 @@ def sft_loss(model, input_ids, attn, labels):
                                              labels[:, 1:].flatten(), ignore_index=-100)
 
 
-def cold_start(model, tok, cfg: Config, progress: bool = True) -> dict:
-    """Supervised fine-tuning of all weights on the arithmetic train split (answer tokens only)."""
+def sft_loop(model, tok, opt, pool: list, rng: random.Random, *, steps: int, batch_size: int,
+             template: str, op: str, clip: tuple | None = None, device=None, desc: str = "SFT",
+             progress: bool = True, on_step=None) -> list[float]:
+    """Supervised steps on the targets of rng-drawn problems (tasks.sft_targets: answers, or
+    chains for mul_chain), answer tokens only; returns the losses. The one SFT loop: the cold
+    start, the equal-compute SFT control and benchmarks/cold_start_curve.py run it.
+
+    clip = (params, max_norm) clips the gradient before each step; on_step(step, loss) runs
+    after each (1-based) step.
+    """
     from tqdm.auto import tqdm
 
-    rng = random.Random(cfg.sft_seed)
-    pool = arithmetic_problems(None, "train", seed=cfg.sft_seed, op=cfg.arith_op)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
     model.train()
     losses = []
-    for _ in tqdm(range(cfg.sft_steps), desc="cold start (SFT)", disable=not progress,
-                  mininterval=2.0):
-        batch = rng.sample(pool, cfg.sft_batch)
-        ids, attn, labels = sft_batch(tok, batch, "plain", sft_targets(batch, cfg.arith_op, rng))
+    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=2.0):
+        batch = rng.sample(pool, batch_size)
+        ids, attn, labels = sft_batch(tok, batch, template, sft_targets(batch, op, rng))
+        if device is not None:
+            ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
         loss = sft_loss(model, ids, attn, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(*clip)
         opt.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    return losses
+
+
+def cold_start(model, tok, cfg: Config, progress: bool = True) -> dict:
+    """Supervised fine-tuning of all weights on the arithmetic train split (answer tokens only)."""
+    rng = random.Random(cfg.sft_seed)
+    pool = arithmetic_problems(None, "train", seed=cfg.sft_seed, op=cfg.arith_op)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
+    losses = sft_loop(model, tok, opt, pool, rng, steps=cfg.sft_steps, batch_size=cfg.sft_batch,
+                      template="plain", op=cfg.arith_op, desc="cold start (SFT)",
+                      progress=progress)
     tail = losses[-50:] or [float("nan")]
     return {"final_loss": sum(tail) / len(tail), "steps": cfg.sft_steps}

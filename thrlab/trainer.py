@@ -33,6 +33,7 @@ from .model import completion_forward, lm_parts
 from .old_policy import FrozenPass, UpdatePass, frozen_pass, update_pass_is_old_policy
 from .rollout import cat_rollouts, generate
 from .runs import RunDir
+from .seeds import prompt_order_seed, step_seed
 from .step import MicroBatches, Timers, finite
 from .tasks import format_prompt
 
@@ -92,8 +93,8 @@ class GRPOTrainer:
         with timers("ref_logp"):
             ref_logp = self.reference_logp(batch)  # (B, T) or None
         self.old_policy.batch_advantages(batch, adv, acc)  # 4. THR once per batch (frozen pass)
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
+        t0, thr_s = time.perf_counter(), acc.thr.get("time/thr", 0.0)
+        gen = torch.Generator().manual_seed(step_seed("mini_batches", cfg.seed, self.step))
         for rows in self.mini_batch_order(len(batch.tokens), gen):  # epochs x mini-batches
             keep = self.loss_tokens(batch, rows, acc)  # (b, T) tokens that carry gradient
             n_tok = float(keep.sum())  # token-mean: over the tokens that carry gradient
@@ -116,7 +117,8 @@ class GRPOTrainer:
                 acc.add_micro(value, batch.mask[idx], st, out["entropy"])
             self.optimizer_step(acc)
         self.save_token_records(batch, adv)
-        return {**timers, **acc.metrics(cfg.epochs), "time/update": time.perf_counter() - t0,
+        update_s = time.perf_counter() - t0 - (acc.thr.get("time/thr", 0.0) - thr_s)  # THR apart
+        return {**timers, **acc.metrics(cfg.epochs), "time/update": update_s,
                 "train/adv_abs_mean": float(adv.abs().mean())}
 
     # -- the stages --------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ class GRPOTrainer:
             epoch, pos = divmod(self.state.cursor, len(self.problems))
             if self._order[0] != epoch:  # one shuffle per pass (a function of seed and pass)
                 order = list(range(len(self.problems)))
-                random.Random(self.cfg.seed * 100_003 + epoch).shuffle(order)
+                random.Random(prompt_order_seed(self.cfg.seed, epoch)).shuffle(order)
                 self._order = (epoch, order)
             out.append(self.problems[self._order[1][pos]])
             self.state.cursor += 1
@@ -223,7 +225,7 @@ class GRPOTrainer:
         # the unembedding (V, H), never LoRA-wrapped, streams probabilities when no logits
         w = lm_parts(self.model)[1].weight if logits is None else None
         # the random-mask control draws from its own stream: one per step, part of the run
-        gen = torch.Generator().manual_seed(cfg.seed * 104_729 + self.step)
+        gen = torch.Generator().manual_seed(step_seed("random_mask", cfg.seed, self.step))
         adv_tok, thr, stats = thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, w,
                                                    group_size=cfg.group_size,
                                                    temperature=cfg.temperature, logits=logits,

@@ -112,7 +112,10 @@ def grpo_config(cfg: Config, output_dir: str, *, world_size: int | None = None,
     fp16. Not mappable: TRL's advantage divides by the sample std (G - 1) + 1e-4, thrlab's by the
     population std + adv_eps, so A_TRL = A_thrlab * sqrt((G - 1) / G) up to eps; the integration
     keeps TRL's A (with thr_p = 0 and no mask it is exactly TRL's GRPO). TRL shuffles a generation
-    batch once and reuses that split across iterations; thrlab reshuffles every epoch.
+    batch once and reuses that split across iterations; thrlab reshuffles every epoch. TRL 1.16
+    casts the LoRA adapters of a 4-bit model to bf16 (QLoRA's recommendation) whatever the compute
+    dtype, where thrlab's trainer keeps them in the compute dtype (fp32 on CPU): on CPU the two
+    agree exactly only with 16/32-bit base weights (tests/test_integration_trl.py).
     """
     from accelerate.utils import get_int_from_env
 
