@@ -122,7 +122,7 @@ def test_notebook_is_thin_and_clean(nb):
         for node in ast.walk(ast.parse(c.source)):
             assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Lambda)), nb.stem
     params = reproduce.declared_parameters(nb)
-    assert {"preset", "overrides", "runs_root", "out_dir"} <= set(params)
+    assert {"preset", "budget", "overrides", "runs_root", "out_dir"} <= set(params)
     assert not any(Path(str(v)).is_absolute() for v in params.values() if isinstance(v, str))
 
 

@@ -185,13 +185,14 @@ def test_the_study_keeps_every_run_on_its_presets_schedule(preset):
     """Planned at a testbed preset, no repo notebook passes a config field that differs from the
     preset's own (e.g. notebook 09's tiny probe cadence), so every notebook's runs are the
     study's grid and are shared: a notebook that did would silently train a second grid."""
+    from thrlab import paper
     from thrlab.config import preset_config
 
     own = preset_config(preset)
     nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
     for job in reproduce.plan(nbs, preset=preset, seeds=None, params=[], runs_root=Path("runs")):
         p = {**reproduce.declared_parameters(job["notebook"]), **job["params"]}
-        fields = dict(p.get("overrides", {}))
+        fields = paper.with_budget(p["budget"], p["overrides"]) if "budget" in p else {}
         fields.update({k: p[k] for k in ("probe_every", "probe_prompts", "mini_batches") if k in p})
         moved = {k: v for k, v in fields.items()
                  if k != "threads" and getattr(own, k) != v}  # threads is not in the run id

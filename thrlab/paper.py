@@ -20,6 +20,23 @@ import pandas as pd
 from .config import Config, from_preset, preset_config
 from .runs import STEP_PHASES, RunDir, read_json, write_json
 
+# What a notebook's runs train, by its `budget` parameter (one place; every parameters cell used to
+# copy the dict). "notebook": the tiny reproduction's, no SFT control, 200 held-out problems, 30
+# GRPO steps (half the tiny default: all of `make reproduce` in ~20 min on a shared 2-core CPU),
+# one torch thread (not in the run id; up to 8x faster than 2 on a busy CPU). "preset": the preset
+# as defined (a paper preset on a GPU; the testbed studies, which STUDY_BUDGETS select). Every
+# notebook defaults to "notebook", so runs are shared across notebooks.
+BUDGETS = {"notebook": {"sft_control": False, "eval_limit": 200, "steps": 30, "threads": 1},
+           "preset": {}}
+
+
+def with_budget(budget: str, overrides: dict | None = None) -> dict:
+    """The config overrides of a notebook's grid: BUDGETS[budget], then its own overrides."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}; choose one of {sorted(BUDGETS)} (thrlab.paper.BUDGETS)")
+    return {**BUDGETS[budget], **(overrides or {})}
+
+
 # The study of each CPU testbed preset (README, "The CPU testbed"): what
 # `python -m thrlab.reproduce --preset NAME` gives every notebook that declares these parameters.
 # The preset itself carries the schedule and evaluation sizes (config.PRESETS); here: the seeds,
@@ -28,8 +45,8 @@ from .runs import STEP_PHASES, RunDir, read_json, write_json
 # the a*b task (26-token chains), so its study keeps E2, E3, the two controls, E4 without the
 # baselines and the diversity figure (30 runs, ~68 min), and leaves GSPO-token (E5, 10 runs) and
 # the Llama architecture (E6, 15 runs and a second cold start) to the a*b study.
-_STUDY = {"seeds": [0, 1, 2, 3, 4], "overrides": {"threads": 1}, "workers": 2,
-          "passk_samples": 0, "passk_limit": 0}
+_STUDY = {"seeds": [0, 1, 2, 3, 4], "budget": "preset", "overrides": {"threads": 1},
+          "workers": 2, "passk_samples": 0, "passk_limit": 0}
 _CORE = ["grpo", "thr_p0", "thr_explore"]
 # Notebook 09 probes at the testbed presets' own cadence, so its runs are the grid's runs.
 _PROBE = {"09_thr_predictor": {"probe_every": 10}}
