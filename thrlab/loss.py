@@ -38,10 +38,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6,
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} "
                          f"entries, got shape {tuple(rewards.shape)}")
-    r = rewards.float().view(-1, group_size)  # (P, G)
-    centred = r - r.mean(-1, keepdim=True)  # (P, G)
+    grid = rewards.float().view(-1, group_size)  # (P, G)
+    centred = grid - grid.mean(-1, keepdim=True)  # (P, G)
     if std_norm:
-        centred = centred / (r.std(-1, unbiased=False, keepdim=True) + eps)
+        centred = centred / (grid.std(-1, unbiased=False, keepdim=True) + eps)
     return centred.flatten()  # (B,) exactly 0 where a group's rewards are all equal
 
 

@@ -55,7 +55,8 @@ class FrozenPass:
     runs_pass = True  # prepare() runs a forward (timed as time/old_logp)
 
     def __init__(self, model, cfg, micro, token_advantages):
-        self.model, self.cfg, self.micro, self.token_advantages = model, cfg, micro, token_advantages
+        self.model, self.cfg, self.micro = model, cfg, micro
+        self.token_advantages = token_advantages
 
     def prepare(self, batch) -> None:
         """Run the pass over the whole batch (B rows)."""
@@ -83,7 +84,8 @@ class UpdatePass:
     """pi_old is the update pass itself (on-policy, no dropout); THR per micro-batch."""
 
     def __init__(self, model, cfg, micro, token_advantages):
-        self.model, self.cfg, self.micro, self.token_advantages = model, cfg, micro, token_advantages
+        self.model, self.cfg, self.micro = model, cfg, micro
+        self.token_advantages = token_advantages
         self.update_needs_states = cfg.thr_on  # THR reads the update pass's states and logits
         self.runs_pass = cfg.entropy_top_frac > 0  # only for the forking tokens' entropy
 

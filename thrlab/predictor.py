@@ -95,40 +95,40 @@ def bottom_k_overlap(pred, meas, k: int) -> float:
 
 
 # -- measurements on a model ---------------------------------------------------------------------
-def _loglik_rows(model, r, rows, temperature) -> torch.Tensor:
-    o = completion_forward(model, r.input_ids[rows], r.attention_mask[rows], r.prompt_len,
-                           temperature, need_entropy=False)
-    m = r.mask[rows].float()
+def _loglik_rows(model, batch, rows, temperature) -> torch.Tensor:
+    o = completion_forward(model, batch.input_ids[rows], batch.attention_mask[rows],
+                           batch.prompt_len, temperature, need_entropy=False)
+    m = batch.mask[rows].float()
     return (o["logp"] * m).sum(1) / m.sum(1).clamp(min=1)  # (n,)
 
 
-def lora_step_effects(model, r, adv, *, eta: float, temperature: float,
+def lora_step_effects(model, batch, adv, *, eta: float, temperature: float,
                       group_size: int) -> torch.Tensor:
     """Measured dC_g / eta of one SGD step of the trainable (LoRA) parameters on each
     response's loss alone (eq. 4), (B,); the parameters are restored after each step."""
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
     G = group_size
-    out = torch.zeros(len(r.tokens))
-    for s in range(0, len(r.tokens), G):
+    out = torch.zeros(len(batch.tokens))
+    for s in range(0, len(batch.tokens), G):
         rows = torch.arange(s, s + G)
-        anchors = rows[r.rewards[rows] == 1]
+        anchors = rows[batch.rewards[rows] == 1]
         if len(anchors) == 0 or len(anchors) == G:
             continue
         with torch.no_grad():
-            c0 = float(_loglik_rows(model, r, anchors, temperature).sum())
+            c0 = float(_loglik_rows(model, batch, anchors, temperature).sum())
         for j in rows.tolist():
             if adv[j] == 0:
                 continue
             model.zero_grad(set_to_none=True)
-            o = completion_forward(model, r.input_ids[j:j + 1], r.attention_mask[j:j + 1],
-                                   r.prompt_len, temperature, need_entropy=False)
-            (-float(adv[j]) * (o["logp"] * r.mask[j:j + 1]).sum()).backward()
+            o = completion_forward(model, batch.input_ids[j:j + 1], batch.attention_mask[j:j + 1],
+                                   batch.prompt_len, temperature, need_entropy=False)
+            (-float(adv[j]) * (o["logp"] * batch.mask[j:j + 1]).sum()).backward()
             with torch.no_grad():
                 for p in params:
                     if p.grad is not None:
                         p -= eta * p.grad
-                c1 = float(_loglik_rows(model, r, anchors, temperature).sum())
+                c1 = float(_loglik_rows(model, batch, anchors, temperature).sum())
                 for p, v in zip(params, saved):
                     p.copy_(v)
             out[j] = (c1 - c0) / eta
@@ -149,12 +149,12 @@ def _sample(model, tok, cfg: Config, problems, grade_fn):
     from .rollout import generate
     from .tasks import format_prompt
 
-    r = generate(model, tok, [format_prompt(p.question, cfg.template, tok) for p in problems],
+    batch = generate(model, tok, [format_prompt(p.question, cfg.template, tok) for p in problems],
                  n=cfg.group_size, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
                  max_new_tokens=cfg.max_new_tokens)
-    res = grade_fn(r.texts, [problems[i].answer for i in r.problem_index])
-    r.rewards = torch.tensor(res.rewards, dtype=torch.float32, device=r.tokens.device)
-    return r
+    res = grade_fn(batch.texts, [problems[i].answer for i in batch.problem_index])
+    batch.rewards = torch.tensor(res.rewards, dtype=torch.float32, device=batch.tokens.device)
+    return batch
 
 
 def predictor_batch(cfg: Config, *, n_prompts: int, eta_unembed: float, eta_lora: float,
@@ -171,23 +171,23 @@ def predictor_batch(cfg: Config, *, n_prompts: int, eta_unembed: float, eta_lora
     problems = random.Random(draw_seed("predictor_batch", cfg.seed)).sample(train_problems(cfg),
                                                                         n_prompts)
     torch.manual_seed(stage_seed("predictor_batch", cfg.seed))
-    r = _sample(model, tok, cfg, problems, make_grade_fn(cfg))
-    adv = group_advantages(r.rewards, cfg.group_size, cfg.adv_eps)
+    batch = _sample(model, tok, cfg, problems, make_grade_fn(cfg))
+    adv = group_advantages(batch.rewards, cfg.group_size, cfg.adv_eps)
     with torch.no_grad():
-        o = completion_forward(model, r.input_ids, r.attention_mask, r.prompt_len,
+        o = completion_forward(model, batch.input_ids, batch.attention_mask, batch.prompt_len,
                                cfg.temperature, need_hidden=True, need_entropy=False)
         W = lm_parts(model)[1].weight  # (V, H)
-        thr = thr_for_batch(o["hidden"], r.tokens, r.mask, r.rewards, cfg.group_size,
+        thr = thr_for_batch(o["hidden"], batch.tokens, batch.mask, batch.rewards, cfg.group_size,
                             lm_head_weight=W, temperature=cfg.temperature)  # (B, T)
-        exact = unembedding_effects(o["hidden"], r.tokens, r.mask, r.rewards, adv, W,
+        exact = unembedding_effects(o["hidden"], batch.tokens, batch.mask, batch.rewards, adv, W,
                                     eta=eta_unembed, temperature=cfg.temperature,
                                     group_size=cfg.group_size)
-    pred = predicted_effects(thr, r.mask, adv, cfg.temperature)
-    lora = lora_step_effects(model, r, adv, eta=eta_lora, temperature=cfg.temperature,
+    pred = predicted_effects(thr, batch.mask, adv, cfg.temperature)
+    lora = lora_step_effects(model, batch, adv, eta=eta_lora, temperature=cfg.temperature,
                              group_size=cfg.group_size)
     keep = (adv != 0).nonzero().flatten().tolist()
-    cols = {"group": torch.arange(len(adv)) // cfg.group_size, "reward": r.rewards, "adv": adv,
-            "length": r.lengths, "predicted": pred, "unembedding": exact, "lora": lora}
+    cols = {"group": torch.arange(len(adv)) // cfg.group_size, "reward": batch.rewards, "adv": adv,
+            "length": batch.lengths, "predicted": pred, "unembedding": exact, "lora": lora}
     return {k: [float(v[i]) for i in keep] for k, v in cols.items()}
 
 
@@ -204,16 +204,16 @@ def thr_records(cfg: Config, *, n_prompts: int, adapter: str | Path | None = Non
     problems = random.Random(draw_seed("thr_records", cfg.seed)).sample(train_problems(cfg),
                                                                     n_prompts)
     torch.manual_seed(stage_seed("thr_records", cfg.seed))
-    r = _sample(model, tok, cfg, problems, make_grade_fn(cfg))
+    batch = _sample(model, tok, cfg, problems, make_grade_fn(cfg))
     with torch.no_grad():
-        o = completion_forward(model, r.input_ids, r.attention_mask, r.prompt_len,
+        o = completion_forward(model, batch.input_ids, batch.attention_mask, batch.prompt_len,
                                cfg.temperature, need_hidden=True)
-        thr = thr_for_batch(o["hidden"], r.tokens, r.mask, r.rewards, cfg.group_size,
+        thr = thr_for_batch(o["hidden"], batch.tokens, batch.mask, batch.rewards, cfg.group_size,
                             lm_head_weight=lm_parts(model)[1].weight,
                             temperature=cfg.temperature)  # (B, T)
-    adv = group_advantages(r.rewards, cfg.group_size, cfg.adv_eps)
-    return token_records(tok, r.tokens, r.mask, thr, o["entropy"], r.rewards, adv,
-                         cfg.group_size, len(r.tokens), cfg.thr_save_tokens)
+    adv = group_advantages(batch.rewards, cfg.group_size, cfg.adv_eps)
+    return token_records(tok, batch.tokens, batch.mask, thr, o["entropy"], batch.rewards, adv,
+                         cfg.group_size, len(batch.tokens), cfg.thr_save_tokens)
 
 
 # -- lazy likelihood displacement ----------------------------------------------------------------
@@ -221,14 +221,15 @@ def probe_set(model, tok, cfg: Config, problems, grade_fn):
     """Correct responses of the policy on `problems` (G samples each, the first correct one per
     problem; seeded, so methods sharing an initial policy share the probe)."""
     torch.manual_seed(stage_seed("probe", cfg.seed))
-    r = _sample(model, tok, cfg, problems, grade_fn)
+    batch = _sample(model, tok, cfg, problems, grade_fn)
     rows = [g * cfg.group_size + int(k) for g, grp in
-            enumerate(r.rewards.view(-1, cfg.group_size)) for k in grp.nonzero()[:1].flatten()]
+            enumerate(batch.rewards.view(-1, cfg.group_size)) for k in grp.nonzero()[:1].flatten()]
     if not rows:
-        raise ValueError(f"no correct response among {len(r.tokens)} samples on {len(problems)} "
+        raise ValueError(f"no correct response among {len(batch.tokens)} samples on "
+                         f"{len(problems)} "
                          "probe problems: the policy cannot build a probe set (more probe "
                          "problems, or a stronger starting model)")
-    return r.select(rows)
+    return batch.select(rows)
 
 
 @torch.no_grad()

@@ -6,6 +6,16 @@ it does time out it returns "no match" rather than saying so. So thrlab turns it
 runs it in persistent worker processes instead: each item gets a real wall-clock limit, and a worker
 that overruns is killed, replaced, and the item is counted as a timeout. Every item ends in exactly
 one status, and every status other than "correct" and "wrong" is counted, never silently scored 0.
+
+Why not pebble's ProcessPool, which does per-task timeouts with kill-and-replace: measured with
+pebble 5.1.1 (issue 16), it kills a task that ignores SIGTERM too (terminate, a 3 s join, then
+SIGKILL: 4.1 s for a 1 s limit, this pool 2 s), but its workers come from multiprocessing, and
+neither start method fits a library called from training code. "fork" copies a process that has
+started torch's threads (unsafe: a held lock is copied locked); "spawn" and "forkserver" re-import
+the caller's `__main__` in every worker, so a user's script without an `if __name__ ==
+"__main__":` guard stops with multiprocessing's "Safe importing of main module" error (reproduced).
+These workers are fresh interpreters started by subprocess that import only thrlab.rewards and
+the verifier, so they work from any script, notebook or forked process.
 """
 from __future__ import annotations
 

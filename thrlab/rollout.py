@@ -48,22 +48,24 @@ class Rollout:
 
 def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     """Concatenate rollouts whose prompt/completion widths may differ (re-pads both sides)."""
-    lp = max(r.prompt_len for r in parts)
-    t = max(r.tokens.shape[1] for r in parts)
+    lp = max(part.prompt_len for part in parts)
+    t = max(part.tokens.shape[1] for part in parts)
     ids, att, toks, masks = [], [], [], []
-    for r in parts:
-        dp, dt = lp - r.prompt_len, t - r.tokens.shape[1]
-        prompt, comp = r.input_ids[:, :r.prompt_len], r.input_ids[:, r.prompt_len:]
-        patt, catt = r.attention_mask[:, :r.prompt_len], r.attention_mask[:, r.prompt_len:]
+    for part in parts:
+        dp, dt = lp - part.prompt_len, t - part.tokens.shape[1]
+        prompt, comp = part.input_ids[:, :part.prompt_len], part.input_ids[:, part.prompt_len:]
+        lp_i = part.prompt_len
+        patt, catt = part.attention_mask[:, :lp_i], part.attention_mask[:, lp_i:]
         ids.append(torch.cat([_pad(prompt, dp, pad_id, left=True), _pad(comp, dt, pad_id)], 1))
         att.append(torch.cat([_pad(patt, dp, 0, left=True), _pad(catt, dt, 0)], 1))
-        toks.append(_pad(r.tokens, dt, pad_id))
-        masks.append(_pad(r.mask, dt, False))
-    rewards = None if parts[0].rewards is None else torch.cat([r.rewards for r in parts])
-    questions = None if parts[0].questions is None else sum((r.questions for r in parts), [])
+        toks.append(_pad(part.tokens, dt, pad_id))
+        masks.append(_pad(part.mask, dt, False))
+    rewards = None if parts[0].rewards is None else torch.cat([part.rewards for part in parts])
+    questions = None if parts[0].questions is None else sum((part.questions for part in parts), [])
     return Rollout(torch.cat(ids), torch.cat(att), lp, torch.cat(toks), torch.cat(masks),
-                   torch.cat([r.truncated for r in parts]), sum((r.texts for r in parts), []),
-                   sum((r.problem_index for r in parts), []), rewards, questions)
+                   torch.cat([part.truncated for part in parts]),
+                   sum((part.texts for part in parts), []),
+                   sum((part.problem_index for part in parts), []), rewards, questions)
 
 
 def _pad(x: torch.Tensor, n: int, value, left: bool = False) -> torch.Tensor:

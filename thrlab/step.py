@@ -83,7 +83,8 @@ class UpdateMetrics:
         return {**thr, "train/loss": self.loss / n_opt, "train/clip_frac": self.clipped / ntok,
                 "train/kl": self.kl / ntok, "train/entropy": self.entropy / ntok,
                 "train/grad_norm": self.grad_norm / n_opt, "train/tokens": self.tokens / epochs,
-                "train/opt_steps": self.opt_steps, "train/cov_selected_frac": self.cov_selected / ntok,
+                "train/opt_steps": self.opt_steps,
+                "train/cov_selected_frac": self.cov_selected / ntok,
                 "train/fork_selected_frac": self.fork_selected / ntok}
 
 

@@ -2,14 +2,14 @@
 
 For one group, token k of response j has hidden state h_{j,k} (post-final-norm, the vector the
 unembedding W multiplies), next-token distribution pi_{j,k} and g_{j,k} = e_{y_{j,k}} - pi_{j,k}.
-P = correct responses (reward 1), w_i = 1/|y_i| (length_normalize) and c_j = 2 r_j - 1 (or the
+Y+ = the anchors, the correct responses (reward 1), w_i = 1/|y_i| (length_normalize) and c_j = 2 r_j - 1 (or the
 advantage A_j the run trains with, when advantage_weighted):
 
-1. THR_{j,k'} = c_j * sum_{i in P} w_i sum_k <g_{i,k}, g_{j,k'}> <h_{i,k}, h_{j,k'}>      (pairwise)
-2. M = sum_{i in P} w_i sum_k g_{i,k} h_{i,k}^T  (V x H),  THR_{j,k'} = c_j * g_{j,k'}^T M h_{j,k'}
+1. THR_{j,k'} = c_j * sum_{i in Y+} w_i sum_k <g_{i,k}, g_{j,k'}> <h_{i,k}, h_{j,k'}>      (pairwise)
+2. M = sum_{i in Y+} w_i sum_k g_{i,k} h_{i,k}^T  (V x H),  THR_{j,k'} = c_j * g_{j,k'}^T M h_{j,k'}
                                                                                        (factorised)
 3. g.g' = [y == y'] - pi'[y] - pi[y'] + pi.pi'    (gram: eq. 1 evaluated against the N_c anchors)
-4. tau = beta * max(0, min_{i in P} mean_k THR_{i,k})
+4. tau = beta * max(0, min_{i in Y+} mean_k THR_{i,k})
 5. A'_{j,k} = 1[|THR_{j,k}| > tau] * (1 + p * sign(THR_{j,k})) * A_j                  (THR-GRPO)
 6. NTHR: on incorrect responses, tokens with -THR > tau get A_j * 2|0.5 - q|          (predecessor)
 
@@ -212,7 +212,7 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
                          f"logits / lm_head_weight), got range [{int(y.min())}, {int(y.max())}]")
     lengths = mask.sum(1).clamp(min=1).to(cdt)  # (G,)
     w_resp = (1.0 / lengths if length_normalize else torch.ones_like(lengths)) * (r == 1)  # (G,)
-    w = w_resp[resp]  # (N,) anchor weight, 0 outside P
+    w = w_resp[resp]  # (N,) anchor weight, 0 outside the anchors
     if not advantage_weighted:
         c = 2 * r.to(cdt) - 1  # (G,)
     elif adv is not None:

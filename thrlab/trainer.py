@@ -1,13 +1,13 @@
 """The GRPO loop: `train_step` is the paper's algorithm box, one named stage per line.
 
   for each step:
-    1. sample P prompts, G completions each (B = P*G rows)        -> rollout.generate
-    2. grade them; response advantages (B,)                       -> rewards, loss.response_advantages
+    1. sample P prompts, G completions each (B = P*G rows)     -> rollout.generate
+    2. grade them; response advantages (B,)                    -> loss.response_advantages
        (dynamic sampling: drop groups without signal, draw more prompts)
-    3. the old-policy view: a frozen pass, or the update pass     -> old_policy.FrozenPass / UpdatePass
+    3. the old-policy view: a frozen pass or the update pass   -> old_policy
        reference log-probs (adapters disabled) when kl_coef > 0
-    4. epochs x mini-batches: per-token advantages (THR plugs in) -> thr.thr_token_advantages
-    5.   loss on each micro-batch, accumulate, one optimizer step -> loss.policy_loss, loss.aggregate
+    4. epochs x mini-batches: token advantages (THR plugs in)  -> thr.thr_token_advantages
+    5.   loss per micro-batch, accumulated; one optimizer step -> loss.policy_loss, aggregate
   checkpoint adapter + optimizer + RNG every save_every steps; metrics.jsonl every step.
 
 Micro-batch accumulation, the OOM retry, NaN/inf checks and phase timers live in `step`; which
