@@ -197,6 +197,37 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
     if (r == r[0]).all() or not mask.any():
         return out  # no anchors or nothing to push away from them: THR is not defined
     cdt = torch.promote_types(hidden.dtype, torch.float32)  # fp32 accumulation for bf16 inputs
+    n_vocab = logits.shape[-1] if logits is not None else lm_head_weight.shape[0]
+    flat, resp, h, y = _real_tokens(hidden, tokens, mask, n_vocab, cdt)  # (N,) (N,) (N, H) (N,)
+    w_resp, c = _response_weights(r, mask, adv, length_normalize, advantage_weighted, cdt)
+    w = w_resp[resp]  # (N,) anchor weight, 0 outside the anchors
+    cols = None
+    if vocab == "group":
+        cols = torch.unique(y)  # (V_g,) sorted ids of the group's real tokens
+        y = torch.searchsorted(cols, y)  # (N,) positions of y among cols
+        n_vocab = len(cols)
+    probs = _probabilities(h, flat, logits, lm_head_weight, temperature, cols, cdt)
+    anchors = (w > 0).nonzero().squeeze(1)  # (N_c,) real tokens of correct responses
+    where = torch.full((len(y),), -1, dtype=torch.long, device=h.device)  # (N,) anchor index
+    where[anchors] = torch.arange(len(anchors), device=h.device)  # or -1
+    if route == "auto":
+        cost = route_flops(len(y), len(anchors), n_vocab, H, logits is None, chunk_size)
+        route = min(cost, key=cost.get)
+    if route == "factorised":
+        score = _factorised(h, y, w, anchors, where, probs, n_vocab, chunk_size)  # (N,)
+    else:
+        score = _gram(h, y, w, anchors, where, probs, chunk_size)  # (N,)
+    if not bool(torch.isfinite(score).all()):
+        raise NonFiniteInput("THR came out NaN/inf although hidden is finite: the logits (or "
+                             "hidden @ lm_head_weight.T) hold NaN/inf on real tokens")
+    out.view(-1)[flat] = (c[resp] * score).float()
+    return out
+
+
+def _real_tokens(hidden, tokens, mask, n_vocab: int, cdt):
+    """The group's real tokens in the (G*T) layout: flat (N,) positions, resp (N,) responses,
+    h (N, H) states in cdt, y (N,) ids; raises on NaN/inf states or ids outside the vocab."""
+    G, T, H = hidden.shape
     flat = mask.reshape(-1).nonzero().squeeze(1)  # (N,) real tokens in the (G*T) layout
     resp = flat // T  # (N,) response of each real token
     h = hidden.reshape(G * T, H)[flat].to(cdt)  # (N, H)
@@ -206,28 +237,34 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
                              f"{resp[bad].unique().tolist()[:8]}); THR is undefined there: check "
                              "the forward pass (e.g. a bf16 overflow) or the mask")
     y = tokens.reshape(-1)[flat].long()  # (N,)
-    n_vocab = logits.shape[-1] if logits is not None else lm_head_weight.shape[0]
     if int(y.max()) >= n_vocab or int(y.min()) < 0:
         raise ValueError(f"token ids on real tokens must lie in [0, {n_vocab}) (the vocab of "
                          f"logits / lm_head_weight), got range [{int(y.min())}, {int(y.max())}]")
+    return flat, resp, h, y
+
+
+def _response_weights(r, mask, adv, length_normalize: bool, advantage_weighted: bool, cdt):
+    """Anchor weights w_i (G,) (1/|y_i| or 1 on correct responses, else 0) and response signs
+    c_j (G,): 2 r_j - 1, or the advantages (the run's `adv`, else GRPO's of the rewards)."""
+    G = len(r)
     lengths = mask.sum(1).clamp(min=1).to(cdt)  # (G,)
     w_resp = (1.0 / lengths if length_normalize else torch.ones_like(lengths)) * (r == 1)  # (G,)
-    w = w_resp[resp]  # (N,) anchor weight, 0 outside the anchors
     if not advantage_weighted:
         c = 2 * r.to(cdt) - 1  # (G,)
     elif adv is not None:
         if tuple(adv.shape) != (G,):
             raise ValueError(f"adv must be (G,) = ({G},) like rewards, got {tuple(adv.shape)}")
-        c = adv.to(device=hidden.device, dtype=cdt)  # (G,) the run's own advantages
+        c = adv.to(device=mask.device, dtype=cdt)  # (G,) the run's own advantages
     else:
         c = group_advantages(r, G).to(cdt)  # (G,)
-    cols = None
-    if vocab == "group":
-        cols = torch.unique(y)  # (V_g,) sorted ids of the group's real tokens
-        y = torch.searchsorted(cols, y)  # (N,) positions of y among cols
-        n_vocab = len(cols)
+    return w_resp, c
+
+
+def _probabilities(h, flat, logits, lm_head_weight, temperature: float, cols, cdt):
+    """probs(rows) -> (n, V) (or (n, V_g) on the group's columns `cols`) for real tokens `rows`:
+    softmax of the given logits, or of h W^T / temperature streamed from the unembedding."""
     if logits is not None:
-        flat_logits = logits.reshape(G * T, -1)  # a view: rows are gathered chunk by chunk
+        flat_logits = logits.reshape(-1, logits.shape[-1])  # a view: rows gathered per chunk
 
         def raw(rows):
             return flat_logits[flat[rows]].to(cdt)  # (n, V)
@@ -246,21 +283,7 @@ def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_w
         # the group's ids would change the definition, not just approximate it.
         return torch.exp(x[:, cols] - torch.logsumexp(x, dim=-1, keepdim=True))  # (n, V_g)
 
-    anchors = (w > 0).nonzero().squeeze(1)  # (N_c,) real tokens of correct responses
-    where = torch.full((len(y),), -1, dtype=torch.long, device=h.device)  # (N,) anchor index
-    where[anchors] = torch.arange(len(anchors), device=h.device)  # or -1
-    if route == "auto":
-        cost = route_flops(len(y), len(anchors), n_vocab, H, logits is None, chunk_size)
-        route = min(cost, key=cost.get)
-    if route == "factorised":
-        score = _factorised(h, y, w, anchors, where, probs, n_vocab, chunk_size)  # (N,)
-    else:
-        score = _gram(h, y, w, anchors, where, probs, chunk_size)  # (N,)
-    if not bool(torch.isfinite(score).all()):
-        raise NonFiniteInput("THR came out NaN/inf although hidden is finite: the logits (or "
-                             "hidden @ lm_head_weight.T) hold NaN/inf on real tokens")
-    out.view(-1)[flat] = (c[resp] * score).float()
-    return out
+    return probs
 
 
 def thr_for_batch(hidden, tokens, mask, rewards, group_size: int, **kw) -> torch.Tensor:
