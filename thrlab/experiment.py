@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 import torch
 
-from .config import Config, config_diff, method_of
+from .config import (Config, LossConfig, OptimConfig, RolloutConfig, THRConfig, config_diff,
+                     method_of)
 from .errors import RunFolderError, SetupError
 from .runs import RunDir, environment_info, read_json, write_json
 from .seeds import draw_seed, stage_seed
@@ -204,14 +205,9 @@ def _evaluate_phase(run: RunDir, name: str, cfg, model, tok, sets, progress,
 
 # Fields that cannot change the evaluation of the start model: it runs before any training step,
 # with eval_seed(cfg), and the fresh LoRA adapters add exactly 0 (their B matrices start at 0).
-_TRAINING_ONLY = {
-    "preset", "task", "train_levels", "steps", "prompts_per_step", "group_size", "temperature",
-    "top_p", "max_new_tokens", "lr", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm",
-    "epochs", "mini_batches", "micro_batch_size", "objective", "clip_eps_low", "clip_eps_high",
-    "kl_coef", "loss_agg", "adv_eps", "adv_std_norm", "adv_estimator", "passk_k", "passk_chi",
-    "cov_mode", "cov_ratio", "cov_kl_coef", "cov_clip_lb", "cov_clip_ub", "entropy_top_frac",
-    "dynamic_sampling", "max_sampling_rounds", "save_every", "sft_control",
-    "gradient_checkpointing"} | {k for k in Config.__dataclass_fields__ if k.startswith("thr_")}
+_TRAINING_ONLY = ({"preset", "task", "train_levels", "gradient_checkpointing"}
+                  | set(RolloutConfig.names()) | set(LossConfig.names()) | set(THRConfig.names())
+                  | (set(OptimConfig.names()) - {"seed", "probe_every", "probe_prompts"}))
 # Modules whose code decides what an evaluation returns: a change to any invalidates the cache.
 _EVAL_CODE = ("evaluate.py", "rollout.py", "model.py", "rewards.py", "tasks.py", "chains.py",
               "experiment.py")
