@@ -49,14 +49,16 @@ def _check_01(h):
 def _check_02(h):
     assert all(_in_unit(h[k]) for k in ("greedy_acc_grpo", "greedy_acc_thr_p0", "pass@4_grpo"))
     for m in ("thr_p0", "thr_random_mask", "grpo_mass_matched"):  # one seed: no interval
-        assert abs(h[f"greedy_acc_diff_{m}"]) <= 1 and math.isnan(h[f"greedy_acc_ci_{m}"][0])
+        assert abs(h[f"greedy_acc_minus_grpo_{m}"]) <= 1
+        assert math.isnan(h[f"greedy_acc_minus_grpo_ci_{m}"][0])
     assert h["seeds"] == 1 and h["problems"] == 16
 
 
 def _check_03(h):
     assert all(_in_unit(h[f"greedy_{m}"]) for m in
                ("grpo", "thr_p0", "thr_explore", "thr_exploit", "before"))
-    assert abs(h["greedy_vs_p0_thr_exploit"]) <= 1 and "greedy_vs_grpo_thr_random_mask" in h
+    assert abs(h["greedy_acc_minus_p0_thr_exploit"]) <= 1
+    assert "greedy_acc_minus_grpo_thr_random_mask" in h
 
 
 def _check_04(h):
@@ -68,12 +70,12 @@ def _check_04(h):
 
 def _check_05(h):
     assert all(_in_unit(h[f"greedy_acc_{m}"]) for m in ("thr_p0", "gspo_token", "gspo_token_thr"))
-    assert abs(h["greedy_acc_gspo_thr_minus_gspo"]) <= 1
+    assert abs(h["greedy_acc_minus_gspo_gspo_token_thr"]) <= 1
 
 
 def _check_06(h):
     assert h["arch"] == "llama" and _in_unit(h["greedy_acc_grpo"])
-    assert abs(h["greedy_acc_diff_thr_explore"]) <= 1
+    assert abs(h["greedy_acc_minus_grpo_thr_explore"]) <= 1
 
 
 def _check_07(h):

@@ -349,6 +349,20 @@ def paired_table(runs: pd.DataFrame, metrics: list[str], baseline: str = "grpo",
     return pd.DataFrame(rows)
 
 
+def diff_headline(table: pd.DataFrame, name: str) -> dict:
+    """The outputs.json entries of a paired table (paired_table rows): `{metric}_{name}_{method}`
+    the difference, `..._{name}_ci_{method}` its 95% interval, `..._{name}_mde_{method}` the
+    minimum detectable effect, and the seeds and problems behind them. The one helper the
+    comparison notebooks (E2, E3, E5, E6) write their headlines with."""
+    out = {}
+    for r in table.itertuples():
+        key = f"{r.metric}_{name}"
+        out.update({f"{key}_{r.method}": r.diff, f"{key}_ci_{r.method}": [r.ci_low, r.ci_high],
+                    f"{key}_mde_{r.method}": r.mde})
+    out.update(seeds=int(table.seeds.max()), problems=int(table.problems.max()))
+    return out
+
+
 def _paired(a: np.ndarray, b: np.ndarray) -> dict:
     """diff, ci_low, ci_high, mde, seeds, problems of b - a; one seed gives the difference with
     no interval (NaN): it shows mechanics, not a result."""
