@@ -25,8 +25,9 @@ from thrlab.experiment import run_experiment
 
 # Small but every stage runs: 2 mini-batches where a schedule is off-policy, micro-batches of
 # whole groups, evaluation with samples, token records and the probe on the last step.
-_SMALL = dict(steps=3, prompts_per_step=4, group_size=4, passk_k=2, eval_limit=24, eval_passk_limit=12,
-              eval_samples=4, thr_save_every=3, save_every=2, sft_control=False)
+_SMALL = dict(steps=3, prompts_per_step=4, group_size=4, passk_k=2, eval_limit=24,
+              eval_passk_limit=12, eval_samples=4, thr_save_every=3, save_every=2,
+              sft_control=False)
 _PRESET_SMALL = {"tiny": dict(_SMALL, sft_control=True, eval_limit=16),
                  "narrowing": dict(_SMALL, probe_every=3, probe_prompts=8),
                  "strategies": dict(_SMALL, probe_every=3, probe_prompts=8)}

@@ -70,3 +70,22 @@ def test_stats_coverage_quick_json():
     for r in res["rows"]:
         assert 0 <= r["coverage"] <= 1 and 0 <= r["power_at_mde"] <= 1 and r["mde"] > 0
         assert 0 < r["true_diff"] < 0.1  # a logit shift of 0.1 moves accuracy by ~2 points
+
+
+def test_fingerprint_is_reproducible_and_catches_a_change(tmp_path):
+    """Two runs of one case hash the same (the refactoring safety net is deterministic), and a
+    fingerprint that differs in any part makes --compare fail."""
+    first = tmp_path / "a.json"
+    run_script("fingerprint.py", "--only", "tiny/grpo", "--out", str(first), "--runs-root",
+               str(tmp_path / "a"))
+    again = run_script("fingerprint.py", "--only", "tiny/grpo", "--compare", str(first),
+                       "--runs-root", str(tmp_path / "b"))
+    assert again == {k: v["all"] for k, v in json.loads(first.read_text()).items()}
+    tampered = json.loads(first.read_text())
+    tampered["tiny/grpo"]["metrics"] = "0" * 64
+    first.write_text(json.dumps(tampered))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fingerprint.py"), "--only",
+                          "tiny/grpo", "--compare", str(first), "--runs-root",
+                          str(tmp_path / "c")], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 1 and "DIFFERS tiny/grpo: metrics" in out.stdout
