@@ -213,8 +213,9 @@ class Benchmark:
     configs: tuple[str | None, ...] = (None,)  # several configs are concatenated in order
 
 
-# Hub copies are the usual ones; only the local files (/work/shared/data/README.md) are checked by
-# tests. AIME25 uses opencompass/AIME2025 (parts I then II), whose text the local file matches.
+# Hub copies are the usual ones; only local JSONL files (a data_dir; the development checkout's
+# shared data, whose README gives their provenance) are read by tests. AIME25 uses
+# opencompass/AIME2025 (parts I then II), whose text the local file matches.
 # math_train uses EleutherAI/hendrycks_math: the original 7,500-problem MATH train split, one
 # config per subject, with `solution` only, so the answer is derived from its last \boxed{}.
 BENCHMARKS: dict[str, Benchmark] = {
