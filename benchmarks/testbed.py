@@ -3,6 +3,7 @@ narrowing regime, what did the study cost, how many seeds per CPU-hour.
 
     python benchmarks/testbed.py --preset narrowing [--runs-root runs] [--seeds 0 1 2 3 4]
     python benchmarks/testbed.py --preset strategies --json
+    python benchmarks/testbed.py --preset narrowing --replicate 5 6 7 8 9   # a second seed set
 
 Reads the finished runs of the preset in the runs root (what `make reproduce ARGS="--preset
 NAME"` made with the study budget of thrlab.paper.STUDY_BUDGETS; nothing is trained here), for
@@ -10,7 +11,10 @@ the study's seeds: for GRPO, the change from the start model
 of greedy accuracy and Pass@K at every K (paired by seed and problem, 95% intervals), and on the
 strategies task the strategy entropy before and after; then the CPU seconds of every run (its own
 wall time at one thread: training plus evaluations), their sum, and seeds per CPU-hour (one seed
-of the whole grid: every method once). Prints tables and, on its last line, JSON.
+of the whole grid: every method once). `--replicate SEEDS` also reads a second seed set of the
+same study (`make reproduce ARGS="--preset NAME -p seeds=[5,6,7,8,9]"`) and prints every claim on
+the first set, the second and both pooled, with whether the two sets' verdicts agree and whether
+each set's estimate lies inside the other's interval. Prints tables and, on its last line, JSON.
 """
 from __future__ import annotations
 
@@ -21,41 +25,59 @@ from pathlib import Path
 # A study run has every field its preset sets (config.PRESETS[preset]) at the preset's value;
 # others (e.g. a design measurement at another schedule or without the probe) are not the study's.
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="narrowing")
-    ap.add_argument("--runs-root", default="runs")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="default: the study budget's seeds")
-    ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
-    args = ap.parse_args()
-
+def study_runs(preset: str, runs_root: str, seeds: list[int]):
+    """The finished study runs of `preset` for `seeds` in runs_root: one row per run (method,
+    seed, run_id, run_dir, wall_s, train_s); "llama:" methods are E6's Llama-architecture runs."""
     import pandas as pd
 
     from thrlab import paper
+    from thrlab.config import PRESETS, Config, method_of
     from thrlab.runs import RunDir, read_json
 
-    from thrlab.config import PRESETS, Config, method_of
-
-    seeds = args.seeds or paper.STUDY_BUDGETS[args.preset]["params"]["seeds"]
-    own = paper.preset_config(args.preset)
+    own = paper.preset_config(preset)
     rows = []
-    for d in sorted(Path(args.runs_root).iterdir()):
+    for d in sorted(Path(runs_root).iterdir()):
         run = RunDir(d)
         if not (run.complete and (d / "config.json").exists()):
             continue
         cfg = Config.from_dict(read_json(d / "config.json"))
-        if cfg.preset != args.preset or cfg.seed not in seeds or any(
-                getattr(cfg, k) != getattr(own, k) for k in PRESETS[args.preset]):
+        if cfg.preset != preset or cfg.seed not in seeds or any(
+                getattr(cfg, k) != getattr(own, k) for k in PRESETS[preset]):
             continue  # another preset, seed or schedule (e.g. a design measurement)
         s = read_json(d / "summary.json")
         arch = "" if cfg.tiny_arch == "qwen2" else f"{cfg.tiny_arch}:"
         rows.append({"method": arch + method_of(cfg), "seed": cfg.seed, "run_id": d.name,
                      "run_dir": str(d), "wall_s": s["wall_s"], "train_s": s["train_wall_s"]})
     if not rows:
-        raise SystemExit(f"no finished {args.preset} runs of seeds {seeds} in {args.runs_root}; "
-                         f"run make reproduce ARGS=\"--preset {args.preset}\" first")
-    runs = pd.DataFrame(rows)
+        raise SystemExit(f"no finished {preset} runs of seeds {seeds} in {runs_root}; "
+                         f"run make reproduce ARGS=\"--preset {preset}\" first")
+    return pd.DataFrame(rows)
+
+
+def _cell(c) -> str:
+    """One claim's difference, interval and verdict, in points (bits for strategy entropy)."""
+    scale, unit = (1, " bits") if c["metric"] == "strategy_entropy" else (100, "")
+    return (f"{scale * c['diff']:+.1f}{unit} [{scale * c['ci_low']:+.1f}, {scale * c['ci_high']:+.1f}]"
+            f": {c['verdict']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="narrowing")
+    ap.add_argument("--runs-root", default="runs")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="default: the study budget's seeds")
+    ap.add_argument("--replicate", type=int, nargs="+", default=None, metavar="SEED",
+                    help="a second seed set of the same study: claims on both and pooled")
+    ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
+    args = ap.parse_args()
+
+    from thrlab import paper
+    from thrlab.runs import read_json
+
+    own = paper.preset_config(args.preset)
+    seeds = args.seeds or paper.STUDY_BUDGETS[args.preset]["params"]["seeds"]
+    runs = study_runs(args.preset, args.runs_root, seeds)
     grpo = runs[runs.method == "grpo"]
     print(f"{len(runs)} runs: " + ", ".join(f"{m} x {n}" for m, n in
                                            runs.method.value_counts(sort=False).items()))
@@ -107,6 +129,25 @@ def main() -> None:
     out.update(runs=len(runs), cpu_s=cpu_s, cpu_s_per_seed=per_seed,
                seeds_per_cpu_hour=3600 / per_seed, mean_run_s=float(runs.wall_s.mean()),
                mean_train_s=float(runs.train_s.mean()))
+    if args.replicate:
+        again = paper.claims_table(study_runs(args.preset, args.runs_root, args.replicate))
+        pooled = paper.claims_table(study_runs(args.preset, args.runs_root,
+                                               sorted(set(seeds) | set(args.replicate))))
+        rep = paper.replication(claims, again, pooled)
+        out["replication"] = {"seeds": args.replicate, "claims": rep,
+                              "same_verdict": sum(r["same_verdict"] for r in rep),
+                              "inside": sum(r["inside"] for r in rep), "of": len(rep)}
+        print(f"\nreplication: seeds {seeds} vs {args.replicate}, and pooled")
+        print("| experiment | claim | metric | first set | second set | pooled | same verdict | "
+              "each inside the other's interval |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rep:
+            print(f"| {r['experiment']} | {r['claim']} | {r['metric']} | {_cell(r['first'])} | "
+                  f"{_cell(r['second'])} | {_cell(r['pooled'])} | "
+                  f"{'yes' if r['same_verdict'] else 'no'} | {'yes' if r['inside'] else 'no'} |")
+        print(f"{out['replication']['same_verdict']} of {len(rep)} claims keep their verdict; "
+              f"{out['replication']['inside']} of {len(rep)} estimates lie inside each other's "
+              "interval")
     print(f"\nnarrowing regime (greedy up; Pass@{ks[-1]} at or below the start, or the "
           f"strategies collapse): {out['narrowing']}")
     print(f"{len(runs)} runs, {cpu_s / 60:.1f} CPU-minutes at one thread each (mean run "

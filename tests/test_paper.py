@@ -311,3 +311,22 @@ def test_paired_table_pairs_only_the_seeds_both_methods_have(tmp_path):
     want = paired_difference(g["grpo"][keep], g["thr_p0"][keep])
     assert t.seeds == 3 and t["diff"] == pytest.approx(want["mean"])
     assert (t.ci_low, t.ci_high) == pytest.approx((want["ci_low"], want["ci_high"]))
+
+
+def test_replication_pairs_each_claim_across_seed_sets():
+    """A claim keeps its verdict or not, and each set's estimate lies in the other's interval or
+    not; a claim one table lacks is left out."""
+    def table(*rows):
+        return pd.DataFrame([dict(experiment=e, claim=c, metric="greedy_acc", diff=d, ci_low=lo,
+                                  ci_high=hi, verdict=v) for e, c, d, lo, hi, v in rows])
+
+    first = table(("E3", "a", 0.03, 0.01, 0.05, "reproduced"),
+                  ("E4", "b", -0.04, -0.07, -0.01, "refuted"), ("E5", "c", 0.0, -0.1, 0.1, "x"))
+    second = table(("E3", "a", 0.02, 0.00, 0.04, "reproduced"),
+                   ("E4", "b", 0.02, -0.01, 0.05, "not resolved"))
+    pooled = table(("E3", "a", 0.025, 0.01, 0.04, "reproduced"),
+                   ("E4", "b", -0.01, -0.03, 0.01, "not resolved"))
+    rep = paper.replication(first, second, pooled)
+    assert [(r["claim"], r["same_verdict"], r["inside"]) for r in rep] == [
+        ("a", True, True), ("b", False, False)]
+    assert rep[1]["pooled"]["diff"] == -0.01 and rep[0]["second"]["verdict"] == "reproduced"

@@ -151,6 +151,27 @@ def claims_table(runs: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
 E4_PASSK_SETS = ("aime24", "aime25", "amc23")
 
 
+def replication(first: pd.DataFrame, second: pd.DataFrame, pooled: pd.DataFrame) -> list[dict]:
+    """Every claim of claims_table on two seed sets of one study and on both pooled: `first`,
+    `second`, `pooled` (the claim's row on each), `same_verdict`, and `inside` when each set's
+    estimate lies in the other's 95% interval. Claims one table lacks are left out."""
+    def rows(t):
+        return {(c["experiment"], c["claim"]): c for c in t.to_dict("records")}
+
+    b_rows, p_rows = rows(second), rows(pooled)
+    out = []
+    for key, a in rows(first).items():
+        if key not in b_rows or key not in p_rows:
+            continue
+        b = b_rows[key]
+        inside = (a["ci_low"] <= b["diff"] <= a["ci_high"]) and (b["ci_low"] <= a["diff"]
+                                                                   <= b["ci_high"])
+        out.append({"experiment": a["experiment"], "claim": a["claim"], "metric": a["metric"],
+                    "first": a, "second": b, "pooled": p_rows[key],
+                    "same_verdict": a["verdict"] == b["verdict"], "inside": bool(inside)})
+    return out
+
+
 def exploration_sets(preset: str, sets=None) -> list[str] | None:
     """Evaluation sets of E4's Pass@K curves: `sets` when given; on a preset that evaluates
     AIME24, AIME25 and AMC23 those three (Table 2), not every benchmark the runs evaluate;
