@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from thrlab.chains import strategy_entropy, strategy_of
-    from thrlab.config import from_preset
+    from thrlab.presets import from_preset
     from thrlab.evaluate import summarise
     from thrlab.rewards import extract_answer
     from thrlab.rollout import generate

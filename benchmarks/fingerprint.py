@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from thrlab.config import METHODS, from_preset
+from thrlab.presets import METHODS, from_preset
 from thrlab.experiment import run_experiment
 
 # Small but every stage runs: 2 mini-batches where a schedule is off-policy, micro-batches of

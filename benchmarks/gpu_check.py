@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--trl-rounds", type=int, default=2, help="rounds (the first is warm-up)")
     args = ap.parse_args()
 
-    from thrlab.config import from_preset
+    from thrlab.presets import from_preset
     from thrlab.model import resolve_device
 
     cuda = torch.cuda.is_available()

@@ -164,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--method", default="thr_exploit",
-                    help="a thrlab.config.METHODS recipe (default: THR on, p = +0.1)")
+                    help="a thrlab.presets.METHODS recipe (default: THR on, p = +0.1)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, repeatable (e.g. --set mini_batches=2)")
     ap.add_argument("--steps", type=int, default=10, help="measured steps")
@@ -179,7 +179,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
-    from thrlab.config import from_preset, parse_overrides
+    from thrlab.config import parse_overrides
+    from thrlab.presets import from_preset
     from thrlab.experiment import resolve_model_path
 
     over = dict(sft_control=False, thr_save_every=0, save_every=10**6, seed=0)

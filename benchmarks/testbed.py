@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-# A study run has every field its preset sets (config.PRESETS[preset]) at the preset's value;
+# A study run has every field its preset sets (presets.PRESETS[preset]) at the preset's value;
 # others (e.g. a design measurement at another schedule or without the probe) are not the study's.
 
 def study_runs(preset: str, runs_root: str, seeds: list[int]):
@@ -31,7 +31,8 @@ def study_runs(preset: str, runs_root: str, seeds: list[int]):
     import pandas as pd
 
     from thrlab import paper
-    from thrlab.config import PRESETS, Config, method_of
+    from thrlab.config import Config
+    from thrlab.presets import PRESETS, method_of
     from thrlab.runs import RunDir, read_json
 
     own = paper.preset_config(preset)

@@ -200,7 +200,7 @@ class ParityGrade:
 
 
 def tiny_step_share(steps: int, reps: int) -> dict:
-    from thrlab.config import from_preset
+    from thrlab.presets import from_preset
     from thrlab.model import load_policy
     from thrlab.runs import RunDir
     from thrlab.tasks import arithmetic_problems

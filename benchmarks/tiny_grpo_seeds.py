@@ -11,7 +11,8 @@ import argparse
 import json
 import statistics
 
-from thrlab.config import from_preset, parse_overrides
+from thrlab.config import parse_overrides
+from thrlab.presets import from_preset
 from thrlab.experiment import run_experiment
 
 

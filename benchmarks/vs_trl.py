@@ -286,7 +286,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
-    from thrlab.config import from_preset, parse_overrides
+    from thrlab.config import parse_overrides
+    from thrlab.presets import from_preset
     from thrlab.experiment import resolve_model_path
 
     over = dict(sft_control=False, thr_save_every=0, save_every=10**6, seed=0, device="cpu")

@@ -57,7 +57,7 @@ def dataset(cfg, tok):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--method", default="thr_exploit", help="a THR recipe of thrlab.config.METHODS")
+    ap.add_argument("--method", default="thr_exploit", help="a THR recipe of thrlab.presets.METHODS")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--trl", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--output-dir", default="runs/trl")
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     from accelerate import PartialState
 
     from thrlab.checkpoint import save_adapter
-    from thrlab.config import from_preset, parse_overrides
+    from thrlab.config import parse_overrides
+    from thrlab.presets import from_preset
     from thrlab.experiment import make_grade_fn, resolve_model_path
     from thrlab.integrations.trl import THRGRPOTrainer, grpo_config
     from thrlab.model import load_policy, resolve_device

@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
 
     from trl import GRPOTrainer
 
-    from thrlab.config import from_preset
+    from thrlab.presets import from_preset
     from thrlab.integrations.trl import THRGRPOTrainer
     from thrlab.tiny import save_random_model
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from thrlab import cli
-from thrlab.config import METHODS, PRESETS, Config, field_docs, preset_config
+from thrlab.config import Config, field_docs
+from thrlab.presets import METHODS, PRESETS, preset_config
 from thrlab.errors import DataError
 
 

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from thrlab.config import METHODS, PRESETS, Config, field_docs, from_preset, parse_overrides
+from thrlab.config import Config, field_docs, parse_overrides
+from thrlab.presets import METHODS, PRESETS, from_preset
 from thrlab.errors import ConfigError
 
 
@@ -67,7 +68,7 @@ def test_hash_changes_with_results_not_with_threads():
 
 
 def test_run_id_shows_the_method_derived_from_the_config():
-    from thrlab.config import method_of
+    from thrlab.presets import method_of
 
     c = from_preset("tiny", "thr_explore", steps=5)  # fields outside every recipe do not matter
     assert method_of(c) == "thr_explore" and c.run_id() == f"tiny-thr_explore-{c.config_hash()}"
@@ -94,7 +95,7 @@ def test_every_field_is_documented():
 
 
 def test_hash_is_stable_across_processes():
-    code = "from thrlab.config import from_preset; print(from_preset('tiny').run_id())"
+    code = "from thrlab.presets import from_preset; print(from_preset('tiny').run_id())"
     out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PYTHONHASHSEED": s, "PATH": ""}, cwd=".").stdout for s in "12"}
     assert len(out) == 1 and out.pop().strip() == from_preset("tiny").run_id()

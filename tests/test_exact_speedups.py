@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from thrlab import rollout
-from thrlab.config import from_preset
+from thrlab.presets import from_preset
 from thrlab import model as thrmodel
 from thrlab.model import completion_forward, dequantized_4bit_cpu, lm_parts, load_policy
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from thrlab import cli
-from thrlab.config import from_preset
+from thrlab.presets import from_preset
 from thrlab.errors import RunFolderError
 from thrlab.experiment import format_summary, run_experiment
 from thrlab.runs import RunDir

@@ -20,7 +20,8 @@ import torch
 pytest.importorskip("trl")
 
 from tests.fixtures import trl_data  # noqa: E402
-from thrlab.config import THRConfig, from_preset  # noqa: E402
+from thrlab.config import THRConfig
+from thrlab.presets import from_preset  # noqa: E402
 from thrlab.integrations import groups  # noqa: E402
 from thrlab.integrations.trl import (LOSS_TYPES, THRGRPOTrainer, check_trl_version,  # noqa: E402
                                      grpo_config)

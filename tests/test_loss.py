@@ -133,7 +133,7 @@ def test_policy_loss_on_policy_gradient_is_reinforce():
 def test_gspo_token_recipes_are_the_gspo_objective():
     """GSPO's J = mean over responses of each response's token mean of min(s A, clip(s) A), with
     the GSPO paper's clip and no KL; the paper's GSPO-token + THR result takes p < 0."""
-    from thrlab.config import from_preset
+    from thrlab.presets import from_preset
 
     gspo = from_preset("tiny", "gspo_token")
     assert (gspo.loss_agg, gspo.clip_eps_low, gspo.clip_eps_high, gspo.kl_coef) == \

@@ -3,7 +3,7 @@ one forward pass that yields log-probs, entropy and hidden states."""
 import pytest
 import torch
 
-from thrlab.config import from_preset
+from thrlab.presets import from_preset
 from thrlab.model import completion_forward, load_base, load_policy, reference_policy
 from thrlab.rollout import generate
 

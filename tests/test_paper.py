@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from thrlab import paper
-from thrlab.config import from_preset
+from thrlab.presets import from_preset
 from thrlab.runs import write_json
 
 
@@ -23,7 +23,7 @@ def test_grid_config_is_preset_then_method_then_overrides():
 
 def test_e4_passk_average_is_table_2s_sets_on_paper_presets():
     """The paper's Table 2 averages Pass@K over AIME24, AIME25 and AMC23 only."""
-    from thrlab.config import PRESETS
+    from thrlab.presets import PRESETS
 
     for preset in set(PRESETS) - {"tiny", "narrowing", "strategies"}:
         sets = paper.exploration_sets(preset, [])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from thrlab import predictor
-from thrlab.config import from_preset
+from thrlab.presets import from_preset
 from thrlab.loss import group_advantages
 from thrlab.thr import thr_for_batch
 

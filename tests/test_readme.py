@@ -1,9 +1,10 @@
-"""The README's tables of presets and methods against the code they describe (config.PRESETS,
-config.METHODS): a recipe or preset changed in one place and not the other fails here."""
+"""The README's tables of presets and methods against the code they describe (presets.PRESETS,
+presets.METHODS): a recipe or preset changed in one place and not the other fails here."""
 import re
 from pathlib import Path
 
-from thrlab.config import METHODS, PRESETS, Config, _coerce, preset_config
+from thrlab.config import Config, _coerce
+from thrlab.presets import METHODS, PRESETS, preset_config
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

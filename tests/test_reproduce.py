@@ -186,7 +186,7 @@ def test_the_study_keeps_every_run_on_its_presets_schedule(preset):
     preset's own (e.g. notebook 09's tiny probe cadence), so every notebook's runs are the
     study's grid and are shared: a notebook that did would silently train a second grid."""
     from thrlab import paper
-    from thrlab.config import preset_config
+    from thrlab.presets import preset_config
 
     own = preset_config(preset)
     nbs = reproduce.find_notebooks(ROOT / "notebooks", [])

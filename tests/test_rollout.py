@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from thrlab.config import from_preset
+from thrlab.presets import from_preset
 from thrlab.model import load_policy
 from thrlab.rollout import Rollout, cat_rollouts, completion_mask, generate, stop_token_ids
 

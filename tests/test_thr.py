@@ -84,7 +84,7 @@ def test_matches_naive_pairwise_definition(route, pattern, opts):
 def test_advantage_weighted_thr_uses_the_advantages_the_run_trains_with():
     """advantage_weighted weights response j by the run's own A_j (Pass@K, Dr. GRPO, ...), not
     by GRPO's std-normalised advantage recomputed from the rewards."""
-    from thrlab.config import from_preset
+    from thrlab.presets import from_preset
     from thrlab.loss import group_advantages, passk_advantages
     from thrlab.thr import thr_token_advantages
 
@@ -411,7 +411,7 @@ def test_controls_keep_thrs_advantage_mass_without_its_choice():
 
 
 def test_controls_are_p0_with_the_mask():
-    from thrlab.config import from_preset
+    from thrlab.presets import from_preset
 
     assert from_preset("tiny", "thr_random_mask").thr_mode == "random_mask"
     with pytest.raises(ValueError, match="control of THR's mask"):

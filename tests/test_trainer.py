@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from thrlab.config import from_preset
+from thrlab.presets import from_preset
 from thrlab.model import load_policy
 from thrlab.runs import STEP_PHASES, RunDir
 from thrlab.tasks import arithmetic_problems

@@ -21,7 +21,8 @@ from pathlib import Path
 
 
 def _config(args):
-    from .config import Config, from_preset, parse_overrides
+    from .config import Config, parse_overrides
+    from .presets import from_preset
 
     overrides = parse_overrides(args.set or [])
     if getattr(args, "config", None):
@@ -42,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None,
                    help="named preset (default tiny; see `python -m thrlab presets`)")
     p.add_argument("--method", default=None,
-                   help="objective recipe from thrlab.config.METHODS (default grpo; e.g. "
+                   help="objective recipe from thrlab.presets.METHODS (default grpo; e.g. "
                         "thr_explore, kl_cov)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field; repeatable (unknown keys are rejected)")
@@ -102,7 +103,8 @@ def _value(v) -> str:
 
 
 def cmd_presets(args) -> int:
-    from .config import METHODS, PRESETS, Config, preset_config
+    from .config import Config
+    from .presets import METHODS, PRESETS, preset_config
 
     default = Config()
     print("presets (--preset NAME), with every field that differs from the Config defaults:")

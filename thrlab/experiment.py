@@ -17,9 +17,9 @@ from typing import NamedTuple
 
 import torch
 
-from .config import (Config, LossConfig, OptimConfig, RolloutConfig, THRConfig, config_diff,
-                     method_of)
+from .config import Config, LossConfig, OptimConfig, RolloutConfig, THRConfig, config_diff
 from .errors import RunFolderError, SetupError
+from .presets import method_of
 from .runs import RunDir, environment_info, read_json, write_json
 from .seeds import draw_seed, stage_seed
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config, from_preset, preset_config
+from .config import Config
+from .presets import from_preset, preset_config
 from .runs import STEP_PHASES, RunDir, read_json, write_json
 
 # What a notebook's runs train, by its `budget` parameter (one place; every parameters cell used to
@@ -39,7 +40,7 @@ def with_budget(budget: str, overrides: dict | None = None) -> dict:
 
 # The study of each CPU testbed preset (README, "The CPU testbed"): what
 # `python -m thrlab.reproduce --preset NAME` gives every notebook that declares these parameters.
-# The preset itself carries the schedule and evaluation sizes (config.PRESETS); here: the seeds,
+# The preset itself carries the schedule and evaluation sizes (presets.PRESETS); here: the seeds,
 # one torch thread per run with two runs at once (2 cores), Pass@K from the runs' own 64 samples
 # per problem, and what the 75-minute budget leaves out. The strategies task costs 2.2x a step of
 # the a*b task (26-token chains), so its study keeps E2, E3, the two controls, E4 without the

@@ -173,7 +173,7 @@ def study_budget(preset: str | None) -> dict:
 
 def has_strategies(preset: str) -> bool:
     """Whether the preset's task labels each completion's strategy (the strategies task)."""
-    from .config import preset_config
+    from .presets import preset_config
 
     cfg = preset_config(preset)
     return cfg.task == "arithmetic" and cfg.arith_op == "mul_chain"

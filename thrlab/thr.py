@@ -443,7 +443,7 @@ def thr_token_advantages(c: THRConfig, hidden, tokens, mask, rewards, adv, lm_he
     logits (B, T, V) already divided by it (an update pass's, reused). Rows are group-major, B a
     multiple of group_size.
 
-    Two controls share THR's computation but not its information (thrlab.config.METHODS
+    Two controls share THR's computation but not its information (thrlab.presets.METHODS
     `thr_random_mask`, `grpo_mass_matched`): thr_mode="random_mask" keeps, in every response,
     as many tokens as THR's dominant-token mask does but chosen at random (`generator`), weights
     unchanged (p = 0); thr_mode="mass_matched" trains on every token with GRPO's advantages
