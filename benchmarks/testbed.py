@@ -6,7 +6,7 @@ narrowing regime, what did the study cost, how many seeds per CPU-hour.
     python benchmarks/testbed.py --preset narrowing --replicate 5 6 7 8 9   # a second seed set
 
 Reads the finished runs of the preset in the runs root (what `make reproduce ARGS="--preset
-NAME"` made with the study budget of thrlab.paper.STUDY_BUDGETS; nothing is trained here), for
+NAME"` made with the study budget of thrlab.study.STUDY_BUDGETS; nothing is trained here), for
 the study's seeds: for GRPO, the change from the start model
 of greedy accuracy and Pass@K at every K (paired by seed and problem, 95% intervals), and on the
 strategies task the strategy entropy before and after; then the CPU seconds of every run (its own
@@ -30,12 +30,11 @@ def study_runs(preset: str, runs_root: str, seeds: list[int]):
     seed, run_id, run_dir, wall_s, train_s); "llama:" methods are E6's Llama-architecture runs."""
     import pandas as pd
 
-    from thrlab import paper
     from thrlab.config import Config
-    from thrlab.presets import PRESETS, method_of
+    from thrlab.presets import PRESETS, method_of, preset_config
     from thrlab.runs import RunDir, read_json
 
-    own = paper.preset_config(preset)
+    own = preset_config(preset)
     rows = []
     for d in sorted(Path(runs_root).iterdir()):
         run = RunDir(d)
@@ -73,11 +72,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
-    from thrlab import paper
+    from thrlab import paper, study
     from thrlab.runs import read_json
 
     own = paper.preset_config(args.preset)
-    seeds = args.seeds or paper.STUDY_BUDGETS[args.preset]["params"]["seeds"]
+    seeds = args.seeds or study.STUDY_BUDGETS[args.preset]["params"]["seeds"]
     runs = study_runs(args.preset, args.runs_root, seeds)
     grpo = runs[runs.method == "grpo"]
     print(f"{len(runs)} runs: " + ", ".join(f"{m} x {n}" for m, n in
@@ -85,7 +84,7 @@ def main() -> None:
     ks = sorted(int(k.split("@")[1]) for k in read_json(Path(grpo.run_dir.iloc[0]) /
                                                          "eval_after.json")["mean"]
                 if k.startswith("pass@"))
-    gains = paper.gain_table(grpo, ["greedy_acc"] + [f"pass@{k}" for k in ks])
+    gains = study.gain_table(grpo, ["greedy_acc"] + [f"pass@{k}" for k in ks])
     print(f"GRPO after minus start ({len(seeds)} seeds; 95% intervals over seeds and problems):")
     print(gains[["metric", "before", "after", "diff", "ci_low", "ci_high", "problems"]]
           .round(4).to_string(index=False))
@@ -110,7 +109,7 @@ def main() -> None:
               f", after GRPO {out['strategy_entropy']['after']:.3f} (change {r['mean']:+.3f}, "
               f"95% interval over seeds [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])")
     out["narrowing"] = bool(out["greedy_rises"] and narrows)
-    claims = paper.claims_table(runs)
+    claims = study.claims_table(runs)
     print(f"\nthe paper's claims (method minus baseline, {len(seeds)} seeds, paired by seed and "
           "problem; 95% interval; MDE at 80% power):")
     print("| experiment | claim | metric | difference [95% interval] | MDE | seeds x problems | "
@@ -131,10 +130,10 @@ def main() -> None:
                seeds_per_cpu_hour=3600 / per_seed, mean_run_s=float(runs.wall_s.mean()),
                mean_train_s=float(runs.train_s.mean()))
     if args.replicate:
-        again = paper.claims_table(study_runs(args.preset, args.runs_root, args.replicate))
-        pooled = paper.claims_table(study_runs(args.preset, args.runs_root,
+        again = study.claims_table(study_runs(args.preset, args.runs_root, args.replicate))
+        pooled = study.claims_table(study_runs(args.preset, args.runs_root,
                                                sorted(set(seeds) | set(args.replicate))))
-        rep = paper.replication(claims, again, pooled)
+        rep = study.replication(claims, again, pooled)
         out["replication"] = {"seeds": args.replicate, "claims": rep,
                               "same_verdict": sum(r["same_verdict"] for r in rep),
                               "inside": sum(r["inside"] for r in rep), "of": len(rep)}

@@ -146,7 +146,7 @@ def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategie
     """--preset narrowing gives every notebook the study's seeds, overrides and workers (the
     user's --seeds / -p still win); a notebook declaring needs_strategies runs only on presets
     whose task labels strategies."""
-    from thrlab.paper import STUDY_BUDGETS
+    from thrlab.study import STUDY_BUDGETS
 
     d = tmp_path / "nbs"
     d.mkdir()
@@ -167,7 +167,7 @@ def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategie
 
 
 def test_a_study_budget_narrows_a_notebook_or_skips_it(tmp_path):
-    from thrlab import paper
+    from thrlab import study
 
     d = tmp_path / "nbs"
     d.mkdir()
@@ -176,7 +176,7 @@ def test_a_study_budget_narrows_a_notebook_or_skips_it(tmp_path):
     jobs = reproduce.plan(reproduce.find_notebooks(d, []), preset="strategies", seeds=None,
                           params=[], runs_root=tmp_path)
     assert [j["notebook"].stem for j in jobs] == ["04_exploration"]
-    want = paper.STUDY_BUDGETS["strategies"]["notebooks"]["04_exploration"]["methods"]
+    want = study.STUDY_BUDGETS["strategies"]["notebooks"]["04_exploration"]["methods"]
     assert jobs[0]["params"]["methods"] == want
 
 

@@ -92,7 +92,7 @@ def method_bars(ax, values: dict[str, list[float]], ylabel: str):
 
 def diff_bars(ax, table, metric: str, baseline: str = "GRPO"):
     """The paired difference of each method to the baseline on one metric (rows of
-    paper.paired_table): a dot at the mean, whiskers = the 95% interval over seeds and problems
+    study.paired_table): a dot at the mean, whiskers = the 95% interval over seeds and problems
     (none with one seed), a line at 0; the seeds and problems are named under the axis."""
     rows = table[table.metric == metric]
     if rows.empty:
@@ -111,7 +111,7 @@ def diff_bars(ax, table, metric: str, baseline: str = "GRPO"):
 
 
 def diff_curves(ax, table, ks: list[int], ylabel: str):
-    """Paired differences over K (rows of paper.paired_table / gain_table with metrics pass@k):
+    """Paired differences over K (rows of study.paired_table / gain_table with metrics pass@k):
     one line per method, the 95% interval as a band (none with one seed), a line at 0."""
     for i, (m, d) in enumerate(table.groupby("method", sort=False)):
         d = d.set_index("metric").reindex([f"pass@{k}" for k in ks])

@@ -23,7 +23,7 @@ import torch
 from .config import Config
 from .loss import group_advantages
 from .model import completion_forward, lm_parts
-from .paper import top_k_overlap
+from .anatomy import top_k_overlap
 from .seeds import draw_seed, stage_seed
 
 

@@ -5,7 +5,7 @@
 
 Every parameter is checked against the parameters cell of every selected notebook before anything
 runs (unknown names and values of the wrong type stop the command). `--preset` sets `preset`, and
-for a testbed preset (narrowing, strategies) its study budget (`thrlab.paper.STUDY_BUDGETS`:
+for a testbed preset (narrowing, strategies) its study budget (`thrlab.study.STUDY_BUDGETS`:
 seeds, overrides, workers, the runs' own Pass@K samples); a notebook that declares
 `needs_strategies` runs only on presets whose task labels strategies;
 `--seeds N` sets `seeds = [0, ..., N-1]` where a notebook declares `seeds`; `-p key=value` sets a
@@ -163,10 +163,10 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
 
 
 def study_budget(preset: str | None) -> dict:
-    """A testbed preset's study (thrlab.paper.STUDY_BUDGETS; {} for other presets): "params"
+    """A testbed preset's study (thrlab.study.STUDY_BUDGETS; {} for other presets): "params"
     for every notebook that declares them, "notebooks" per-notebook ones, "skip" notebooks
     left out with the reason; --seeds and -p override the parameters."""
-    from .paper import STUDY_BUDGETS
+    from .study import STUDY_BUDGETS
 
     return dict(STUDY_BUDGETS.get(preset or "", {}))
 

@@ -1,0 +1,170 @@
+"""thrlab.study: paired tables, claims and verdicts on hand-made run folders with per-problem
+records, against thrlab.stats applied by hand and naive references written here."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thrlab import study
+from thrlab.runs import write_json
+
+
+def _records_run(root, method, seed, greedy, correct, samples=4, phase="eval_after", ids=None):
+    """A run folder whose eval file holds per-problem records (what paired tables read)."""
+    d = root / f"{method}-{seed}"
+    ids = ids or [f"arith/heldout/{i}" for i in range(len(greedy))]
+    rec = {"ids": ids, "greedy": greedy, "correct": correct, "samples": samples}
+    write_json(d / f"{phase}.json", {"sets": {"arithmetic": {}}, "mean": {}, "problems":
+                                     {"arithmetic": rec}})
+    return {"method": method, "seed": seed, "run_id": d.name, "run_dir": str(d)}
+
+
+def test_paired_table_is_paired_difference_of_the_per_problem_scores(tmp_path):
+    from thrlab.evaluate import pass_at_k
+    from thrlab.stats import minimum_detectable_effect, paired_difference
+
+    rng = np.random.default_rng(0)
+    g = {m: rng.integers(0, 2, size=(3, 12)) for m in ("grpo", "thr_p0")}
+    c = {m: rng.integers(0, 5, size=(3, 8)) for m in ("grpo", "thr_p0")}
+    runs = pd.DataFrame([_records_run(tmp_path, m, s, g[m][s].tolist(), c[m][s].tolist())
+                         for m in ("grpo", "thr_p0") for s in (2, 0, 1)])  # any order
+    t = study.paired_table(runs, ["greedy_acc", "pass@2"]).set_index("metric")
+    want = paired_difference(g["grpo"], g["thr_p0"])
+    assert t.loc["greedy_acc", "diff"] == pytest.approx(want["mean"])
+    assert (t.loc["greedy_acc", "ci_low"], t.loc["greedy_acc", "ci_high"]) == \
+        pytest.approx((want["ci_low"], want["ci_high"]))
+    assert t.loc["greedy_acc", "mde"] == pytest.approx(
+        minimum_detectable_effect(want["components"], 3, 12))
+    pk = {m: np.vectorize(lambda x: pass_at_k(4, int(x), 2))(c[m]) for m in c}
+    assert t.loc["pass@2", "diff"] == pytest.approx(paired_difference(pk["grpo"],
+                                                                      pk["thr_p0"])["mean"])
+    assert t.loc["pass@2", "problems"] == 8 and t.loc["greedy_acc", "seeds"] == 3
+
+
+def test_paired_table_refuses_runs_on_other_problems_and_one_seed_has_no_interval(tmp_path):
+    runs = pd.DataFrame([_records_run(tmp_path, "grpo", 0, [1, 0], [1, 1]),
+                         _records_run(tmp_path, "thr_p0", 0, [1, 1], [2, 1], ids=["x", "y"])])
+    with pytest.raises(ValueError, match="same problems"):
+        study.paired_table(runs, ["greedy_acc"])
+    runs = pd.DataFrame([_records_run(tmp_path / "b", "grpo", 0, [1, 0], [1, 1]),
+                         _records_run(tmp_path / "b", "thr_p0", 0, [1, 1], [2, 1])])
+    t = study.paired_table(runs, ["greedy_acc"])
+    assert t["diff"].iloc[0] == 0.5 and np.isnan(t.ci_low.iloc[0]) and t.seeds.iloc[0] == 1
+
+
+def test_gain_table_pairs_each_run_with_its_start(tmp_path):
+    from thrlab.stats import paired_difference
+
+    rng = np.random.default_rng(1)
+    before, after = rng.integers(0, 2, (2, 10)), rng.integers(0, 2, (2, 10))
+    rows = []
+    for s in (0, 1):
+        rows.append(_records_run(tmp_path, "grpo", s, after[s].tolist(), [0] * 10))
+        _records_run(tmp_path, "grpo", s, before[s].tolist(), [0] * 10, phase="eval_before")
+    t = study.gain_table(pd.DataFrame(rows), ["greedy_acc"])
+    assert t["diff"].iloc[0] == pytest.approx(paired_difference(before, after)["mean"])
+    assert t.before.iloc[0] == pytest.approx(before.mean())
+
+
+def test_seed_differences_are_paired_by_seed():
+    from thrlab.stats import seed_difference
+
+    table = pd.DataFrame({"method": ["grpo"] * 3 + ["thr_explore"] * 3, "seed": [0, 1, 2] * 2,
+                          "entropy_after": [1.0, 0.8, 0.9, 1.2, 0.7, 1.3], "problems": 200})
+    t = study.seed_differences(table, "entropy_after")
+    want = seed_difference([1.0, 0.8, 0.9], [1.2, 0.7, 1.3])
+    assert t["diff"].iloc[0] == pytest.approx(want["mean"])
+    assert (t.ci_low.iloc[0], t.ci_high.iloc[0]) == pytest.approx((want["ci_low"],
+                                                                   want["ci_high"]))
+
+
+def test_verdict_reads_the_interval_in_the_claimed_direction():
+    assert study.verdict(1, 0.01, 0.05) == "reproduced"
+    assert study.verdict(1, -0.05, -0.01) == "refuted"
+    assert study.verdict(-1, -0.05, -0.01) == "reproduced"
+    assert study.verdict(1, -0.01, 0.05) == "not resolved"
+    assert study.verdict(0, -0.01, 0.05) == "consistent"
+    assert study.verdict(0, 0.01, 0.05) == "refuted"
+    assert study.verdict(1, float("nan"), float("nan")) == "one seed: mechanics only"
+
+
+def test_claims_table_is_the_paired_table_of_each_claim(tmp_path):
+    rng = np.random.default_rng(2)
+    methods = ("grpo", "thr_p0", "thr_exploit")
+    g = {m: rng.integers(0, 2, size=(3, 20)) for m in methods}
+    g["thr_exploit"] = np.maximum(g["thr_exploit"], g["grpo"])  # above GRPO on every problem
+    c = {m: rng.integers(0, 9, size=(3, 10)) for m in methods}
+    runs = pd.DataFrame([_records_run(tmp_path, m, s, g[m][s].tolist(), c[m][s].tolist(),
+                                      samples=8) for m in methods for s in range(3)])
+    t = study.claims_table(runs)
+    claims = [c for c in study.CLAIMS if {c[2], c[3]} <= set(methods)
+              and c[4] != "strategy_entropy"]  # no strategy labels on this task
+    assert len(t) == len(claims) and set(t.metric) == {"greedy_acc", "pass@8"}
+    for row in t.itertuples():
+        want = study.paired_table(runs[runs.method.isin([row.method, row.baseline])],
+                                  [row.metric], baseline=row.baseline).iloc[0]
+        assert (row.diff, row.ci_low, row.ci_high, row.mde) == pytest.approx(
+            (want["diff"], want.ci_low, want.ci_high, want.mde))
+        assert row.verdict == study.verdict(row.direction, row.ci_low, row.ci_high)
+    e3 = t[(t.method == "thr_exploit") & (t.baseline == "grpo")].iloc[0]
+    assert e3["diff"] > 0 and e3.seeds == 3 and e3.problems == 20
+
+
+def test_claims_table_reads_strategy_diversity_per_seed(tmp_path):
+    from thrlab.stats import seed_difference
+
+    after = {"grpo": [0.2, 0.5, 0.3], "thr_explore": [0.9, 1.1, 1.0]}
+    rows = []
+    for m, ents in after.items():
+        for s, e in enumerate(ents):
+            row = _records_run(tmp_path, m, s, [1, 0, 1], [2, 3], samples=4)
+            for phase, ent in (("eval_before", 1.5), ("eval_after", e)):
+                path = Path(row["run_dir"]) / f"{phase}.json"
+                ev = json.loads(path.read_text()) if path.exists() else {
+                    "mean": {}, "problems": json.loads((Path(row["run_dir"]) /
+                                                        "eval_after.json").read_text())["problems"]}
+                ev["sets"] = {"arithmetic": {"strategy_entropy": ent, "n_passk_problems": 2,
+                                             "strategy_counts": {"split_a": 3, "split_b": 5}}}
+                write_json(path, ev)
+            rows.append(row)
+    t = study.claims_table(pd.DataFrame(rows)).set_index("metric")
+    want = seed_difference(after["grpo"], after["thr_explore"])
+    r = t.loc["strategy_entropy"]
+    assert r["diff"] == pytest.approx(want["mean"]) and r.verdict == "reproduced"
+    assert (r.ci_low, r.ci_high) == pytest.approx((want["ci_low"], want["ci_high"]))
+    assert r.mde > 0 and r.seeds == 3
+
+
+def test_paired_table_pairs_only_the_seeds_both_methods_have(tmp_path):
+    from thrlab.stats import paired_difference
+
+    rng = np.random.default_rng(4)
+    g = {m: rng.integers(0, 2, size=(4, 10)) for m in ("grpo", "thr_p0")}
+    rows = [_records_run(tmp_path, m, s, g[m][s].tolist(), [0] * 10)
+            for m in ("grpo", "thr_p0") for s in range(4) if (m, s) != ("grpo", 2)]
+    t = study.paired_table(pd.DataFrame(rows), ["greedy_acc"]).iloc[0]
+    keep = [0, 1, 3]  # GRPO's seed 2 is unfinished: thr_p0's seed 2 has no partner
+    want = paired_difference(g["grpo"][keep], g["thr_p0"][keep])
+    assert t.seeds == 3 and t["diff"] == pytest.approx(want["mean"])
+    assert (t.ci_low, t.ci_high) == pytest.approx((want["ci_low"], want["ci_high"]))
+
+
+def test_replication_pairs_each_claim_across_seed_sets():
+    """A claim keeps its verdict or not, and each set's estimate lies in the other's interval or
+    not; a claim one table lacks is left out."""
+    def table(*rows):
+        return pd.DataFrame([dict(experiment=e, claim=c, metric="greedy_acc", diff=d, ci_low=lo,
+                                  ci_high=hi, verdict=v) for e, c, d, lo, hi, v in rows])
+
+    first = table(("E3", "a", 0.03, 0.01, 0.05, "reproduced"),
+                  ("E4", "b", -0.04, -0.07, -0.01, "refuted"), ("E5", "c", 0.0, -0.1, 0.1, "x"))
+    second = table(("E3", "a", 0.02, 0.00, 0.04, "reproduced"),
+                   ("E4", "b", 0.02, -0.01, 0.05, "not resolved"))
+    pooled = table(("E3", "a", 0.025, 0.01, 0.04, "reproduced"),
+                   ("E4", "b", -0.01, -0.03, 0.01, "not resolved"))
+    rep = study.replication(first, second, pooled)
+    assert [(r["claim"], r["same_verdict"], r["inside"]) for r in rep] == [
+        ("a", True, True), ("b", False, False)]
+    assert rep[1]["pooled"]["diff"] == -0.01 and rep[0]["second"]["verdict"] == "reproduced"
