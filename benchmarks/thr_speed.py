@@ -171,7 +171,7 @@ def agreement(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 def approx_error(approx, exact, mask, rewards) -> dict:
     from thrlab.predictor import spearman
-    from thrlab.thr import thr_threshold
+    from thrlab.reweight import thr_threshold
 
     m = mask.bool()
     a, e = approx[m].double(), exact[m].double()  # real tokens only

@@ -20,13 +20,13 @@ import torch
 pytest.importorskip("trl")
 
 from tests.fixtures import trl_data  # noqa: E402
-from thrlab.config import THRConfig
+from thrlab.config import THRConfig  # noqa: E402
 from thrlab.presets import from_preset  # noqa: E402
 from thrlab.integrations import groups  # noqa: E402
 from thrlab.integrations.trl import (LOSS_TYPES, THRGRPOTrainer, check_trl_version,  # noqa: E402
                                      grpo_config)
 from thrlab.model import load_policy  # noqa: E402
-from thrlab.thr import thr_stats  # noqa: E402
+from thrlab.reweight import thr_stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 G, P = 4, 3  # 3 prompts x 4 completions: small enough for seconds, enough for mixed groups
@@ -234,6 +234,7 @@ def test_loud_failures(tiny_model_dir, tmp_path, one_thread):
                        train_dataset=trl_data.dataset(12), processing_class=tok,
                        thr_config=cfg.replace(temperature=0.7))
     # a THRConfig alone carries no group size or temperature: THR uses TRL's
+    model, tok = _policy(cfg, tiny_model_dir)  # a fresh one: TRL added a "ref" adapter above
     alone = THRGRPOTrainer(model=model, reward_funcs=trl_data.exact_reward, args=args,
                            train_dataset=trl_data.dataset(12), processing_class=tok,
                            thr_config=THRConfig(thr_mode="thr", thr_p=0.1))
@@ -242,7 +243,7 @@ def test_loud_failures(tiny_model_dir, tmp_path, one_thread):
     def half(completions, **_):
         return [0.5] * len(completions)
 
-    model, tok = _policy(cfg, tiny_model_dir)  # a fresh one: TRL added a "ref" adapter above
+    model, tok = _policy(cfg, tiny_model_dir)
     tr = THRGRPOTrainer(model=model, reward_funcs=half, args=args, processing_class=tok,
                         train_dataset=trl_data.dataset(12), thr_config=cfg,
                         rollout_func=trl_data.make_rollout_func(tok, G))

@@ -160,7 +160,7 @@ def test_gspo_token_recipes_are_the_gspo_objective():
 def test_every_config_choice_has_its_registry_entry_and_back():
     """A variant is one function and one registry line; the config's list of names (what a user
     may choose, checked at construction without torch) must name exactly the registry's keys."""
-    from thrlab.thr import THRESHOLDS, TOKEN_ADVANTAGES
+    from thrlab.reweight import THRESHOLDS, TOKEN_ADVANTAGES
 
     def choices(field: str) -> set:
         with pytest.raises(ValueError) as err:

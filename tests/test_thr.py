@@ -1,13 +1,14 @@
-"""THR against a naive pairwise loop written here, and the first-order identity of docs/method.md
-section 6 (one SGD step on the unembedding of a real tiny model) checked by finite differences."""
+"""THR (thrlab.thr) against a naive pairwise loop written here, the first-order identity of
+docs/method.md section 6 (one SGD step on the unembedding of a real tiny model) checked by finite
+differences, and the token advantages THR drives (thrlab.reweight) against loops."""
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from thrlab.thr import (nthr_advantages, reweight_advantages, route_flops, thr_for_batch,
-                        thr_stats, thr_threshold, token_hidden_reward)
+from thrlab.reweight import nthr_advantages, reweight_advantages, thr_stats, thr_threshold
+from thrlab.thr import route_flops, thr_for_batch, token_hidden_reward
 
 G, T, H, V = 4, 5, 8, 11  # small enough for the O((G T)^2 V) python loop below
 
@@ -86,7 +87,7 @@ def test_advantage_weighted_thr_uses_the_advantages_the_run_trains_with():
     by GRPO's std-normalised advantage recomputed from the rewards."""
     from thrlab.presets import from_preset
     from thrlab.loss import group_advantages, passk_advantages
-    from thrlab.thr import thr_token_advantages
+    from thrlab.reweight import thr_token_advantages
 
     hidden, W, tokens, mask = make_group()
     r = torch.tensor([0., 1., 1., 0.])
@@ -303,7 +304,7 @@ def test_single_token_steps_on_tiny_model(tiny_group):
 
 
 def test_quantile_threshold_against_sorting():
-    from thrlab.thr import thr_quantile_threshold
+    from thrlab.reweight import thr_quantile_threshold
 
     torch.manual_seed(3)
     thr = torch.randn(4, 6)
@@ -362,7 +363,7 @@ def test_shapes_and_values_are_checked_with_messages_that_name_them():
 
 
 def test_random_mask_keeps_the_same_count_per_response_uniformly():
-    from thrlab.thr import random_mask_like
+    from thrlab.reweight import random_mask_like
 
     gen = torch.Generator().manual_seed(0)
     mask = torch.ones(3, 6, dtype=torch.bool)
@@ -387,7 +388,7 @@ def test_controls_keep_thrs_advantage_mass_without_its_choice():
     every token, GRPO's weights scaled to the mass THR's mask keeps."""
     from thrlab.config import THRConfig
     from thrlab.loss import group_advantages
-    from thrlab.thr import thr_token_advantages
+    from thrlab.reweight import thr_token_advantages
 
     hidden, W, tokens, mask = make_group()
     r = torch.tensor([0., 1., 1., 0.])

@@ -159,7 +159,7 @@ def test_on_policy_thr_from_the_update_logits_equals_streamed_thr(tiny_model_dir
     """On-policy, THR reads the update pass's own logits; the result equals THR that streams
     the probabilities from the unembedding (thr_token_advantages' other source)."""
     from thrlab.model import lm_parts
-    from thrlab.thr import thr_token_advantages
+    from thrlab.reweight import thr_token_advantages
 
     tr = _trainer(tiny_model_dir, tmp_path, thr_mode="thr", thr_p=0.1, steps=1)
     seen, inner = [], tr.old_policy.token_advantages
@@ -329,7 +329,7 @@ def test_lora_dropout_never_reaches_the_old_policy_or_thr(tiny_model_dir, tmp_pa
     without dropout (eval mode), not from the noisy update pass."""
     from thrlab.model import completion_forward, lm_parts
     from thrlab.old_policy import frozen_pass
-    from thrlab.thr import thr_token_advantages
+    from thrlab.reweight import thr_token_advantages
 
     torch.manual_seed(0)
     tr = _trainer(tiny_model_dir, tmp_path, steps=1, lora_dropout=0.5, thr_mode="thr",

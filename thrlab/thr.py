@@ -1,4 +1,5 @@
-"""Token Hidden Reward (THR) and the advantage reweighting it drives (docs/method.md sections 2, 3).
+"""Token Hidden Reward (THR), per token of a group (docs/method.md section 2); the advantages it
+drives (threshold, reweighting, NTHR, controls) are thrlab.reweight (section 3).
 
 For one group, token k of response j has hidden state h_{j,k} (post-final-norm, the vector the
 unembedding W multiplies), next-token distribution pi_{j,k} and g_{j,k} = e_{y_{j,k}} - pi_{j,k}.
@@ -9,9 +10,6 @@ advantage A_j the run trains with, when advantage_weighted):
 2. M = sum_{i in Y+} w_i sum_k g_{i,k} h_{i,k}^T  (V x H),  THR_{j,k'} = c_j * g_{j,k'}^T M h_{j,k'}
                                                                                        (factorised)
 3. g.g' = [y == y'] - pi'[y] - pi[y'] + pi.pi'    (gram: eq. 1 evaluated against the N_c anchors)
-4. tau = beta * max(0, min_{i in Y+} mean_k THR_{i,k})
-5. A'_{j,k} = 1[|THR_{j,k}| > tau] * (1 + p * sign(THR_{j,k})) * A_j                  (THR-GRPO)
-6. NTHR: on incorrect responses, tokens with -THR > tau get A_j * 2|0.5 - q|          (predecessor)
 
 Probabilities come from given logits or are streamed from h @ W^T in chunks of `chunk_size` rows;
 no (tokens x V) tensor larger than one chunk is held. Accumulation is fp32 (fp64 inputs stay fp64).
@@ -24,7 +22,6 @@ import math
 
 import torch
 
-from .config import THRConfig
 from .guards import NonFiniteError
 from .loss import group_advantages
 
@@ -307,162 +304,3 @@ def thr_for_batch(hidden, tokens, mask, rewards, group_size: int, **kw) -> torch
             extra["adv"] = adv[g]
         out.append(token_hidden_reward(hidden[g], tokens[g], mask[g], rewards[g], **extra, **kw))
     return torch.cat(out)  # (B, T)
-
-
-def thr_threshold(thr, mask, rewards, beta: float = 1.0) -> float:
-    """Return tau = beta * max(0, min over correct responses of their mean THR) for one group."""
-    mask = mask.bool()
-    correct = (rewards == 1) & mask.any(1)  # (G,) a response with no real tokens has no mean
-    if not correct.any() or (rewards == rewards[0]).all():
-        return 0.0
-    mean = (thr * mask).sum(1) / mask.sum(1).clamp(min=1)  # (G,)
-    return beta * max(0.0, float(mean[correct].min()))
-
-
-def thr_quantile_threshold(thr, mask, q: float) -> float:
-    """Return tau = the q-quantile of abs(THR) over the group's real tokens (keeps ~1-q of them)."""
-    vals = thr[mask.bool()].abs().float()
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile q={q} must be in [0, 1]")
-    return float(torch.quantile(vals, q)) if vals.numel() else 0.0
-
-
-def _check_adv(adv, thr, mask) -> None:
-    if thr.ndim != 2 or tuple(mask.shape) != tuple(thr.shape):
-        raise ValueError(f"thr and mask must both be (B, T), got {tuple(thr.shape)} and "
-                         f"{tuple(mask.shape)}")
-    if tuple(adv.shape) != (thr.shape[0],):
-        raise ValueError(f"adv must be (B,) = ({thr.shape[0]},), one advantage per response "
-                         f"(row of thr), got {tuple(adv.shape)}; pass the response advantages "
-                         "(e.g. thrlab.loss.group_advantages), not per-token ones")
-
-
-def reweight_advantages(adv, thr, mask, *, tau=0.0, p: float = 0.1,
-                        dominant_only: bool = True) -> torch.Tensor:
-    """Return THR-GRPO token advantages (eq. 5), (B, T) from adv (B,), thr and mask (B, T); tau
-    is a float or (B, 1) per group."""
-    _check_adv(adv, thr, mask)
-    if not -1.0 <= p <= 1.0:
-        raise ValueError(f"thr_p={p} must be in [-1, 1]: beyond it the factor 1 + p*sign(THR) "
-                         "flips the sign of some advantages")
-    adv_tok = (1 + p * torch.sign(thr)) * adv[:, None] * mask  # (B, T)
-    if dominant_only:
-        adv_tok = adv_tok * (thr.abs() > tau)  # (B, T) train on dominant tokens only
-    return adv_tok
-
-
-def nthr_advantages(adv, thr, mask, rewards, *, tau=0.0, group_size: int | None = None):
-    """Return NTHR token advantages (eq. 6), (B, T) from adv and rewards (B,), thr and mask
-    (B, T); group_size=None means one group."""
-    _check_adv(adv, thr, mask)
-    G = group_size or len(rewards)
-    q = rewards.float().view(-1, G).mean(1).repeat_interleave(G)  # (B,) group success rate
-    eta = 2 * (0.5 - q).abs()  # (B,) NTHR's damping of the penalty
-    hit = (rewards == 0)[:, None] & (-thr > tau)  # (B, T) influential tokens of wrong responses
-    scale = torch.where(hit, eta[:, None], torch.ones_like(thr))  # (B, T)
-    return scale * adv[:, None] * mask  # (B, T)
-
-
-def thr_stats(thr, mask, tau, adv, adv_tok) -> dict:
-    """Return THR diagnostics as floats (thr/* keys, formulas in the README glossary)."""
-    m = mask.bool()
-    n = max(int(m.sum()), 1)
-    t = thr[m]  # (N,)
-    kept = (thr.abs() > tau) & m  # (B, T)
-    tau_f = float(tau.float().mean()) if torch.is_tensor(tau) else float(tau)
-    return {"thr/mean": float(t.sum()) / n, "thr/abs_mean": float(t.abs().sum()) / n,
-            "thr/frac_pos": float((t > 0).sum()) / n, "thr/frac_neg": float((t < 0).sum()) / n,
-            "thr/frac_kept": float(kept.sum()) / n, "thr/tau": tau_f,
-            "thr/adv_mass_before": float((adv.abs()[:, None] * m).sum()),
-            "thr/adv_mass_after": float((adv_tok.abs() * m).sum())}
-
-
-def random_mask_like(kept, mask, generator=None) -> torch.Tensor:
-    """Bool (B, T): in each row, as many of the row's real tokens as `kept` keeps there, drawn
-    uniformly at random: the same count (so the same advantage mass) without THR's choice."""
-    m = mask.bool()
-    k = (kept.bool() & m).sum(1, keepdim=True)  # (B, 1)
-    score = torch.rand(m.shape, generator=generator).to(m.device).masked_fill(~m, -1.0)  # (B, T)
-    rank = score.argsort(1, descending=True).argsort(1)  # (B, T) 0 = largest
-    return (rank < k) & m
-
-
-def mass_matched_advantages(adv, mask, kept) -> torch.Tensor:
-    """GRPO token advantages (B, T) on every real token, scaled by the share of advantage mass
-    that `kept` keeps, sum |A| over kept tokens / sum |A| over all (one scalar for the rows)."""
-    m = mask.float()
-    full = adv[:, None].abs() * m  # (B, T)
-    scale = (full * kept.float()).sum() / full.sum().clamp(min=1e-12)
-    return adv[:, None] * m * scale
-
-
-def _reweight(adv, thr, mask, rewards, tau, c, group_size, generator):
-    return reweight_advantages(adv, thr, mask, tau=tau, p=c.thr_p, dominant_only=c.thr_mask)
-
-
-def _nthr(adv, thr, mask, rewards, tau, c, group_size, generator):
-    return nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=group_size)
-
-
-def _random_mask(adv, thr, mask, rewards, tau, c, group_size, generator):
-    keep = random_mask_like(thr.abs() > tau, mask, generator)
-    return adv[:, None] * mask * keep
-
-
-def _mass_matched(adv, thr, mask, rewards, tau, c, group_size, generator):
-    return mass_matched_advantages(adv, mask, (thr.abs() > tau) & mask.bool())
-
-
-# thr_mode -> token advantages (B, T) from (adv (B,), thr (B, T), mask, rewards, tau (B, 1), ...);
-# "off" computes no THR (the trainer broadcasts adv). config.THRConfig lists the names.
-TOKEN_ADVANTAGES = {"thr": _reweight, "nthr": _nthr, "random_mask": _random_mask,
-                    "mass_matched": _mass_matched}
-
-
-def _min_mean_tau(thr, mask, rewards, c) -> float:
-    return thr_threshold(thr, mask, rewards, c.thr_beta)
-
-
-def _quantile_tau(thr, mask, rewards, c) -> float:
-    return thr_quantile_threshold(thr, mask, c.thr_tau_quantile)
-
-
-# thr_tau_mode -> one group's threshold from (thr (G, T), mask, rewards (G,), config)
-THRESHOLDS = {"min_mean": _min_mean_tau, "quantile": _quantile_tau}
-
-
-def thr_token_advantages(c: THRConfig, hidden, tokens, mask, rewards, adv, lm_head_weight=None,
-                         *, group_size: int, temperature: float = 1.0, logits=None,
-                         generator=None):
-    """Per-token advantages (B, T) of whole groups under a THRConfig; (adv_tok, thr, stats).
-
-    The one place the trainer and the TRL integration turn (old-policy hidden states, sampled
-    tokens, rewards, response advantages) into reweighted token advantages (docs/method.md
-    section 3). `c` is a THRConfig (a thrlab Config is one); hidden (B, T, H); the probabilities
-    come from lm_head_weight (V, H), the unembedding, streamed in chunks at `temperature`, or from
-    logits (B, T, V) already divided by it (an update pass's, reused). Rows are group-major, B a
-    multiple of group_size.
-
-    Two controls share THR's computation but not its information (thrlab.presets.METHODS
-    `thr_random_mask`, `grpo_mass_matched`): thr_mode="random_mask" keeps, in every response,
-    as many tokens as THR's dominant-token mask does but chosen at random (`generator`), weights
-    unchanged (p = 0); thr_mode="mass_matched" trains on every token with GRPO's advantages
-    scaled so their total mass equals what THR's mask keeps (the smaller step alone).
-    """
-    from .loss import variant
-
-    G = group_size
-    token_advantages = variant(TOKEN_ADVANTAGES, "thr_mode (that computes THR)", c.thr_mode)
-    threshold = variant(THRESHOLDS, "thr_tau_mode", c.thr_tau_mode)
-    source = ({"logits": logits.detach()} if logits is not None else
-              {"lm_head_weight": lm_head_weight.detach(), "temperature": temperature})
-    with torch.no_grad():
-        thr = thr_for_batch(hidden.detach(), tokens, mask, rewards, G, **source,
-                            vocab=c.thr_vocab, length_normalize=c.thr_length_normalize,
-                            advantage_weighted=c.thr_advantage_weighted,
-                            adv=adv.detach() if c.thr_advantage_weighted else None)  # (B, T)
-        taus = [threshold(thr[s], mask[s], rewards[s], c)
-                for s in (slice(g, g + G) for g in range(0, len(thr), G))]
-        tau = torch.tensor(taus, device=thr.device).repeat_interleave(G).unsqueeze(-1)  # (B, 1)
-        adv_tok = token_advantages(adv, thr, mask, rewards, tau, c, G, generator)  # (B, T)
-        return adv_tok, thr, thr_stats(thr, mask, tau, adv, adv_tok)

@@ -6,12 +6,13 @@
        (dynamic sampling: drop groups without signal, draw more prompts)
     3. the old-policy view: a frozen pass or the update pass   -> old_policy
        reference log-probs (adapters disabled) when kl_coef > 0
-    4. epochs x mini-batches: token advantages (THR plugs in)  -> thr.thr_token_advantages
+    4. epochs x mini-batches: token advantages (THR plugs in)  -> reweight.thr_token_advantages
     5.   loss per micro-batch, accumulated; one optimizer step -> loss.policy_loss, aggregate
   checkpoint adapter + optimizer + RNG every save_every steps; metrics.jsonl every step.
 
 Micro-batch accumulation, the OOM retry, NaN/inf checks and phase timers live in `step`; which
-variant of each stage runs is chosen once, from the config, by the registries of `loss` and `thr`.
+variant of each stage runs is chosen once, from the config, by the registries of `loss` and
+`reweight`.
 Shapes: B rows (whole groups, group-major), T completion tokens, H hidden, b rows of a mini-batch.
 """
 from __future__ import annotations
@@ -219,7 +220,7 @@ class GRPOTrainer:
         cfg = self.cfg
         if not cfg.thr_on:
             return adv.unsqueeze(-1) * mask.float(), {}, None
-        from .thr import thr_token_advantages
+        from .reweight import thr_token_advantages
 
         t0 = time.perf_counter()
         # the unembedding (V, H), never LoRA-wrapped, streams probabilities when no logits

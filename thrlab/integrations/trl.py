@@ -8,7 +8,7 @@ lets TRL generate, grade and compute its per-response advantages A_j (B,), then
    num_iterations > 1, or vLLM with its importance-sampling correction), else from one extra
    no-grad backbone pass called exactly as TRL's forward calls it (TRL keeps no hidden states;
    its fused LM head returns only log-probs). Cost of that pass: README, "Beyond one GPU";
-2. calls `thrlab.thr.thr_token_advantages` (the function thrlab's trainer calls) on whole groups,
+2. calls `thrlab.reweight.thr_token_advantages` (the function thrlab's trainer calls) on whole groups,
    with probabilities softmax(h W^T / temperature) streamed from the unembedding, the same
    temperature TRL samples and scores with;
 3. hands TRL per-token advantages A'_{j,k} (B, T), which TRL 1.16's loss accepts as they are
@@ -54,7 +54,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402  (after the version check,
 
 from ..config import Config, THRConfig  # noqa: E402
 from ..model import lm_parts  # noqa: E402
-from ..thr import thr_token_advantages  # noqa: E402
+from ..reweight import thr_token_advantages  # noqa: E402
 from .groups import GroupLayout, assemble, exchange_shared_rows, merge_thr_stats  # noqa: E402
 
 # thrlab loss_agg -> TRL loss_type with the same normaliser: token_mean divides by the tokens
