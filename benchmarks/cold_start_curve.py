@@ -36,7 +36,8 @@ def main() -> None:
     from thrlab.evaluate import summarise
     from thrlab.rewards import extract_answer
     from thrlab.rollout import generate
-    from thrlab.tasks import arithmetic_problems, format_prompt
+    from thrlab.arithmetic import arithmetic_problems
+    from thrlab.tasks import format_prompt
     from thrlab.tiny import build_model, build_tokenizer, sft_loop
 
     chain = args.op == "mul_chain"

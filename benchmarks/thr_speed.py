@@ -203,7 +203,7 @@ def tiny_step_share(steps: int, reps: int) -> dict:
     from thrlab.presets import from_preset
     from thrlab.model import load_policy
     from thrlab.runs import RunDir
-    from thrlab.tasks import arithmetic_problems
+    from thrlab.arithmetic import arithmetic_problems
     from thrlab.thr import thr_for_batch
     from thrlab.tiny import save_random_model
     from thrlab.trainer import GRPOTrainer

@@ -37,7 +37,8 @@ def run(cls, cfg, model_dir: str, out_dir: str) -> list[dict]:
 
     from thrlab.integrations.trl import THRGRPOTrainer, grpo_config
     from thrlab.model import load_policy
-    from thrlab.tasks import arithmetic_problems, format_prompt
+    from thrlab.arithmetic import arithmetic_problems
+    from thrlab.tasks import format_prompt
 
     torch.manual_seed(cfg.seed)
     model, tok = load_policy(cfg, model_dir, torch.device("cpu"))

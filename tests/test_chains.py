@@ -7,7 +7,7 @@ import pytest
 
 from thrlab.chains import STRATEGIES, chain, sft_target, strategy_entropy, strategy_of
 from thrlab.rewards import extract_answer, grade
-from thrlab.tasks import arithmetic_problems
+from thrlab.arithmetic import arithmetic_problems
 
 
 def _eval_chain(text: str) -> int:

@@ -7,7 +7,7 @@ import torch
 from thrlab.presets import from_preset
 from thrlab.model import load_policy
 from thrlab.runs import STEP_PHASES, RunDir
-from thrlab.tasks import arithmetic_problems
+from thrlab.arithmetic import arithmetic_problems
 from thrlab.step import UpdateMetrics
 from thrlab.trainer import GRPOTrainer
 

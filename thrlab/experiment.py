@@ -86,7 +86,8 @@ def resolve_model_path(cfg: Config, progress: bool = True) -> str:
 
 
 def train_problems(cfg: Config) -> list:
-    from .tasks import arithmetic_problems, load_benchmark
+    from .arithmetic import arithmetic_problems
+    from .tasks import load_benchmark
 
     if cfg.task == "arithmetic":
         return arithmetic_problems(None, "train", seed=cfg.seed, op=cfg.arith_op)
@@ -95,7 +96,8 @@ def train_problems(cfg: Config) -> list:
 
 
 def eval_problems(cfg: Config) -> dict:
-    from .tasks import arithmetic_problems, load_benchmark
+    from .arithmetic import arithmetic_problems
+    from .tasks import load_benchmark
 
     out = {}
     for name in cfg.eval_sets:

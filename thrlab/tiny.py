@@ -16,9 +16,10 @@ import torch
 
 from .config import Config, TinyConfig
 from .runs import atomic_write_text
-from .tasks import arithmetic_problems, format_prompt, sft_targets
+from .arithmetic import arithmetic_problems, sft_targets
 
 # One token per character; the task needs only these. <pad> and <eos> are the specials.
+from .tasks import format_prompt
 TINY_CHARS = list("0123456789") + list(" +-*=?:QA")
 SPECIALS = ["<pad>", "<eos>"]
 
@@ -107,7 +108,7 @@ def ensure_tiny_model(cfg: Config, progress: bool = True) -> Path:
 
 def sft_batch(tok, problems, template: str, targets: list[str] | None = None):
     """Tokenise prompt + " " + target + eos, with labels only on the target tokens (-100
-    elsewhere); the targets default to the gold answers (tasks.sft_targets gives chains)."""
+    elsewhere); the targets default to the gold answers (arithmetic.sft_targets gives chains)."""
     ids, labels = [], []
     for i, p in enumerate(problems):
         prompt = tok(format_prompt(p.question, template), add_special_tokens=False).input_ids
@@ -134,7 +135,7 @@ def sft_loss(model, input_ids, attn, labels):
 def sft_loop(model, tok, opt, pool: list, rng: random.Random, *, steps: int, batch_size: int,
              template: str, op: str, clip: tuple | None = None, device=None, desc: str = "SFT",
              progress: bool = True, on_step=None) -> list[float]:
-    """Supervised steps on the targets of rng-drawn problems (tasks.sft_targets: answers, or
+    """Supervised steps on the targets of rng-drawn problems (arithmetic.sft_targets: answers, or
     chains for mul_chain), answer tokens only; returns the losses. The one SFT loop: the cold
     start, the equal-compute SFT control and benchmarks/cold_start_curve.py run it.
 
