@@ -139,7 +139,7 @@ def test_a_finished_folder_of_another_config_is_refused_naming_the_keys(finished
 def test_summary_prints_each_set_their_mean_and_grading_failures(finished):
     s, run = finished["summary"], finished["run"]
     after = json.loads((run / "eval_after.json").read_text())
-    names = sorted(finished["cfg"].eval_sets)  # ["/tmp/.../mul.jsonl", "arithmetic"]
+    names = sorted(finished["cfg"].eval_sets)  # [<tmp_path>/mul.jsonl, "arithmetic"]
     assert sorted(after["grading_by_set"]) == names == sorted(s["sets"]["after"])
     for k, total in after["grading"].items():  # per-set counts add up to the old total
         assert total == sum(after["grading_by_set"][n][k] for n in names)

@@ -93,6 +93,18 @@ def _expressible(cfg: Config) -> None:
                          "Use thrlab's own trainer for them.")
 
 
+def _rank_batches(cfg: Config, B: int, W: int) -> tuple[int, int]:
+    """(rows per micro-batch, micro-batches per optimizer step) on each of W ranks for a rollout
+    batch of B rows split into cfg.mini_batches optimizer steps."""
+    per_rank = B // cfg.mini_batches // W  # rows of one optimizer step on one rank
+    micro = cfg.micro_batch_size or per_rank
+    if (B // cfg.mini_batches) % W or per_rank % micro:
+        raise ValueError(f"prompts_per_step*group_size/mini_batches = {B // cfg.mini_batches} rows "
+                         f"per optimizer step must split into {W} ranks x whole micro-batches of "
+                         f"micro_batch_size={cfg.micro_batch_size}")
+    return micro, per_rank // micro
+
+
 def grpo_config(cfg: Config, output_dir: str, *, world_size: int | None = None,
                 **trl_kwargs) -> GRPOConfig:
     """Build TRL's GRPOConfig from a thrlab Config; trl_kwargs set TRL-only knobs (vLLM, logging).
@@ -125,13 +137,7 @@ def grpo_config(cfg: Config, output_dir: str, *, world_size: int | None = None,
     # The launchers' variables, read before TrainingArguments builds accelerate's state
     W = world_size or get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"], 1)
     B = cfg.prompts_per_step * cfg.group_size
-    per_rank = B // cfg.mini_batches // W  # rows of one optimizer step on one rank
-    micro = cfg.micro_batch_size or per_rank
-    if (B // cfg.mini_batches) % W or per_rank % micro:
-        raise ValueError(f"prompts_per_step*group_size/mini_batches = {B // cfg.mini_batches} rows "
-                         f"per optimizer step must split into {W} ranks x whole micro-batches of "
-                         f"micro_batch_size={cfg.micro_batch_size}")
-    accum = per_rank // micro
+    micro, accum = _rank_batches(cfg, B, W)
     dtype = resolve_dtype(cfg, resolve_device(cfg))
     mapped = dict(
         num_generations=cfg.group_size, per_device_train_batch_size=micro,
