@@ -2,6 +2,7 @@
 
     python benchmarks/fingerprint.py --out before.json [--runs-root DIR] [--only NAME ...]
     python benchmarks/fingerprint.py --compare before.json     # exit 1 on any difference
+    python benchmarks/fingerprint.py --same-runs OLD_ROOT NEW_ROOT   # two run roots, run by run
 
 Each case is a whole `run_experiment` (cold start from the cache, evaluation before, a few GRPO
 steps, token records, likelihood probe, evaluation after) of one METHODS recipe, or one schedule
@@ -90,14 +91,42 @@ def fingerprint(run: Path) -> dict:
     return parts
 
 
+def _differing(a: dict, b: dict) -> list[str]:
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "all"]
+
+
+def same_runs(old_root: Path, new_root: Path) -> int:
+    """Fingerprint every finished run folder of new_root against the folder of the same run id in
+    old_root (e.g. a whole study regenerated after a refactor); exit 1 on any difference."""
+    runs = sorted(d.name for d in new_root.iterdir() if (d / "COMPLETE").exists())
+    bad, missing = [], []
+    for name in runs:
+        if not (old_root / name / "COMPLETE").exists():
+            missing.append(name)
+            continue
+        diff = _differing(fingerprint(new_root / name), fingerprint(old_root / name))
+        if diff:
+            bad.append(name)
+            print(f"DIFFERS {name}: {', '.join(diff)}")
+    for name in missing:
+        print(f"not in {old_root}: {name}")
+    print(f"{len(runs) - len(bad) - len(missing)} of {len(runs)} run folders of {new_root} "
+          f"identical to {old_root}")
+    return 1 if bad or missing else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--same-runs", nargs=2, metavar=("OLD_ROOT", "NEW_ROOT"),
+                    help="compare two run roots folder by folder instead of running the cases")
     ap.add_argument("--out", help="write the fingerprints (JSON) here")
     ap.add_argument("--compare", help="a previous --out file: report every case that differs")
     ap.add_argument("--runs-root", default=None, help="default: a temporary folder")
     ap.add_argument("--only", nargs="*", default=[], help="case names or prefixes")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.same_runs:
+        return same_runs(*map(Path, args.same_runs))
     chosen = {k: v for k, v in cases().items()
               if not args.only or any(k.startswith(o) for o in args.only)}
     root = Path(args.runs_root or tempfile.mkdtemp(prefix="thrlab-fingerprint-"))
@@ -115,8 +144,7 @@ def main() -> int:
             if name not in old:
                 print(f"{name}: not in {args.compare}")
                 continue
-            diff = [k for k in sorted(set(parts) | set(old[name]))
-                    if parts.get(k) != old[name].get(k) and k != "all"]
+            diff = _differing(parts, old[name])
             if diff:
                 bad.append(name)
                 print(f"DIFFERS {name}: {', '.join(diff)}")

@@ -89,3 +89,21 @@ def test_fingerprint_is_reproducible_and_catches_a_change(tmp_path):
                           str(tmp_path / "c")], capture_output=True, text=True, timeout=300,
                          cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 1 and "DIFFERS tiny/grpo: metrics" in out.stdout
+
+    def same_runs():
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fingerprint.py"),
+                               "--same-runs", str(tmp_path / "a"), str(tmp_path / "b")],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    ok = same_runs()  # the two run roots above hold the same run, folder by folder
+    assert ok.returncode == 0 and "1 of 1 run folders" in ok.stdout
+    (run,) = [d for d in (tmp_path / "b").iterdir() if (d / "COMPLETE").exists()]
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    first_row = json.loads(rows[0])
+    first_row["time/step"] = 1e9  # wall times are not behaviour
+    (run / "metrics.jsonl").write_text("\n".join([json.dumps(first_row), *rows[1:]]) + "\n")
+    assert same_runs().returncode == 0
+    first_row["train/loss"] = 123.0
+    (run / "metrics.jsonl").write_text("\n".join([json.dumps(first_row), *rows[1:]]) + "\n")
+    bad = same_runs()
+    assert bad.returncode == 1 and f"DIFFERS {run.name}: metrics" in bad.stdout
