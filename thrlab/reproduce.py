@@ -114,10 +114,10 @@ def _check_type(nb: Path, key: str, value, default) -> None:
 def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params: list,
          runs_root: Path) -> list[dict]:
     """Resolve and validate every notebook's parameters; one job dict per notebook."""
-    errors, jobs = [], []
+    errors, jobs, declared_by = [], [], {}
     budget = study_budget(preset)
     for nb in notebooks:
-        declared = declared_parameters(nb)
+        declared = declared_by[nb] = declared_parameters(nb)
         if declared.get("needs_strategies") and not has_strategies(preset or declared["preset"]):
             continue  # e.g. the strategy-diversity notebook on a task without strategy labels
         if nb.stem in budget.get("skip", {}):
@@ -155,7 +155,7 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
         if scope is not None and not any(scope in (nb.stem, nb.stem[:2], nb.name)
                                          for nb in notebooks):
             errors.append(f"-p {scope}:{key}: no selected notebook is called {scope!r}")
-        elif scope is None and not any(key in declared_parameters(nb) for nb in notebooks):
+        elif scope is None and not any(key in d for d in declared_by.values()):
             errors.append(f"-p {key}: unknown parameter {key!r}: no selected notebook declares it")
     if errors:
         raise ParameterError("\n".join(errors))
