@@ -95,9 +95,10 @@ def test_fingerprint_is_reproducible_and_catches_a_change(tmp_path):
                                "--same-runs", str(tmp_path / "a"), str(tmp_path / "b")],
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
 
-    ok = same_runs()  # the two run roots above hold the same run, folder by folder
-    assert ok.returncode == 0 and "1 of 1 run folders" in ok.stdout
-    (run,) = [d for d in (tmp_path / "b").iterdir() if (d / "COMPLETE").exists()]
+    done = sorted(d for d in (tmp_path / "b").iterdir() if (d / "COMPLETE").exists())
+    ok = same_runs()  # the two run roots above hold the same runs, folder by folder
+    assert ok.returncode == 0 and f"{len(done)} of {len(done)} run folders" in ok.stdout
+    run = next(d for d in done if (d / "metrics.jsonl").exists())
     rows = (run / "metrics.jsonl").read_text().splitlines()
     first_row = json.loads(rows[0])
     first_row["time/step"] = 1e9  # wall times are not behaviour
