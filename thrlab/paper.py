@@ -25,7 +25,7 @@ from .runs import STEP_PHASES, RunDir, read_json, write_json
 # copy the dict). "notebook": the tiny reproduction's, no SFT control, 200 held-out problems, 30
 # GRPO steps (half the tiny default: all of `make reproduce` in ~20 min on a shared 2-core CPU),
 # one torch thread (not in the run id; up to 8x faster than 2 on a busy CPU). "preset": the preset
-# as defined (a paper preset on a GPU; the testbed studies, which STUDY_BUDGETS select). Every
+# as defined (a paper preset on a GPU; the testbed studies, which study.STUDY_BUDGETS select). Every
 # notebook defaults to "notebook", so runs are shared across notebooks.
 BUDGETS = {"notebook": {"sft_control": False, "eval_limit": 200, "steps": 30, "threads": 1},
            "preset": {}}

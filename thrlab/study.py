@@ -26,15 +26,9 @@ from .runs import read_json
 # the Llama architecture (E6, 15 runs and a second cold start) to the a*b study.
 _STUDY = {"seeds": [0, 1, 2, 3, 4], "budget": "preset", "overrides": {"threads": 1},
           "workers": 2, "passk_samples": 0, "passk_limit": 0}
-
-
 _CORE = ["grpo", "thr_p0", "thr_explore"]
-
-
 # Notebook 09 probes at the testbed presets' own cadence, so its runs are the grid's runs.
 _PROBE = {"09_thr_predictor": {"probe_every": 10}}
-
-
 STUDY_BUDGETS = {
     "narrowing": {"params": _STUDY, "notebooks": _PROBE},
     "strategies": {"params": _STUDY,
