@@ -266,21 +266,6 @@ def passk_by_phase(runs: pd.DataFrame, phase: str, sets: list[str] | None = None
     return pd.DataFrame(rows)
 
 
-def passk_table(runs: pd.DataFrame, *, samples: int, limit: int, sets: list[str] | None = None,
-                base: bool = True) -> pd.DataFrame:
-    """Long table (method, seed, k, value) of passk_eval for every run, averaged over sets;
-    base=True adds the model before RL (adapter off) as method "base", from the first run."""
-    rows = []
-    todo = [(r.method, r.seed, r.run_dir, True) for r in runs.itertuples()]
-    if base:
-        todo.insert(0, ("base", int(runs.seed.iloc[0]), runs.run_dir.iloc[0], False))
-    for method, seed, run_dir, adapter in todo:
-        res = passk_eval(run_dir, samples=samples, limit=limit, sets=sets, adapter=adapter)
-        ks, vals = passk_curve(res["mean"])
-        rows += [{"method": method, "seed": seed, "k": k, "value": v} for k, v in zip(ks, vals)]
-    return pd.DataFrame(rows)
-
-
 def passk_long(long: pd.DataFrame, set_name: str = "average") -> pd.DataFrame:
     """The pass@k rows of an eval_table as (method, seed, k, value)."""
     sel = long[(long.set == set_name) & long.metric.str.startswith("pass@")]
