@@ -145,3 +145,41 @@ def test_completion_forward_of_an_empty_batch_is_empty(policy):
     T = r.input_ids.shape[1] - r.prompt_len
     assert out["logp"].shape == out["entropy"].shape == (0, T)
     assert out["hidden"].shape == (0, T, model.config.hidden_size)
+
+
+def _peak_bytes(fn) -> float:
+    from thrlab.profiling import phase_peaks
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        with torch.profiler.record_function("thrlab/x"):
+            fn()
+    return phase_peaks(prof)["x"]
+
+
+def test_unembed_equals_lm_head_without_copying_the_unembedding(policy):
+    model, tok = policy
+    lm = model.get_base_model()
+    head = lm.get_output_embeddings()
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():  # the prefill's last position, as generate() computes it
+        want = lm(**enc, logits_to_keep=1).logits  # (b, 1, V)
+        h = lm.get_decoder()(**enc).last_hidden_state
+        assert torch.equal(thrmodel.unembed(head, h[:, -1:]), want)
+    h = lm.get_decoder()(**enc).last_hidden_state[:, 2:]  # completion positions, with grad
+    a, b = head(h), thrmodel.unembed(head, h)
+    assert torch.equal(a, b)
+    ga, gb = (torch.autograd.grad(x.logsumexp(-1).sum(), h, retain_graph=True)[0] for x in (a, b))
+    assert torch.equal(ga, gb)
+    # with a frozen bf16 weight (a 4-bit base's unembedding) F.linear on such a slice copies the
+    # (H, V) weight once per row (CPU; fp32 makes no copy); unembed does not
+    n, H, V = 8, 256, 8192
+    wide = torch.nn.Linear(H, V, bias=False, dtype=torch.bfloat16).requires_grad_(False)
+    x = torch.randn(n, 5, H, dtype=torch.bfloat16)[:, 1:]
+    with torch.inference_mode():
+        copied = _peak_bytes(lambda: wide(x))
+        ours = _peak_bytes(lambda: thrmodel.unembed(wide, x))
+        # the same product per row; at this width the GEMM's blocking may differ from bmm's
+        torch.testing.assert_close(thrmodel.unembed(wide, x), wide(x))
+    assert copied >= n * H * V * 2  # the copy avoided (if torch stops making it, drop this)
+    assert ours <= 3 * n * 4 * V * 2  # per-row logits and their stack

@@ -340,7 +340,7 @@ def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool,
     starts = range(0, max(B * T, 1), rows)  # one (empty) chunk for an empty batch
     flat_h, flat_y = h.reshape(B * T, H), tokens.reshape(B * T)
     if torch.is_grad_enabled():
-        logits = lm_head(h).float() / temperature  # (B, T, V), kept for the backward
+        logits = unembed(lm_head, h).float() / temperature  # (B, T, V), kept for the backward
         logz = torch.logsumexp(logits, dim=-1)  # (B, T)
         out = {"logp": logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz}  # (B, T)
         if need_logits:
@@ -362,6 +362,19 @@ def _token_stats(lm_head, h, tokens, temperature: float, need_entropy: bool,
     if need_entropy:
         out["entropy"] = torch.cat(ent).view(B, T)
     return out
+
+
+def unembed(lm_head, h: torch.Tensor) -> torch.Tensor:
+    """lm_head over states h (B, T, H), one row at a time: logits (B, T, V).
+
+    h is a slice of longer sequences (the completion positions, or the last one), which F.linear
+    cannot fold into one matrix: it runs bmm with the unembedding expanded to B copies, and with
+    a frozen bf16 weight (a 4-bit base's) it materialises them: B x H x V elements, 2.2 GB for a
+    micro-batch of 8 at Qwen2.5-0.5B's width, 70 GB for a 64-prompt prefill at Qwen2.5-Math-7B's
+    (measured on CPU, where fp32 makes no copy; not checked on CUDA; found by
+    benchmarks/rehearse.py). Row by row it is the same product without the copy: bit-identical
+    on the tiny model (tested), equal to rounding at other widths (the GEMM's blocking)."""
+    return torch.stack([lm_head(x) for x in h]) if len(h) else lm_head(h)
 
 
 def _entropy(logits: torch.Tensor, logz: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import dequantized_4bit_cpu
+from .model import dequantized_4bit_cpu, unembed
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +261,14 @@ def _sample_loop(lm, ids, att, n: int, *, do_sample: bool, temperature: float, t
     b = ids.shape[0]
     pos = (att.long().cumsum(-1) - 1).masked_fill(att == 0, 0)  # (b, Lp)
     mask = None if bool((att == 1).all()) else att  # generate() drops an all-ones mask
-    out = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-             logits_to_keep=1)
+    out = lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     rows = torch.arange(b, device=ids.device).repeat_interleave(n)  # (B,) prompt of each sample
     cache = out.cache
     cache.reorder_cache(rows)  # (b, ...) -> (B, ...) per layer
     _preallocate(cache, ids.shape[1] + max_new_tokens)
-    logits = out.logits[:, -1].float()[rows]  # (B, V)
+    # the last position's logits, (b, V) -> (B, V); unembed: the causal LM's own slice would copy
+    # the unembedding once per prompt in bf16
+    logits = unembed(lm.get_output_embeddings(), out.last_hidden_state[:, -1:])[:, 0].float()[rows]
     del out
     pos = pos[rows, -1:]  # (B, 1)
     if mask is not None:
