@@ -146,6 +146,9 @@ class Benchmark:
     split: str
     read: Callable[[dict], Row]
     configs: tuple[str | None, ...] = (None,)  # several configs are concatenated in order
+    # The hub card as checked (tests/test_hub_cards.py reads rows of this shape): the revision
+    # read and what it showed; "not read" where no page of it was reachable.
+    card: str = ""
 
 
 # Hub copies are the usual ones; only local JSONL files (a data_dir; the development checkout's
@@ -154,20 +157,33 @@ class Benchmark:
 # math_train uses EleutherAI/hendrycks_math: the original 7,500-problem MATH train split, one
 # config per subject, with `solution` only, so the answer is derived from its last \boxed{}.
 BENCHMARKS: dict[str, Benchmark] = {
-    "math500": Benchmark("math500.jsonl", "HuggingFaceH4/MATH-500", "test", read_math500),
-    "aime24": Benchmark("aime24.jsonl", "HuggingFaceH4/aime_2024", "train", read_answer_field),
+    "math500": Benchmark("math500.jsonl", "HuggingFaceH4/MATH-500", "test", read_math500,
+                         card="ff5b202: no dataset_info; test.jsonl (problem, solution, answer, "
+                              "subject, level int, unique_id), eval.yaml: problem -> answer"),
+    "aime24": Benchmark("aime24.jsonl", "HuggingFaceH4/aime_2024", "train", read_answer_field,
+                        card="2fe88a2: id int64, problem, solution, answer, url, year (strings); "
+                             "train, 30 rows"),
     "aime25": Benchmark("aime25.jsonl", "opencompass/AIME2025", "test", read_answer_field,
-                        ("AIME2025-I", "AIME2025-II")),
-    "amc23": Benchmark("amc23.jsonl", "math-ai/amc23", "test", read_answer_field),
-    "minerva_math": Benchmark("minerva_math.jsonl", "math-ai/minervamath", "test", read_minerva),
+                        ("AIME2025-I", "AIME2025-II"),
+                        card="not read (no page reachable); users' code: question, answer"),
+    "amc23": Benchmark("amc23.jsonl", "math-ai/amc23", "test", read_answer_field,
+                       card="80815d3: file list only (one test parquet); users' code: url field"),
+    "minerva_math": Benchmark("minerva_math.jsonl", "math-ai/minervamath", "test", read_minerva,
+                              card="ee46ddc: file list only (test.jsonl); users' code: question, "
+                                   "answer"),
     "olympiadbench": Benchmark("olympiadbench.jsonl", "Hothan/OlympiadBench", "train",
-                               read_olympiadbench, ("OE_TO_maths_en_COMP",)),
-    "gsm8k": Benchmark("gsm8k_test.jsonl", "openai/gsm8k", "test", read_gsm8k, ("main",)),
-    "gsm8k_train": Benchmark("gsm8k_train.jsonl", "openai/gsm8k", "train", read_gsm8k, ("main",)),
+                               read_olympiadbench, ("OE_TO_maths_en_COMP",),
+                               card="3b426ee: 18 configs, train only, OE_TO_maths_en_COMP 674 "
+                                    "rows; features not read"),
+    "gsm8k": Benchmark("gsm8k_test.jsonl", "openai/gsm8k", "test", read_gsm8k, ("main",),
+                       card="e53f048: main: question, answer (strings); test 1319, train 7473"),
+    "gsm8k_train": Benchmark("gsm8k_train.jsonl", "openai/gsm8k", "train", read_gsm8k, ("main",),
+                             card="e53f048: as gsm8k"),
     "math_train": Benchmark("math_train.jsonl", "EleutherAI/hendrycks_math", "train",
                             read_math_train, ("algebra", "counting_and_probability", "geometry",
                                               "intermediate_algebra", "number_theory",
-                                              "prealgebra", "precalculus")),
+                                              "prealgebra", "precalculus"),
+                            card="0bd4da3: 7 configs, train and test; features not read"),
 }
 _BY_FILENAME = {b.filename: name for name, b in BENCHMARKS.items()}
 # Row formats that carry their own answer field; every other benchmark reads `answer` or a
