@@ -56,9 +56,12 @@ def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool
     """
     from tqdm.auto import tqdm
 
+    from .memory import check
     from .rollout import generate
     from .tasks import format_prompt
 
+    check(cfg, model, tok, [p for ps in problems_by_set.values() for p in ps],
+          phases=("evaluate",))  # on CUDA: the plan, and a warning when it does not fit
     t0 = time.time()
     sets, by_set, records = {}, {}, {}
     for name, problems in tqdm(problems_by_set.items(), desc="evaluate", disable=not progress):

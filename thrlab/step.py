@@ -30,13 +30,16 @@ def finite(value: float, what: str) -> float:
 
 
 class Timers(dict):
-    """Seconds per phase, {"time/<name>": s}; `with timers("generate"):` adds to one."""
+    """Seconds per phase, {"time/<name>": s}; `with timers("generate"):` adds to one. Each phase
+    is also a `thrlab/<name>` range in torch.profiler traces (benchmarks/rehearse.py reads the
+    tracked memory of each phase from them)."""
 
     @contextlib.contextmanager
     def __call__(self, name: str):
         t0 = time.perf_counter()
         try:
-            yield
+            with torch.profiler.record_function(f"thrlab/{name}"):
+                yield
         finally:
             key = f"time/{name}"
             self[key] = self.get(key, 0.0) + time.perf_counter() - t0

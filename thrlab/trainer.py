@@ -32,7 +32,7 @@ from .guards import (NonFiniteError, OutOfMemoryReport, is_nonfinite_sampling_er
 from .loss import aggregate, policy_loss, response_advantages, top_tokens
 from .model import completion_forward, lm_parts
 from .old_policy import FrozenPass, UpdatePass, frozen_pass, update_pass_is_old_policy
-from .rollout import cat_rollouts, generate
+from .rollout import Rollout, cat_rollouts, generate
 from .runs import RunDir
 from .seeds import prompt_order_seed, step_seed
 from .step import MicroBatches, Timers, finite
@@ -96,6 +96,16 @@ class GRPOTrainer:
         self.old_policy.batch_advantages(batch, adv, acc)  # 4. THR once per batch (frozen pass)
         t0, thr_s = time.perf_counter(), acc.thr.get("time/thr", 0.0)
         gen = torch.Generator().manual_seed(step_seed("mini_batches", cfg.seed, self.step))
+        with torch.profiler.record_function("thrlab/update"):  # as step.Timers' phases
+            self.optimize(batch, adv, ref_logp, gen, acc)
+        self.save_token_records(batch, adv)
+        update_s = time.perf_counter() - t0 - (acc.thr.get("time/thr", 0.0) - thr_s)  # THR apart
+        return {**timers, **acc.metrics(cfg.epochs), "time/update": update_s,
+                "train/adv_abs_mean": float(adv.abs().mean())}
+
+    def optimize(self, batch, adv: torch.Tensor, ref_logp, gen: torch.Generator, acc) -> None:
+        """5. epochs x mini-batches of optimizer steps, each accumulated over micro-batches."""
+        cfg = self.cfg
         for rows in self.mini_batch_order(len(batch.tokens), gen):  # epochs x mini-batches
             keep = self.loss_tokens(batch, rows, acc)  # (b, T) tokens that carry gradient
             n_tok = float(keep.sum())  # token-mean: over the tokens that carry gradient
@@ -117,10 +127,6 @@ class GRPOTrainer:
                 failpoint("update")
                 acc.add_micro(value, batch.mask[idx], st, out["entropy"])
             self.optimizer_step(acc)
-        self.save_token_records(batch, adv)
-        update_s = time.perf_counter() - t0 - (acc.thr.get("time/thr", 0.0) - thr_s)  # THR apart
-        return {**timers, **acc.metrics(cfg.epochs), "time/update": update_s,
-                "train/adv_abs_mean": float(adv.abs().mean())}
 
     # -- the stages --------------------------------------------------------------------------------
     def next_prompts(self, n: int) -> list:
@@ -141,16 +147,21 @@ class GRPOTrainer:
         cfg = self.cfg
         problems = self.next_prompts(cfg.prompts_per_step)
         with timers("generate"):
-            batch = generate(self.model, self.tok,
-                             [format_prompt(p.question, cfg.template, self.tok) for p in problems],
-                             n=cfg.group_size, do_sample=True, temperature=cfg.temperature,
-                             top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+            batch = self.sample(problems)
         failpoint("generate")
         with timers("reward"):
             res = self.grade_fn(batch.texts, [problems[i].answer for i in batch.problem_index])
         batch.rewards = torch.tensor(res.rewards, dtype=torch.float32, device=batch.tokens.device)
         batch.questions = [problems[i].question for i in batch.problem_index]  # token records
         return batch, res.as_metrics()
+
+    def sample(self, problems: list) -> Rollout:
+        """G completions of each problem's templated prompt from the current policy (B rows)."""
+        cfg = self.cfg
+        return generate(self.model, self.tok,
+                        [format_prompt(p.question, cfg.template, self.tok) for p in problems],
+                        n=cfg.group_size, do_sample=True, temperature=cfg.temperature,
+                        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
 
     def rollout(self):
         """Sampled, graded groups (B rows) and the rollout's metrics; with dynamic sampling only
@@ -227,10 +238,11 @@ class GRPOTrainer:
         w = lm_parts(self.model)[1].weight if logits is None else None
         # the random-mask control draws from its own stream: one per step, part of the run
         gen = torch.Generator().manual_seed(step_seed("random_mask", cfg.seed, self.step))
-        adv_tok, thr, stats = thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, w,
-                                                   group_size=cfg.group_size,
-                                                   temperature=cfg.temperature, logits=logits,
-                                                   generator=gen)
+        with torch.profiler.record_function("thrlab/thr"):  # as step.Timers' phases
+            adv_tok, thr, stats = thr_token_advantages(cfg, hidden, tokens, mask, rewards, adv, w,
+                                                       group_size=cfg.group_size,
+                                                       temperature=cfg.temperature,
+                                                       logits=logits, generator=gen)
         stats["time/thr"] = time.perf_counter() - t0
         return adv_tok, stats, thr
 
@@ -319,7 +331,11 @@ class GRPOTrainer:
         from tqdm.auto import tqdm
 
         from .checkpoint import load_checkpoint, save_checkpoint
+        from .memory import PHASES, check
 
+        # on CUDA: the memory plan of a step, and a warning naming the knob when it does not fit
+        check(self.cfg, self.model, self.tok, self.problems,
+              phases=[p for p in PHASES if p != "evaluate"])
         load_checkpoint(self, self.run / "checkpoint")
         self.run.truncate_metrics(self.step)  # drops steps past the checkpoint and torn lines
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", disable=not progress)

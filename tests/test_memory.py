@@ -1,0 +1,110 @@
+"""The memory plan (thrlab.memory) term by term against the real objects it predicts: bitsandbytes'
+NF4 storage, a real KV cache, peft's adapters, a loaded 4-bit model; and, slow, the whole plan
+against the tracked tensor bytes of a rehearsal (thrlab.rehearsal) at reduced width."""
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from thrlab import memory, model as thrmodel, thr
+from thrlab.model_cards import CARDS
+from thrlab.presets import from_preset
+from thrlab.rehearsal import build_model, live_tensor_bytes
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SMALL = dataclasses.replace(CARDS["Qwen/Qwen2.5-0.5B-Instruct"], vocab_size=512, hidden_size=128,
+                            intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    build_model(SMALL, folder, SMALL.num_hidden_layers, dtype=torch.float32)
+    return folder
+
+
+def test_constants_match_the_code_they_describe():
+    assert memory._LOGIT_ELEMENTS == thrmodel._LOGIT_ELEMENTS
+    default = inspect.signature(thr.token_hidden_reward).parameters["chunk_size"].default
+    assert memory._THR_CHUNK == default
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_nf4_bytes_equal_bitsandbytes_storage(double_quant):
+    import bitsandbytes as bnb
+
+    w = torch.randn(256, 1024)
+    p = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4",
+                          compress_statistics=double_quant)._quantize("cpu")
+    qs = p.quant_state
+    held = p.numel() * p.element_size() + qs.absmax.numel() * qs.absmax.element_size()
+    if double_quant:
+        held += qs.state2.absmax.numel() * qs.state2.absmax.element_size()
+    assert held == pytest.approx(memory.nf4_bytes(w.numel(), double_quant), rel=1e-6)
+
+
+def test_weights_and_lora_terms_equal_a_loaded_4bit_model(small_model):
+    cfg = from_preset("tiny", model=str(small_model), device="cpu", compute_dtype="float32",
+                      lora_r=8, lora_alpha=16)
+    model = thrmodel.add_lora(thrmodel.load_base(cfg, str(small_model), torch.device("cpu")), cfg)
+    arch = memory.Architecture.of(model.config)
+    p = memory.plan(cfg, arch, prompt_tokens=8, device="cpu")
+    lora = sum(x.numel() * x.element_size() for n, x in model.named_parameters() if "lora_" in n)
+    assert p["evaluate"]["lora"] == lora  # fp32 adapters on every linear layer
+    rotary = sum(b.numel() * b.element_size() for b in model.buffers())  # RoPE's inv_freq
+    # every tensor the model holds: NF4 weights, scales and codes, the embedding, norms, biases
+    held = live_tensor_bytes(model) - lora - rotary
+    assert held == pytest.approx(p["evaluate"]["weights"], abs=64)  # to a few fp32 scalars
+
+
+def test_kv_cache_term_equals_a_real_cache(small_model):
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(small_model, dtype=torch.float32)
+    cfg = from_preset("tiny", compute_dtype="float32", prompts_per_step=3, group_size=2,
+                      max_new_tokens=5)
+    ids = torch.randint(0, 500, (6, 7 + 5))  # P x G rows of prompt + new tokens
+    with torch.no_grad():
+        cache = lm(input_ids=ids, use_cache=True).cache
+    held = sum(t.numel() * t.element_size() for layer in cache.layers
+               for t in (layer.keys, layer.values))
+    p = memory.plan(cfg, memory.Architecture.of(lm.config), prompt_tokens=7, device="cpu")
+    assert p["generate"]["kv_cache"] == held
+
+
+def test_over_names_the_knob_and_check_is_silent_off_cuda(small_model):
+    cfg = from_preset("qwen2.5-math-7b")
+    arch = memory.Architecture.of(CARDS["Qwen/Qwen2.5-Math-7B"].config_dict())
+    p = memory.plan(cfg, arch, prompt_tokens=1000)
+    warnings = memory.over(p, 80e9)
+    assert any(w.startswith("evaluate needs") and "eval_batch_size" in w for w in warnings)
+    assert all(memory.total(p)[w.split()[0]] > 80e9 for w in warnings)
+    smaller = memory.plan(cfg.replace(eval_batch_size=4), arch, prompt_tokens=1000)
+    assert memory.total(smaller)["evaluate"] < memory.total(p)["evaluate"] / 4
+    assert "evaluate" in memory.format_plan(p, 80e9)
+    logged = []
+    assert memory.check(cfg, torch.nn.Linear(2, 2), None, [], log=logged.append) == {}
+    assert logged == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "math_train.jsonl").exists(),
+                    reason="needs ../shared/data (MATH rows) of a development checkout")
+def test_rehearsal_at_reduced_width_completes_within_the_plan(tmp_path):
+    from thrlab.rehearsal import rehearse
+
+    narrow = dataclasses.replace(CARDS["Qwen/Qwen2.5-0.5B-Instruct"], hidden_size=128,
+                                 intermediate_size=256, num_attention_heads=2,
+                                 num_key_value_heads=1)  # the real vocabulary and tokenizer
+    r = rehearse("qwen2.5-0.5b-instruct", layers=1, prompts=1, new_tokens=12,
+                 eval_problems=1, eval_samples=2, threads=1, data_dir=str(DATA), card=narrow,
+                 root=tmp_path)
+    assert r["completed"] and r["vocab_size"] == 151936
+    assert r["train"]["train/reward_mean"] == 0.5  # the planted answers graded by math-verify
+    for phase, m in r["phases"].items():
+        assert m["s"] >= 0
+        if m["plan_gb"] is not None:  # the plan within 35% of the measured peak
+            assert m["plan_gb"] == pytest.approx(m["tracked_gb"], rel=0.35), phase
