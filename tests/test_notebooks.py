@@ -1,6 +1,9 @@
 """Every paper notebook executed by papermill through the reproduce command's own runner, with the
 tiny preset and smoke budgets, in notebook order with one shared runs folder (so, as in a real
-reproduction, later notebooks reuse earlier runs); asserts on each notebook's run folder.
+reproduction, later notebooks reuse earlier runs); asserts on each notebook's run folder, and
+that its executed copy is what a user's "Run All" in JupyterLab shows: nothing on stderr (a red box
+there), no warning text anywhere, progress bars as widgets (ipywidgets installed; without it tqdm
+warns "IProgress not found" and falls back to text bars).
 
 Smoke budgets are small but real: the shipped cold-started tiny model (~30% greedy, so groups have
 mixed rewards and THR is non-zero), 3 GRPO steps of 2 prompts x 8 samples, 16 held-out problems.
@@ -8,6 +11,7 @@ mixed rewards and THR is non-zero), 3 GRPO steps of 2 prompts x 8 samples, 16 he
 import ast
 import json
 import math
+import re
 from pathlib import Path
 
 import nbformat
@@ -30,6 +34,24 @@ EXTRA = {  # per-notebook smoke values of their own budget parameters
     # it answers nothing right, so the preset's likelihood probe (notebook 09's) has no probe set
     "10_strategy_diversity": {"overrides": dict(SMOKE, sft_steps=60, probe_every=0)},
 }
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+WARNING = re.compile(r"\b\w*Warning\b|IProgress not found")  # TqdmWarning, FutureWarning, ...
+
+
+def _noise_and_widgets(executed: Path) -> tuple[list[str], int]:
+    """The stderr and warning-bearing outputs of an executed notebook ("cell [n]: text"), and
+    how many outputs are widget views."""
+    noise, widgets = [], 0
+    for cell in nbformat.read(executed, as_version=4).cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            widgets += WIDGET in data
+            texts = [out.get("text", "")] + [v for k, v in data.items() if k.startswith("text/")]
+            if out.get("name") == "stderr" or any(WARNING.search(str(t)) for t in texts):
+                noise.append(f"cell [{cell.get('execution_count')}]: {''.join(texts)[:300]}")
+    return noise, widgets
 
 
 def _in_unit(x):
@@ -110,6 +132,20 @@ def test_every_notebook_has_a_check():
     assert len(NOTEBOOKS) == 11 and set(CHECKS) == {nb.stem for nb in NOTEBOOKS}
 
 
+def test_noise_check_sees_stderr_warnings_and_widgets(tmp_path):
+    """The executed-notebook check flags what JupyterLab shows as noise, and counts widgets."""
+    v4 = nbformat.v4
+    book = v4.new_notebook(cells=[v4.new_code_cell(execution_count=1, outputs=[
+        v4.new_output("stream", name="stderr", text="anything at all"),
+        v4.new_output("stream", name="stdout", text="x.py:3: TqdmWarning: IProgress not found."),
+        v4.new_output("display_data", data={"text/plain": "ok", WIDGET: {"model_id": "m"}}),
+        v4.new_output("display_data", data={"text/html": "<b>FutureWarning</b>"}),
+        v4.new_output("stream", name="stdout", text="greedy 0.30 -> 0.39")])])
+    nbformat.write(book, tmp_path / "x.ipynb")
+    noise, widgets = _noise_and_widgets(tmp_path / "x.ipynb")
+    assert len(noise) == 3 and widgets == 1 and "TqdmWarning" in noise[1]
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_thin_and_clean(nb):
     """Committed without outputs, kernelspec python3, a header, one literal parameters cell
@@ -146,3 +182,7 @@ def test_notebook_runs_with_tiny_smoke_parameters(nb, runs_root):
     for r in outputs["run_ids"]:  # the experiment runs it read
         assert (runs_root / r / "COMPLETE").exists(), r
     CHECKS[nb.stem](outputs["headline"])
+    noise, widgets = _noise_and_widgets(out / "executed.ipynb")
+    assert not noise, "\n".join(noise[:5])  # the first few: a text progress bar repeats
+    if nb.stem == "00_quickstart":  # it trains and evaluates in-kernel, with tqdm's bars
+        assert widgets > 0, "no progress bar rendered as a widget (is ipywidgets installed?)"

@@ -297,7 +297,8 @@ def curve_by_method(metrics: pd.DataFrame, key: str, window: int = 1):
     xs, ys, err = {}, {}, {}
     for m, d in metrics.groupby("method", sort=False):
         w = d.pivot_table(index="step", columns="seed", values=key).rolling(window, 1).mean()
-        xs[m], ys[m], err[m] = w.index.tolist(), w.mean(1).tolist(), w.std(1, ddof=0).tolist()
+        xs[m], ys[m] = w.index.tolist(), w.mean(axis=1).tolist()
+        err[m] = w.std(axis=1, ddof=0).tolist()
     return xs, ys, err
 
 
