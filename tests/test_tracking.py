@@ -150,20 +150,22 @@ def test_wandb_offline_mirrors_metrics_and_token_tables_and_resumes(tiny_model_d
     run = tmp_path / "run"
     _trainer(tiny_model_dir, run, steps=1, report_to="wandb").train(progress=False)
     rows = _trainer(tiny_model_dir, run, steps=2, report_to="wandb").train(progress=False)
-    files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 2  # one offline segment per process
-    (id1, h1), (id2, h2) = (_wandb_history(f) for f in files)
-    assert id1 == id2 == (run / "wandb_id").read_text().strip()  # the resume joined the run
-    hist = {**h1, **h2}
-    assert sorted(hist) == [1, 2]
+    # one offline segment per trainer; names need not sort by time (a second segment started
+    # within the same second is offline-run-<time>-<id>-1)
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    segments = [(*_wandb_history(f), f.parent) for f in files]
+    assert {i for i, _, _ in segments} == {(run / "wandb_id").read_text().strip()}  # one W&B run
+    assert sorted(sorted(h) for _, h, _ in segments) == [[1], [2]]
+    hist = {step: (row, seg) for _, h, seg in segments for step, row in h.items()}
     records = load_token_records(run)
+    assert [r["step"] for r in rows] == [rec["step"] for rec in records] == [1, 2]
     for r, rec in zip(rows, records):
-        logged = hist[r["step"]]
+        logged, seg = hist[r["step"]]
         want = {k: float(v) for k, v in r.items() if k != "step"}
         assert {k: logged[k] for k in want} == want  # JSON: the float64 values themselves
         assert not {k for k in logged if not k.startswith(("_", "thr/tokens/"))} - set(want)
         assert logged["thr/tokens/_type"] == "table-file"
-        seg = files[0].parent if r["step"] == 1 else files[1].parent
         table = json.loads((seg / "files" / logged["thr/tokens/path"]).read_text())
         n_tokens = sum(len(resp["tokens"]) for resp in rec["rows"])
         assert len(table["data"]) == logged["thr/tokens/nrows"] == n_tokens
