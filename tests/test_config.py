@@ -64,6 +64,11 @@ def test_hash_changes_with_results_not_with_threads():
     c = from_preset("tiny")
     assert c.replace(lr=c.lr * 2).run_id() != c.run_id()
     assert c.replace(threads=1).run_id() == c.run_id()
+    # a tracker mirrors the run; it never changes what the run computes
+    for tracker in ("tensorboard", "wandb"):
+        assert c.replace(report_to=tracker).run_id() == c.run_id()
+    with pytest.raises(ValueError, match="report_to='mlflow'; choose one of"):
+        c.replace(report_to="mlflow")
     assert c.run_id() == f"tiny-grpo-{c.config_hash()}"
 
 

@@ -270,9 +270,11 @@ class SystemConfig(_Section):
     eval_batch_size: int = 256  # prompts per generate() call
     max_nonfinite_steps: int = 3  # skip NaN/inf steps; stop once more than this many were skipped
     oom_halve_micro_batch: bool = True  # on OOM in the update, halve the micro-batch and retry
+    report_to: str = "none"  # mirror metrics.jsonl and THR token tables to: none | tensorboard | wandb
 
     def check(self) -> None:
         _need(self.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
+        _choose(self, report_to=("none", "tensorboard", "wandb"))
 
 
 SECTIONS = (ModelConfig, DataConfig, RolloutConfig, OptimConfig, LossConfig, THRConfig,

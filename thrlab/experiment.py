@@ -142,10 +142,14 @@ def check_inputs(cfg: Config, progress: bool = True, *, train: bool = True) -> I
     """Resolve and check everything cfg needs that can be checked without loading the model:
     the device, the training problems (when train) and eval sets (empty ones refused), the model
     path (the tiny model is built and cached once) and its tokenizer, and the prompt template
-    rendered for one problem. Cheapest first, so a typo fails in milliseconds."""
+    rendered for one problem, and the report_to tracker's package (when train). Cheapest first,
+    so a typo fails in milliseconds."""
     from .model import load_tokenizer, resolve_device
     from .tasks import format_prompt
+    from .tracking import check_tracker
 
+    if train:
+        check_tracker(cfg.report_to)
     device = resolve_device(cfg)
     problems = train_problems(cfg) if train else []
     sets = eval_problems(cfg)

@@ -8,7 +8,8 @@
        reference log-probs (adapters disabled) when kl_coef > 0
     4. epochs x mini-batches: token advantages (THR plugs in)  -> reweight.thr_token_advantages
     5.   loss per micro-batch, accumulated; one optimizer step -> loss.policy_loss, aggregate
-  checkpoint adapter + optimizer + RNG every save_every steps; metrics.jsonl every step.
+  checkpoint adapter + optimizer + RNG every save_every steps; metrics.jsonl every step
+  (mirrored to TensorBoard or W&B by report_to, thrlab.tracking).
 
 Micro-batch accumulation, the OOM retry, NaN/inf checks and phase timers live in `step`; which
 variant of each stage runs is chosen once, from the config, by the registries of `loss` and
@@ -63,6 +64,7 @@ class GRPOTrainer:
         old = UpdatePass if update_pass_is_old_policy(cfg) else FrozenPass
         self.old_policy = old(model, cfg, self.micro, self.token_advantages)
         self.device = next(model.parameters()).device
+        self.token_record = None  # this step's saved THR token record (report_to mirrors it)
 
     @property
     def step(self) -> int:
@@ -282,10 +284,12 @@ class GRPOTrainer:
             return
         from .anatomy import save_token_records, token_records
 
-        save_token_records(self.run.path, self.step + 1, token_records(
+        record = token_records(
             self.tok, batch.tokens, batch.mask, torch.cat(self.old_policy.thr_parts),
             self.old_policy.entropy(), batch.rewards, adv, cfg.group_size, cfg.thr_save_rows,
-            cfg.thr_save_tokens, batch.questions))
+            cfg.thr_save_tokens, batch.questions)
+        save_token_records(self.run.path, self.step + 1, record)
+        self.token_record = dict(record, step=self.step + 1)  # for the tracker, after metrics
 
     # -- skipping, the loop ------------------------------------------------------------------------
     def skip_nonfinite(self, stats: dict):
@@ -332,23 +336,32 @@ class GRPOTrainer:
 
         from .checkpoint import load_checkpoint, save_checkpoint
         from .memory import PHASES, check
+        from .tracking import open_tracker
 
         # on CUDA: the memory plan of a step, and a warning naming the knob when it does not fit
         check(self.cfg, self.model, self.tok, self.problems,
               phases=[p for p in PHASES if p != "evaluate"])
         load_checkpoint(self, self.run / "checkpoint")
         self.run.truncate_metrics(self.step)  # drops steps past the checkpoint and torn lines
+        tracker = open_tracker(self.run.path, self.cfg, self.step)  # fails here, not hours in
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="GRPO", disable=not progress)
-        while self.step < self.cfg.steps:
-            row = self.train_step()
-            if on_step is not None:
-                on_step(self, row)
-            self.run.append_metrics(row)
-            bar.update(1)
-            bar.set_postfix(reward=f"{row.get('train/reward_mean', float('nan')):.2f}")
-            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
-                save_checkpoint(self, self.run / "checkpoint")
-        bar.close()
+        try:
+            while self.step < self.cfg.steps:
+                self.token_record = None
+                row = self.train_step()
+                if on_step is not None:
+                    on_step(self, row)
+                self.run.append_metrics(row)
+                tracker.log(row, self.step)  # a mirror: metrics.jsonl is written first
+                if self.token_record is not None:
+                    tracker.log_tokens(self.token_record, self.step)
+                bar.update(1)
+                bar.set_postfix(reward=f"{row.get('train/reward_mean', float('nan')):.2f}")
+                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                    save_checkpoint(self, self.run / "checkpoint")
+        finally:
+            bar.close()
+            tracker.close()
         return self.run.metrics()
 
 
