@@ -103,7 +103,12 @@ def add_lora(model, cfg: Config):
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_targets, bias="none", task_type="CAUSAL_LM")
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # the older name (a FutureWarning on stderr where the new one exists)
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     peft_model = get_peft_model(model, lcfg)
     guard_cpu_4bit(peft_model)
