@@ -33,13 +33,18 @@ import time
 import torch
 
 from thrlab.experiment import build_trainer
+from thrlab.model_cards import CARDS
 from thrlab.profiling import PHASES, phase_row, summarise
 from thrlab.runs import environment_info
 
-SHAPES = {  # Qwen2.5-1.5B: hidden 1536, 28 layers, 12 heads / 2 KV heads, FFN 8960, vocab 151,936
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                         tie_word_embeddings=True),
+_QWEN = CARDS["Qwen/Qwen2.5-Math-1.5B"]  # Qwen2.5-1.5B's architecture (thrlab.model_cards)
+SHAPES = {
+    "qwen2.5-1.5b": dict(hidden_size=_QWEN.hidden_size, intermediate_size=_QWEN.intermediate_size,
+                         num_hidden_layers=_QWEN.num_hidden_layers,
+                         num_attention_heads=_QWEN.num_attention_heads,
+                         num_key_value_heads=_QWEN.num_key_value_heads,
+                         vocab_size=_QWEN.vocab_size,
+                         tie_word_embeddings=_QWEN.tie_word_embeddings),
     "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=4, vocab_size=512,
                  tie_word_embeddings=True),

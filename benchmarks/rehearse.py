@@ -5,6 +5,8 @@ layers (thrlab.rehearsal says what differs from a real run and why).
     python benchmarks/rehearse.py --preset qwen2.5-math-1.5b            # 2 layers, 2 prompts x G
     python benchmarks/rehearse.py --preset qwen2.5-math-7b --layers 1 --new-tokens 32 --json
     python benchmarks/rehearse.py --all                                  # every paper preset
+    python benchmarks/rehearse.py --preset qwen2.5-math-1.5b --device cuda --layers 0 \
+        --new-tokens 256                                  # the GPU check: full depth on a GPU
 
 Prints, for the second step (the optimizer's state exists by then, as in every later step),
 per-phase seconds, the phase's peak tracked tensor bytes (torch.profiler's memory trace
@@ -60,13 +62,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=PAPER_PRESETS)
     ap.add_argument("--all", action="store_true", help="every paper preset, one after another")
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=2, help="decoder layers (0 = the model's own)")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--eval-problems", type=int, default=2)
     ap.add_argument("--eval-samples", type=int, default=2)
     ap.add_argument("--dtype", default="", help="override the preset's compute_dtype")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cuda: rehearse on a GPU (with --layers 0 at full depth)")
     ap.add_argument("--data-dir", default=default_data_dir())
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args(argv)
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
             r = rehearse(preset, layers=args.layers, prompts=args.prompts,
                          new_tokens=args.new_tokens, eval_problems=args.eval_problems,
                          eval_samples=args.eval_samples, dtype=args.dtype,
-                         threads=args.threads, data_dir=args.data_dir)
+                         threads=args.threads, data_dir=args.data_dir, device=args.device)
         except Exception as e:  # a rehearsal that fails is the finding: report it, go on
             traceback.print_exc()
             r = {"preset": preset, "completed": False, "error": f"{type(e).__name__}: {e}",

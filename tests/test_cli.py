@@ -106,3 +106,16 @@ def test_presets_prints_every_field_a_preset_changes_and_every_recipe(capsys):
     for name, recipe in METHODS.items():
         pairs = dict(t.split("=", 1) for t in lines[name].split() if "=" in t)
         assert base.replace(**pairs) == base.replace(**recipe), name
+
+
+def test_plan_prints_each_phase_and_exits_1_naming_the_knob_when_a_phase_does_not_fit(capsys):
+    from thrlab import cli
+
+    assert cli.main(["plan", "--preset", "qwen2.5-math-7b", "--method", "thr_explore",
+                     "--capacity-gb", "200"]) == 0
+    out = capsys.readouterr().out
+    assert all(p in out for p in ("generate", "update", "evaluate", "thr"))
+    argv = ["plan", "--preset", "llama-3.2-3b-instruct", "--set", "eval_batch_size=64"]
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "WARNING: evaluate needs" in out and "eval_batch_size" in out

@@ -122,6 +122,19 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from . import memory
+
+    cfg = _config(args)
+    p = memory.plan(cfg, memory.architecture_of(cfg.model), args.prompt_tokens)
+    capacity = args.capacity_gb * 1e9
+    print(memory.format_plan(p, capacity))
+    warnings = memory.over(p, capacity)
+    for w in warnings:
+        print(f"WARNING: {w}")
+    return 1 if warnings else 0
+
+
 def _fields_help() -> str:
     from .config import field_docs
 
@@ -155,6 +168,15 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
     p = sub.add_parser("presets", help="list the presets (every non-default field) and methods")
     p.set_defaults(fn=cmd_presets)
+    m = sub.add_parser("plan", help="peak GPU memory per phase of a config (no weights loaded); "
+                       "exit 1 when a phase does not fit", formatter_class=raw,
+                       epilog=_fields_help())
+    _common(m)
+    m.add_argument("--capacity-gb", type=float, default=80.0, help="the card's memory (GB)")
+    m.add_argument("--prompt-tokens", type=int, default=1800,
+                   help="longest prompt a batch holds (default: MATH's longest, ~1,800 tokens "
+                        "with the rehearsal's tokenizer)")
+    m.set_defaults(fn=cmd_plan)
     return ap
 
 

@@ -79,6 +79,23 @@ class Architecture:
                 "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}
 
 
+def architecture_of(model: str) -> Architecture:
+    """The architecture of a model id or folder: its card (thrlab.model_cards) when there is
+    one, else its config.json (a local folder, or the hub cache / the hub)."""
+    from .model_cards import CARDS
+
+    if model in CARDS:
+        return Architecture.of(CARDS[model].config_dict())
+    if model == "tiny":
+        from .presets import preset_config
+        from .tiny import ensure_tiny_model
+
+        model = str(ensure_tiny_model(preset_config("tiny"), progress=False))
+    from transformers import AutoConfig
+
+    return Architecture.of(AutoConfig.from_pretrained(model))
+
+
 def nf4_bytes(n_weights: int, double_quant: bool) -> float:
     """Bytes of n weights in bitsandbytes NF4 (blocks of 64; double quantisation stores the block
     scales as uint8 in blocks of 256 with one fp32 scale each, else one fp32 scale per block)."""

@@ -143,10 +143,10 @@ class RehearsalTrainer(GRPOTrainer):
 
 def rehearsal_config(preset: str, folder: Path, *, prompts: int, new_tokens: int,
                      eval_problems: int, eval_samples: int, threads: int, data_dir: str,
-                     dtype: str = ""):
+                     dtype: str = "", device: str = "cpu"):
     """The preset's config with THR on (p = +0.1) and only batch, lengths and device reduced."""
     return from_preset(
-        preset, "thr_exploit", model=str(folder), device="cpu", data_dir=data_dir,
+        preset, "thr_exploit", model=str(folder), device=device, data_dir=data_dir,
         prompts_per_step=prompts, max_new_tokens=new_tokens, steps=2, eval_sets=("math500",),
         eval_limit=eval_problems, eval_samples=eval_samples, eval_max_new_tokens=new_tokens,
         eval_batch_size=eval_problems, threads=threads, thr_save_every=0, save_every=1,
@@ -176,10 +176,13 @@ def live_tensor_bytes(model) -> float:
 
 def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int = 48,
              eval_problems: int = 2, eval_samples: int = 2, dtype: str = "", threads: int = 2,
-             data_dir: str, card: ModelCard | None = None, root: Path | None = None) -> dict:
+             data_dir: str, card: ModelCard | None = None, root: Path | None = None,
+             device: str = "cpu") -> dict:
     """Rehearse `preset` (module docstring): two GRPO steps, the second measured, and an
     evaluation; returns what benchmarks/rehearse.py prints. `card` replaces the model's card
-    (e.g. a narrower one, for a test), `root` the cache folder of the built checkpoints."""
+    (e.g. a narrower one, for a test), `root` the cache folder of the built checkpoints;
+    device="cuda" rehearses on a GPU (layers=0: the full depth), where the tracked bytes are
+    the CUDA allocator's."""
     from . import memory, profiling
     from .experiment import eval_problems as eval_sets_of, evaluate_run, make_grade_fn
     from .experiment import train_problems
@@ -187,6 +190,7 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
     from .runs import RunDir
 
     card = card or card_of(PRESETS[preset]["model"])
+    layers = layers or card.num_hidden_layers
     out = {"preset": preset, "model": card.hub_id, "card_revision": card.revision,
            "completed": False, "vocab_size": card.vocab_size, "hidden_size": card.hidden_size,
            "layers": layers, "full_layers": card.num_hidden_layers, "prompts": prompts,
@@ -196,7 +200,7 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
     out["build_s"] = time.perf_counter() - t0
     cfg = rehearsal_config(preset, folder, prompts=prompts, new_tokens=new_tokens,
                            eval_problems=eval_problems, eval_samples=eval_samples,
-                           threads=threads, data_dir=data_dir, dtype=dtype)
+                           threads=threads, data_dir=data_dir, dtype=dtype, device=device)
     out.update(group_size=cfg.group_size, mini_batches=cfg.mini_batches,
                micro_batch_size=cfg.micro_batch_size, lora_r=cfg.lora_r,
                compute_dtype=cfg.compute_dtype, template=cfg.template, grader=cfg.grader)
@@ -205,7 +209,7 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
     profiling.reset_peak_rss()
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    model, tok = load_policy(cfg, str(folder), torch.device("cpu"))
+    model, tok = load_policy(cfg, str(folder), torch.device(device))
     out["load_s"], out["rss_peak_mb"] = time.perf_counter() - t0, {}
     out["rss_peak_mb"]["load"] = profiling.window_peak_rss_mb()
     base = live_tensor_bytes(model)
@@ -219,11 +223,12 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
             t.untyped_storage().nbytes() for st in trainer.opt.state.values()
             for t in st.values() if isinstance(t, torch.Tensor))
         out["persistent_tracked_gb"] = base / 1e9
-        acts = [torch.profiler.ProfilerActivity.CPU]
+        acts = [torch.profiler.ProfilerActivity.CPU] + (
+            [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
         with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
             row = trainer.train_step()
         out["rss_peak_mb"]["step"] = profiling.window_peak_rss_mb()
-        peaks = profiling.phase_peaks(prof)
+        peaks = profiling.phase_peaks(prof, device)
         del prof
         profiling.reset_peak_rss()
         with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
@@ -232,11 +237,11 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
                 res = evaluate_run(model, tok, cfg, sets, progress=False)
                 row["time/evaluate"] = time.perf_counter() - t0
         out["rss_peak_mb"]["evaluate"] = profiling.window_peak_rss_mb()
-        peaks.update(profiling.phase_peaks(prof))
+        peaks.update(profiling.phase_peaks(prof, device))
         del prof
     eval_len = memory.prompt_tokens(next(iter(sets.values())), tok, cfg.template)
     terms = memory.plan(cfg, memory.Architecture.of(model.config), trainer.prompt_len,
-                        eval_prompt_tokens=eval_len, device="cpu")
+                        eval_prompt_tokens=eval_len, device=device)
     plan = memory.total(terms)
     out["plan_terms_gb"] = {k: {t: b / 1e9 for t, b in v.items()} for k, v in terms.items()}
     out["phases"] = {
