@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -76,28 +77,35 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not (args.preset or args.all):
         ap.error("name --preset or --all")
-    results = []
-    for preset in (PAPER_PRESETS if args.all else [args.preset]):
-        try:
-            r = rehearse(preset, layers=args.layers, prompts=args.prompts,
-                         new_tokens=args.new_tokens, eval_problems=args.eval_problems,
-                         eval_samples=args.eval_samples, dtype=args.dtype,
-                         threads=args.threads, data_dir=args.data_dir, device=args.device)
-        except Exception as e:  # a rehearsal that fails is the finding: report it, go on
-            traceback.print_exc()
-            r = {"preset": preset, "completed": False, "error": f"{type(e).__name__}: {e}",
-                 "vocab_size": None, "hidden_size": None, "phases": {}, "estimate_gb": {}}
-            r.setdefault("model", PRESETS[preset].get("model"))
-            r.setdefault("card_revision", "")
-            r.update(layers=args.layers, full_layers=None, prompts=args.prompts,
-                     new_tokens=args.new_tokens)
-        print(table(r), flush=True)
-        results.append(r)
+    if args.all:  # one process per preset: each one's peak RSS is its own
+        results = []
+        for preset in PAPER_PRESETS:
+            argv_one = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--all"]
+            out = subprocess.run([sys.executable, __file__, "--preset", preset, *argv_one],
+                                 stdout=subprocess.PIPE, text=True)
+            lines = out.stdout.strip().splitlines()
+            print("\n".join(lines[:-1]), flush=True)
+            results.append(json.loads(lines[-1]) if lines else
+                           {"preset": preset, "completed": False, "error": f"rc {out.returncode}"})
+        print(json.dumps({"presets": results}))
+        return 0 if all(r["completed"] for r in results) else 1
+    preset = args.preset
+    try:
+        r = rehearse(preset, layers=args.layers, prompts=args.prompts,
+                     new_tokens=args.new_tokens, eval_problems=args.eval_problems,
+                     eval_samples=args.eval_samples, dtype=args.dtype, threads=args.threads,
+                     data_dir=args.data_dir, device=args.device)
+    except Exception as e:  # a rehearsal that fails is the finding: report it
+        traceback.print_exc()
+        r = {"preset": preset, "model": PRESETS[preset].get("model"), "card_revision": "",
+             "completed": False, "error": f"{type(e).__name__}: {e}", "vocab_size": None,
+             "hidden_size": None, "phases": {}, "estimate_gb": {}, "layers": args.layers,
+             "full_layers": None, "prompts": args.prompts, "new_tokens": args.new_tokens}
+    print(table(r), flush=True)
     env = environment_info()
-    payload = results[0] if len(results) == 1 else {"presets": results}
-    print(json.dumps({**payload, "cpu": env["cpu"], "avx512_bf16": env["avx512_bf16"],
+    print(json.dumps({**r, "cpu": env["cpu"], "avx512_bf16": env["avx512_bf16"],
                       "torch": env["packages"]["torch"], "threads": args.threads}))
-    return 0 if all(r["completed"] for r in results) else 1
+    return 0 if r["completed"] else 1
 
 
 if __name__ == "__main__":

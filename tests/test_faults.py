@@ -178,13 +178,13 @@ def test_oom_in_update_halves_micro_batch_and_matches_a_smaller_micro_batch(tiny
     from thrlab.model import lm_parts
     from tests.test_trainer import _split_params, _trainer
 
-    def oom_over_4(mod, inp, out):
+    def oom_over_4(mod, inp, out):  # on the embedding: its input is the micro-batch's rows
         if torch.is_grad_enabled() and inp[0].shape[0] > 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     torch.manual_seed(1)
     a = _trainer(tiny_model_dir, tmp_path / "a", micro_batch_size=0)
-    lm_parts(a.model)[1].register_forward_hook(oom_over_4)
+    lm_parts(a.model)[0].get_input_embeddings().register_forward_hook(oom_over_4)
     rows = a.train(progress=False)
     assert [r["train/micro_batch_size"] for r in rows] == [4, 4]  # 16 -> 8 -> 4
     torch.manual_seed(1)
@@ -194,12 +194,12 @@ def test_oom_in_update_halves_micro_batch_and_matches_a_smaller_micro_batch(tiny
     assert all(torch.equal(la[n], lb[n]) for n in la)
 
     c = _trainer(tiny_model_dir, tmp_path / "c", oom_halve_micro_batch=False)
-    lm_parts(c.model)[1].register_forward_hook(oom_over_4)
+    lm_parts(c.model)[0].get_input_embeddings().register_forward_hook(oom_over_4)
     with pytest.raises(RuntimeError, match="out of memory during update.*micro_batch_size"):
         c.train_step()
     # KL-Cov / Clip-Cov select per micro-batch: halving would change the algorithm mid-run
     d = _trainer(tiny_model_dir, tmp_path / "d", cov_mode="clip_cov", mini_batches=2)
-    lm_parts(d.model)[1].register_forward_hook(oom_over_4)
+    lm_parts(d.model)[0].get_input_embeddings().register_forward_hook(oom_over_4)
     with pytest.raises(RuntimeError, match="selects its tokens per micro-batch"):
         d.train_step()
 

@@ -184,8 +184,7 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
     device="cuda" rehearses on a GPU (layers=0: the full depth), where the tracked bytes are
     the CUDA allocator's."""
     from . import memory, profiling
-    from .experiment import eval_problems as eval_sets_of, evaluate_run, make_grade_fn
-    from .experiment import train_problems
+    from .experiment import eval_problems as eval_sets_of, make_grade_fn, train_problems
     from .model import load_policy
     from .runs import RunDir
 
@@ -212,33 +211,10 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
     model, tok = load_policy(cfg, str(folder), torch.device(device))
     out["load_s"], out["rss_peak_mb"] = time.perf_counter() - t0, {}
     out["rss_peak_mb"]["load"] = profiling.window_peak_rss_mb()
-    base = live_tensor_bytes(model)
-    out["weights_tracked_gb"] = base / 1e9
+    out["weights_tracked_gb"] = live_tensor_bytes(model) / 1e9
     with tempfile.TemporaryDirectory() as tmp:
         trainer = RehearsalTrainer(cfg, model, tok, problems, RunDir(tmp), make_grade_fn(cfg))
-        profiling.reset_peak_rss()
-        first = trainer.train_step()  # the optimizer's state exists from here on: measure step 2
-        out["first_step_s"] = first["time/step"]
-        base = live_tensor_bytes(model) + sum(  # + AdamW's moments
-            t.untyped_storage().nbytes() for st in trainer.opt.state.values()
-            for t in st.values() if isinstance(t, torch.Tensor))
-        out["persistent_tracked_gb"] = base / 1e9
-        acts = [torch.profiler.ProfilerActivity.CPU] + (
-            [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
-        with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
-            row = trainer.train_step()
-        out["rss_peak_mb"]["step"] = profiling.window_peak_rss_mb()
-        peaks = profiling.phase_peaks(prof, device)
-        del prof
-        profiling.reset_peak_rss()
-        with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
-            with torch.profiler.record_function("thrlab/evaluate"):
-                t0 = time.perf_counter()
-                res = evaluate_run(model, tok, cfg, sets, progress=False)
-                row["time/evaluate"] = time.perf_counter() - t0
-        out["rss_peak_mb"]["evaluate"] = profiling.window_peak_rss_mb()
-        peaks.update(profiling.phase_peaks(prof, device))
-        del prof
+        first, row, res, peaks, base = _measure(trainer, sets, device, out)
     eval_len = memory.prompt_tokens(next(iter(sets.values())), tok, cfg.template)
     terms = memory.plan(cfg, memory.Architecture.of(model.config), trainer.prompt_len,
                         eval_prompt_tokens=eval_len, device=device)
@@ -264,3 +240,36 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
                                            key=lambda x: -x[1])[:2] for k, v in full.items()}
     out["completed"] = first.get("train/skipped") == 0 and row.get("train/skipped") == 0
     return out
+
+
+def _measure(trainer, sets: dict, device: str, out: dict):
+    """Two steps, the second profiled, then an evaluation profiled; (first step's metrics, second
+    step's + time/evaluate, eval results, {phase: peak bytes allocated in it}, persistent bytes
+    before the second step: the model's tensors and AdamW's moments). Peak RSS goes into out."""
+    from . import profiling
+    from .experiment import evaluate_run
+
+    model, cfg = trainer.model, trainer.cfg
+    profiling.reset_peak_rss()
+    first = trainer.train_step()  # the optimizer's state exists from here on: measure step 2
+    out["first_step_s"] = first["time/step"]
+    base = live_tensor_bytes(model) + sum(
+        t.untyped_storage().nbytes() for st in trainer.opt.state.values()
+        for t in st.values() if isinstance(t, torch.Tensor))
+    out["persistent_tracked_gb"] = base / 1e9
+    acts = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
+        row = trainer.train_step()
+    out["rss_peak_mb"]["step"] = profiling.window_peak_rss_mb()
+    peaks = profiling.phase_peaks(prof, device)
+    del prof
+    profiling.reset_peak_rss()
+    with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
+        with torch.profiler.record_function("thrlab/evaluate"):
+            t0 = time.perf_counter()
+            res = evaluate_run(model, trainer.tok, cfg, sets, progress=False)
+            row["time/evaluate"] = time.perf_counter() - t0
+    out["rss_peak_mb"]["evaluate"] = profiling.window_peak_rss_mb()
+    peaks.update(profiling.phase_peaks(prof, device))
+    return first, row, res, peaks, base
