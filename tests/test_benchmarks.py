@@ -108,3 +108,12 @@ def test_fingerprint_is_reproducible_and_catches_a_change(tmp_path):
     (run / "metrics.jsonl").write_text("\n".join([json.dumps(first_row), *rows[1:]]) + "\n")
     bad = same_runs()
     assert bad.returncode == 1 and f"DIFFERS {run.name}: metrics" in bad.stdout
+
+
+def test_unembed_copy_script_shows_the_copy_it_avoids():
+    rows, hidden, vocab = 4, 64, 4096
+    res = run_script("unembed_copy.py", "--rows", str(rows), "--tokens", "3", "--hidden",
+                     str(hidden), "--vocab", str(vocab), "--repeats", "1", "--threads", "1")
+    assert set(res["median_s"]) == {"F.linear", "unembed"}
+    assert res["peak_bytes"]["F.linear"] >= rows * hidden * vocab * 2  # the bf16 weight, per row
+    assert res["peak_bytes"]["unembed"] < res["peak_bytes"]["F.linear"]
