@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_LOGIT_ELEMENTS = 2 ** 26  # = thrlab.model._LOGIT_ELEMENTS (a test holds them equal)
-_THR_CHUNK = 1024  # = thr.token_hidden_reward's chunk_size default
+import torch
+
+from .model import _LOGIT_ELEMENTS, resolve_dtype
+from .thr import CHUNK_SIZE as _THR_CHUNK, route_flops
 # With gradient, per (row, token, vocab) element: five fp32 tensors at the backward's peak: the
 # logits / temperature kept for it, their gradient, and logsumexp's backward temporaries
 # (logits - logsumexp, its exp, the product with the gradient); measured by the rehearsal.
@@ -56,7 +57,6 @@ class Architecture:
     tie_word_embeddings: bool
     qkv_bias: bool = False  # Qwen2 adds biases to q, k and v
 
-
     @classmethod
     def of(cls, config) -> Architecture:
         """From a transformers config (or any object / dict with its attribute names)."""
@@ -70,11 +70,19 @@ class Architecture:
                    tie_word_embeddings=bool(get("tie_word_embeddings", False)),
                    qkv_bias=get("model_type") == "qwen2" or bool(get("attention_bias", False)))
 
+    @property
+    def q_dim(self) -> int:
+        """Width of the queries (and the attention output): heads x head_dim."""
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the keys (and of the values): KV heads x head_dim."""
+        return self.num_key_value_heads * self.head_dim
+
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer (the LoRA targets of all-linear)."""
-        H, I, q, kv = (self.hidden_size, self.intermediate_size,
-                       self.num_attention_heads * self.head_dim,
-                       self.num_key_value_heads * self.head_dim)
+        H, I, q, kv = self.hidden_size, self.intermediate_size, self.q_dim, self.kv_dim
         return {"q_proj": (H, q), "k_proj": (H, kv), "v_proj": (H, kv), "o_proj": (q, H),
                 "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}
 
@@ -120,8 +128,7 @@ def _lora_targets(arch: Architecture, targets: str) -> list[str]:
 def _layer_act_bytes(arch: Architecture, d: int, lora: list[str]) -> float:
     """Bytes one decoder layer saves for the backward, per token (compute dtype d bytes; each of
     `lora` adapted linears keeps an fp32 copy of its input, peft's cast to the adapter dtype)."""
-    H, I = arch.hidden_size, arch.intermediate_size
-    q, kv = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
+    H, I, q, kv = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.kv_dim
     norms = 2 * (4 * H + d * H)  # RMSNorm keeps its fp32 input and its output, twice
     attn = d * (q + 2 * kv) + d * (q + kv) + d * 2 * q + d * q + 4 * arch.num_attention_heads
     # q, k, v; q, k after RoPE; k, v repeated to every head (GQA); the output; its logsumexp
@@ -133,8 +140,7 @@ def _layer_act_bytes(arch: Architecture, d: int, lora: list[str]) -> float:
 
 def _layer_nograd_bytes(arch: Architecture, d: int) -> float:
     """Peak bytes per token of one layer's forward without gradient (a few tensors live at once)."""
-    H, I = arch.hidden_size, arch.intermediate_size
-    q, kv = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
+    H, I, q, kv = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.kv_dim
     return max(4 * H + d * (2 * H + q + 2 * kv + 2 * q), d * (2 * H + 3 * I))
 
 
@@ -143,14 +149,13 @@ def plan(cfg, arch: Architecture, prompt_tokens: int, *, eval_prompt_tokens: int
     """{phase: {term: bytes}} of cfg's run on arch with training prompts of prompt_tokens tokens
     (the longest prompt a batch will hold) and evaluation prompts of eval_prompt_tokens (default
     the same). `total(plan)[phase]` is the phase's peak."""
-    d = _DTYPE_BYTES["bfloat16" if cfg.compute_dtype == "auto" and device == "cuda" else
-                     "float32" if cfg.compute_dtype == "auto" else cfg.compute_dtype]
+    d = resolve_dtype(cfg, torch.device(device)).itemsize  # compute-dtype bytes
     H, V, n_layers = arch.hidden_size, arch.vocab_size, arch.num_hidden_layers
     shapes = arch.linear_shapes()
     n_lin = n_layers * sum(i * o for i, o in shapes.values())
     embed = V * H * d * (1 if arch.tie_word_embeddings else 2)
-    q, kv = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
-    small = d * ((2 * n_layers + 1) * H + (n_layers * (q + 2 * kv) if arch.qkv_bias else 0))
+    bias = n_layers * (arch.q_dim + 2 * arch.kv_dim) if arch.qkv_bias else 0
+    small = d * ((2 * n_layers + 1) * H + bias)
     quantized = (nf4_bytes(n_lin, cfg.bnb_double_quant) + n_layers * len(shapes)
                  * nf4_layer_constant(cfg.bnb_double_quant) if cfg.load_in_4bit else n_lin * d)
     weights = quantized + embed + small  # + norms and biases (unquantised)
@@ -158,7 +163,7 @@ def plan(cfg, arch: Architecture, prompt_tokens: int, *, eval_prompt_tokens: int
     n_lora = n_layers * sum(cfg.lora_r * sum(shapes[t]) for t in targets)
     lora_eval, lora_train = 4 * n_lora, 16 * n_lora
     dequant = max(i * o for i, o in shapes.values()) * d if cfg.load_in_4bit else 0
-    kv_tok = 2 * n_layers * arch.num_key_value_heads * arch.head_dim * d  # per row and token
+    kv_tok = 2 * n_layers * arch.kv_dim * d  # per row and token
     P, G, T = cfg.prompts_per_step, cfg.group_size, cfg.max_new_tokens
     B, L = P * G, prompt_tokens + T
     mb = min(cfg.micro_batch_size or B, B // cfg.mini_batches)  # rows per forward/backward
@@ -207,8 +212,6 @@ def thr_bytes(V: int, H: int, n: int, n_c: int, chunk: int = _THR_CHUNK) -> floa
     M (V, H) and four (chunk x V) rows (probabilities held and made, M h, their product); gram
     two (chunk x V) rows, the anchors' probabilities at every token (chunk x n) and four
     (chunk x chunk) products."""
-    from .thr import route_flops
-
     flops = route_flops(n, n_c, V, H, True, chunk)
     c = min(chunk, n)
     route = (4 * V * H + 4 * c * V if min(flops, key=flops.get) == "factorised"
@@ -258,8 +261,6 @@ def prompt_tokens(problems, tok, template: str, limit: int = 2000) -> int:
 def check(cfg, model, tok, problems, *, phases=PHASES, log=print) -> dict:
     """On CUDA, print the plan of `phases` for cfg on model's architecture, and a warning per
     phase that exceeds the device's memory; return the plan ({} on other devices)."""
-    import torch
-
     device = next(model.parameters()).device
     if device.type != "cuda":
         return {}

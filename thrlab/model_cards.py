@@ -85,30 +85,26 @@ def _qwen_tokenizer(eos: str, generation_eos: tuple[int, ...]) -> TokenizerCard:
                          generation_eos_ids=generation_eos, chat_format="chatml")
 
 
-_QWEN2 = dict(model_type="qwen2", extra=dict(hidden_act="silu", use_sliding_window=False))
+_QWEN2 = dict(model_type="qwen2", revision=_UNREAD, rms_norm_eps=1e-6,
+              extra=dict(hidden_act="silu", use_sliding_window=False))
+# Qwen2.5-Math: a 4k context, RoPE base 10,000, the base model's eos
+_QWEN_MATH = dict(_QWEN2, max_position_embeddings=4096, rope_theta=10000.0,
+                  tokenizer=_qwen_tokenizer("<|endoftext|>", (151643,)))
 
-CARDS: dict[str, ModelCard] = {
-    "Qwen/Qwen2.5-Math-1.5B": ModelCard(
-        hub_id="Qwen/Qwen2.5-Math-1.5B", revision=_UNREAD,
-        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-        num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True,
-        max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6,
-        tokenizer=_qwen_tokenizer("<|endoftext|>", (151643,)), **_QWEN2),
-    "Qwen/Qwen2.5-Math-7B": ModelCard(
-        hub_id="Qwen/Qwen2.5-Math-7B", revision=_UNREAD,
-        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-        num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False,
-        max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6,
-        tokenizer=_qwen_tokenizer("<|endoftext|>", (151643,)), **_QWEN2),
-    "Qwen/Qwen2.5-0.5B-Instruct": ModelCard(
-        hub_id="Qwen/Qwen2.5-0.5B-Instruct", revision=_UNREAD,
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
-        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-        tokenizer=_qwen_tokenizer("<|im_end|>", (151645, 151643)), **_QWEN2),
-    "meta-llama/Llama-3.2-3B-Instruct": ModelCard(
-        hub_id="meta-llama/Llama-3.2-3B-Instruct",
-        revision=_UNREAD, model_type="llama",
+CARDS: dict[str, ModelCard] = {card.hub_id: card for card in (
+    ModelCard(hub_id="Qwen/Qwen2.5-Math-1.5B", vocab_size=151936, hidden_size=1536,
+              intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+              num_key_value_heads=2, tie_word_embeddings=True, **_QWEN_MATH),
+    ModelCard(hub_id="Qwen/Qwen2.5-Math-7B", vocab_size=152064, hidden_size=3584,
+              intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+              num_key_value_heads=4, tie_word_embeddings=False, **_QWEN_MATH),
+    ModelCard(hub_id="Qwen/Qwen2.5-0.5B-Instruct", vocab_size=151936, hidden_size=896,
+              intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+              num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768,
+              rope_theta=1000000.0, tokenizer=_qwen_tokenizer("<|im_end|>", (151645, 151643)),
+              **_QWEN2),
+    ModelCard(
+        hub_id="meta-llama/Llama-3.2-3B-Instruct", revision=_UNREAD, model_type="llama",
         vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
         num_attention_heads=24, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
         max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
@@ -123,7 +119,7 @@ CARDS: dict[str, ModelCard] = {
             eos_token="<|eot_id|>", pad_token=None, bos_token="<|begin_of_text|>",
             generation_eos_ids=(128001, 128008, 128009), chat_format="llama3"),
         extra=dict(hidden_act="silu", attention_bias=False, mlp_bias=False)),
-}
+)}
 
 
 def card_of(model: str) -> ModelCard:

@@ -2,7 +2,7 @@
 random weights and a few layers, a tokenizer of the real size with the real special tokens, and
 then the preset's own code path: 4-bit NF4 + LoRA (its rank and targets), gradient
 checkpointing, its template, math-verify on real MATH rows, its mini-batch schedule (THR streamed
-from the unembedding, off-policy), one GRPO step with THR and a small evaluation. Only the batch
+from the unembedding, off-policy), two GRPO steps with THR and a small evaluation. Only the batch
 (prompts), the lengths and the depth are reduced. benchmarks/rehearse.py prints what it measures.
 
 Two things differ from a real run, both because the weights are random:
@@ -28,10 +28,10 @@ import torch
 
 from .model_cards import ModelCard, card_of
 from .presets import PRESETS, from_preset
+from .runs import STEP_PHASES
 from .trainer import GRPOTrainer
 
 PAPER_PRESETS = [n for n, p in PRESETS.items() if p.get("model", "tiny") != "tiny"]
-STEP_PHASES = ("generate", "reward", "old_logp", "ref_logp", "thr", "update")
 
 # Chat formats in thrlab's words: system / user turns and the assistant prompt only.
 _CHAT_TEMPLATES = {
@@ -183,7 +183,7 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
     (e.g. a narrower one, for a test), `root` the cache folder of the built checkpoints;
     device="cuda" rehearses on a GPU (layers=0: the full depth), where the tracked bytes are
     the CUDA allocator's."""
-    from . import memory, profiling
+    from . import profiling
     from .experiment import eval_problems as eval_sets_of, make_grade_fn, train_problems
     from .model import load_policy
     from .runs import RunDir
@@ -215,29 +215,12 @@ def rehearse(preset: str, *, layers: int = 2, prompts: int = 2, new_tokens: int 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = RehearsalTrainer(cfg, model, tok, problems, RunDir(tmp), make_grade_fn(cfg))
         first, row, res, peaks, base = _measure(trainer, sets, device, out)
-    eval_len = memory.prompt_tokens(next(iter(sets.values())), tok, cfg.template)
-    terms = memory.plan(cfg, memory.Architecture.of(model.config), trainer.prompt_len,
-                        eval_prompt_tokens=eval_len, device=device)
-    plan = memory.total(terms)
-    out["plan_terms_gb"] = {k: {t: b / 1e9 for t, b in v.items()} for k, v in terms.items()}
-    out["phases"] = {
-        k: {"s": row.get(f"time/{k}", 0.0),
-            "tracked_gb": (base + peaks[k]) / 1e9 if k in peaks else None,
-            "plan_gb": plan[k] / 1e9 if k in plan else None}
-        for k in (*STEP_PHASES, "evaluate")}
     out["step_s"] = row["time/step"]
     out["train"] = {k: row[k] for k in ("train/reward_mean", "train/skipped", "train/loss",
                                         "thr/frac_masked", "train/completion_len") if k in row}
     out["eval"] = {"greedy_acc": res["mean"].get("greedy_acc"),
                    "grading": res.get("grading_by_set")}
-    out["prompt_tokens"] = {"train_batch": trainer.prompt_len, "eval": eval_len}
-    real = from_preset(preset, "thr_exploit")
-    real_prompt = memory.prompt_tokens(problems, tok, real.template)
-    out["prompt_tokens"]["train_max"] = real_prompt
-    full = memory.plan(real, memory.Architecture.of(card.config_dict()), real_prompt)
-    out["estimate_gb"] = {k: v / 1e9 for k, v in memory.total(full).items()}
-    out["estimate_top_terms"] = {k: sorted(((t, b / 1e9) for t, b in v.items()),
-                                           key=lambda x: -x[1])[:2] for k, v in full.items()}
+    out.update(_plans(preset, cfg, card, trainer, problems, sets, row, peaks, base, device))
     out["completed"] = first.get("train/skipped") == 0 and row.get("train/skipped") == 0
     return out
 
@@ -273,3 +256,30 @@ def _measure(trainer, sets: dict, device: str, out: dict):
     out["rss_peak_mb"]["evaluate"] = profiling.window_peak_rss_mb()
     peaks.update(profiling.phase_peaks(prof, device))
     return first, row, res, peaks, base
+
+
+def _plans(preset, cfg, card, trainer, problems, sets, row, peaks, base, device) -> dict:
+    """The measured phases beside thrlab.memory's plan at the rehearsal's shapes, and the plan
+    of the preset's real run (full depth and batch, on CUDA)."""
+    from . import memory
+
+    tok = trainer.tok
+    eval_len = memory.prompt_tokens(next(iter(sets.values())), tok, cfg.template)
+    terms = memory.plan(cfg, memory.Architecture.of(trainer.model.config), trainer.prompt_len,
+                        eval_prompt_tokens=eval_len, device=device)
+    plan = memory.total(terms)
+    real = from_preset(preset, "thr_exploit")
+    real_prompt = memory.prompt_tokens(problems, tok, real.template)
+    full = memory.plan(real, memory.Architecture.of(card.config_dict()), real_prompt)
+    return {
+        "plan_terms_gb": {k: {t: b / 1e9 for t, b in v.items()} for k, v in terms.items()},
+        "phases": {k: {"s": row.get(f"time/{k}", 0.0),
+                       "tracked_gb": (base + peaks[k]) / 1e9 if k in peaks else None,
+                       "plan_gb": plan[k] / 1e9 if k in plan else None}
+                   for k in (*STEP_PHASES, "evaluate")},
+        "prompt_tokens": {"train_batch": trainer.prompt_len, "eval": eval_len,
+                          "train_max": real_prompt},
+        "estimate_gb": {k: v / 1e9 for k, v in memory.total(full).items()},
+        "estimate_top_terms": {k: sorted(((t, b / 1e9) for t, b in v.items()),
+                                         key=lambda x: -x[1])[:2] for k, v in full.items()},
+    }

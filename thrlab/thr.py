@@ -27,6 +27,7 @@ from .loss import group_advantages
 
 ROUTES = ("auto", "factorised", "gram")  # how token_hidden_reward computes THR (section 2)
 VOCABS = ("full", "group")
+CHUNK_SIZE = 1024  # rows of (rows x V) probabilities made at a time (thrlab.memory reads it)
 
 
 class NonFiniteInput(NonFiniteError, ValueError):
@@ -141,7 +142,8 @@ def _gram(h, y, w, anchors, where, probs, chunk_size):
 
 def token_hidden_reward(hidden, tokens, mask, rewards, *, logits=None, lm_head_weight=None,
                         temperature=1.0, length_normalize=True, advantage_weighted=False,
-                        adv=None, vocab="full", route="auto", chunk_size=1024) -> torch.Tensor:
+                        adv=None, vocab="full", route="auto",
+                        chunk_size=CHUNK_SIZE) -> torch.Tensor:
     """Score every completion token of one group by its token hidden reward; (G, T) float32.
 
     hidden (G, T, H) post-final-norm states; tokens (G, T); mask (G, T) real tokens; rewards (G,)
