@@ -1,8 +1,10 @@
 """The speed-ups are exact: the shared-prefill sampling loop reproduces transformers' generate(),
 the dequantise-once context bitsandbytes' 4-bit layers (tokens, logits and the random numbers
-drawn, bit for bit), and the shared-prompt, chunked completion_forward a plain pass (values bit
-for bit; gradients to float rounding)."""
+drawn, bit for bit), and the shared-prompt, chunked completion_forward a plain pass (values to
+the rounding of GEMMs blocked by row count, bit for bit on some CPU kinds; gradients to float
+rounding). Each test says what is exact by construction and what depends on the CPU's kernels."""
 import contextlib
+import warnings
 
 import pytest
 import torch
@@ -93,7 +95,26 @@ def _plain_forward(model, ids, att, lp, temperature):
     return {"logp": logp, "entropy": ent.detach(), "hidden": h}
 
 
+def _agree_to_rounding(want: torch.Tensor, got: torch.Tensor, ulps: int = 64) -> bool:
+    """|want - got| within `ulps` units in the last place of want's largest magnitude.
+
+    For two computations that run the same ops with a GEMM's reduction split differently (its
+    blocking, chosen by kernel and row count): each GEMM adds a few ulps, and the tiny model's
+    2 layers hold about 16 of them in a row; 64 ulps of the largest magnitude covers that with
+    room (seen: 0 on an Intel Xeon with AVX512, up to 5 with AVX2 kernels)."""
+    eps = torch.finfo(want.dtype).eps
+    return float((want - got).abs().max()) <= ulps * eps * max(float(want.abs().max()), 1.0)
+
+
 def test_shared_prompt_chunked_completion_forward_is_exact(policy, monkeypatch):
+    """The shared-prompt pass runs the prompt once per group and the completions against its KV
+    cache: the same ops as a plain pass, each attention reduction over the same L keys, but its
+    GEMMs see B*T rows where the plain pass's see B*L. Whether a GEMM's result for a row depends
+    on the row count is a property of the CPU's kernels (it does not on an Intel Xeon with
+    AVX512, bit for bit; it does with AVX2 kernels, a few ulps; on an AMD EPYC without AVX512 it
+    did with grad enabled), so the two passes are compared to rounding, and the test prints
+    which it saw. Exact by construction: chunking the vocabulary changes only the head, so the
+    states of a chunked pass equal the unchunked pass's bit for bit."""
     model, tok = policy
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # LoRA B starts at 0; make the adapters matter
@@ -108,16 +129,18 @@ def test_shared_prompt_chunked_completion_forward_is_exact(policy, monkeypatch):
     shared = []
     check = thrmodel._plain_kv_cache
     monkeypatch.setattr(thrmodel, "_plain_kv_cache", lambda c: shared.append(1) or check(c))
-    with torch.no_grad():  # one vocabulary chunk, as always on the tiny preset: bit for bit
+    with torch.no_grad():  # one vocabulary chunk, as always on the tiny preset
         want, got = _plain_forward(model, *args), completion_forward(model, *args, need_hidden=True)
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert all(_agree_to_rounding(want[k], got[k]) for k in want)
+    print("shared vs plain pass, no grad:",
+          "bit for bit" if all(torch.equal(want[k], got[k]) for k in want) else "to rounding")
     # Many 5-row chunks: a GEMM's rounding may depend on its row count (thread blocking,
     # kernel choice), so chunked lm_head rows agree to rounding; the states stay bit for bit.
     with monkeypatch.context() as m, torch.no_grad():
         m.setattr(thrmodel, "_LOGIT_ELEMENTS", 21 * 5)
-        got = completion_forward(model, *args, need_hidden=True)
-    assert all(torch.allclose(want[k], got[k], rtol=1e-5, atol=1e-6) for k in want)
-    assert torch.equal(want["hidden"], got["hidden"])
+        chunked = completion_forward(model, *args, need_hidden=True)
+    assert all(_agree_to_rounding(got[k], chunked[k]) for k in want)
+    assert torch.equal(got["hidden"], chunked["hidden"])
     params = [p for p in model.parameters() if p.requires_grad]
     grads, outs = [], []
     for fn in (_plain_forward, lambda *a: completion_forward(*a, need_hidden=True)):
@@ -126,9 +149,13 @@ def test_shared_prompt_chunked_completion_forward_is_exact(policy, monkeypatch):
         ((o["logp"] * r.mask).sum() + 1e-3 * o["hidden"].sum()).backward()
         grads.append([p.grad.clone() for p in params])
         outs.append({k: v.detach() for k, v in o.items()})
-    assert all(torch.equal(outs[0][k], outs[1][k]) for k in want)  # with grad: same values
+    assert all(_agree_to_rounding(outs[0][k], outs[1][k]) for k in want)  # with grad
+    print("shared vs plain pass, with grad:",
+          "bit for bit" if all(torch.equal(outs[0][k], outs[1][k]) for k in want)
+          else "to rounding")
     model.zero_grad(set_to_none=True)
     assert len(shared) == 3  # every completion_forward call above took the shared path
+    # gradients sum over a group's rows in the shared prompt's backward, in another order
     scale = max(float(a.abs().max()) for a in grads[0])
     assert max(float((a - b).abs().max()) for a, b in zip(*grads)) < 1e-5 * scale
 
@@ -157,7 +184,7 @@ def _peak_bytes(fn) -> float:
     return phase_peaks(prof)["x"]
 
 
-def test_unembed_equals_lm_head_without_copying_the_unembedding(policy):
+def test_unembed_equals_lm_head_bit_for_bit(policy):
     model, tok = policy
     lm = model.get_base_model()
     head = lm.get_output_embeddings()
@@ -171,15 +198,86 @@ def test_unembed_equals_lm_head_without_copying_the_unembedding(policy):
     assert torch.equal(a, b)
     ga, gb = (torch.autograd.grad(x.logsumexp(-1).sum(), h, retain_graph=True)[0] for x in (a, b))
     assert torch.equal(ga, gb)
-    # with a frozen bf16 weight (a 4-bit base's unembedding) F.linear on such a slice copies the
-    # (H, V) weight once per row (CPU; fp32 makes no copy); unembed does not
-    n, H, V = 8, 256, 8192
-    wide = torch.nn.Linear(H, V, bias=False, dtype=torch.bfloat16).requires_grad_(False)
-    x = torch.randn(n, 5, H, dtype=torch.bfloat16)[:, 1:]
-    with torch.inference_mode():
+    # Exact by construction at any width and dtype: each row runs the 2-D kernel lm_head runs
+    # (mm, or addmm with a bias) on the same shapes, forward and backward.
+    for dtype in (torch.bfloat16, torch.float32):
+        for bias in (False, True):
+            lin = torch.nn.Linear(96, 1000, bias=bias, dtype=dtype).requires_grad_(False)
+            states = torch.randn(3, 9, 96, dtype=dtype, requires_grad=True)
+            rowwise = torch.stack([lin(x) for x in states[:, 2:]])
+            ours = thrmodel.unembed(lin, states[:, 2:])
+            assert torch.equal(ours, rowwise)
+            g = [torch.autograd.grad(x.float().logsumexp(-1).sum(), states)[0]
+                 for x in (ours, rowwise)]
+            assert torch.equal(*g)
+
+
+def test_unembed_gradients_match_finite_differences():
+    """A trainable head too (weight and bias): float64 against central differences."""
+    lin = torch.nn.Linear(6, 11, dtype=torch.float64)
+    states = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s, w, b: thrmodel._RowwiseLinear.apply(s[:, 1:], w, b),
+                                    (states, lin.weight, lin.bias))
+
+
+def test_unembed_calls_a_hooked_head_as_a_module():
+    """A hook (or a patched forward, e.g. accelerate's offloading) is part of what the head
+    computes: unembed must not bypass it (the fault tests poison logits through one)."""
+    lin = torch.nn.Linear(8, 16)
+    h = torch.randn(2, 5, 8)[:, 1:]
+    plain = thrmodel.unembed(lin, h)
+    handle = lin.register_forward_hook(lambda mod, inp, out: out * 2)
+    assert torch.equal(thrmodel.unembed(lin, h), 2 * plain)
+    handle.remove()
+    lin.forward = lambda x: torch.nn.functional.linear(x, lin.weight, lin.bias) + 1
+    assert torch.equal(thrmodel.unembed(lin, h), plain + 1)
+
+
+@contextlib.contextmanager
+def _onednn(enabled: bool):
+    """oneDNN as the CPU kind has it, or off: torch's own kernels, as on a CPU without AVX512."""
+    if enabled:
+        yield
+        return
+    with warnings.catch_warnings():  # flags() says TF32 over oneDNN needs an Intel GPU
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "no-onednn"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_unembed_never_holds_more_than_f_linear(dtype, onednn):
+    """F.linear on a slice of longer sequences runs bmm with the unembedding expanded per row.
+    Whether the kernel materialises that copy is a property of the CPU kind: with a frozen bf16
+    weight (a 4-bit base's) it does where oneDNN's bf16 kernels run (seen on an Intel Xeon with
+    AVX512-BF16) and does not elsewhere (seen on an AMD EPYC without AVX512, and with oneDNN off
+    on the Intel); in fp32 it never does. On every kind, and with oneDNN off (so both behaviours
+    are checked on any machine), unembed holds the logits and nothing the size of the
+    unembedding. The slack of one row's logits covers a GEMM's scratch (oneDNN bf16: 0.04-0.07x
+    the logits, seen)."""
+    n, T, H, V = 8, 4, 256, 8192
+    size = torch.finfo(dtype).bits // 8
+    logits, row = n * T * V * size, T * V * size
+    wide = torch.nn.Linear(H, V, bias=False, dtype=dtype).requires_grad_(False)
+    x = torch.randn(n, T + 1, H, dtype=dtype)[:, 1:]
+    with _onednn(onednn), torch.inference_mode():  # the prefill's last position and evaluation: no gradient
         copied = _peak_bytes(lambda: wide(x))
         ours = _peak_bytes(lambda: thrmodel.unembed(wide, x))
         # the same product per row; at this width the GEMM's blocking may differ from bmm's
         torch.testing.assert_close(thrmodel.unembed(wide, x), wide(x))
-    assert copied >= n * H * V * 2  # the copy avoided (if torch stops making it, drop this)
-    assert ours <= 3 * n * 4 * V * 2  # per-row logits and their stack
+    copies = copied >= n * H * V * size
+    print(f"{dtype}, oneDNN {'on' if onednn else 'off'}: F.linear holds {copied / logits:.2f}x the logits "
+          f"({'a copy of the unembedding per row' if copies else 'no copy'}), unembed "
+          f"{ours / logits:.2f}x")
+    assert ours <= logits + row and ours <= copied + row
+    states = torch.randn(n, T + 1, H, dtype=dtype, requires_grad=True)  # the update: with grad
+
+    def step(f):
+        return lambda: f(states[:, 1:]).float().logsumexp(-1).sum().backward()
+
+    with _onednn(onednn):
+        copied = _peak_bytes(step(wide))
+        ours = _peak_bytes(step(lambda h: thrmodel.unembed(wide, h)))
+    print(f"{dtype} with grad: F.linear {copied / logits:.2f}x, unembed {ours / logits:.2f}x")
+    assert ours <= copied + row
