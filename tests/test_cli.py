@@ -4,7 +4,6 @@ checked, --help lists every config field and `presets` every field a preset chan
 import dataclasses
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ from thrlab import cli
 from thrlab.config import Config, field_docs
 from thrlab.presets import METHODS, PRESETS, preset_config
 from thrlab.errors import DataError
+from tests.fixtures import limits
 
 
 def _main(argv, capsys):
@@ -69,13 +69,12 @@ def test_offline_hub_set_is_one_line_and_debug_shows_the_traceback(tmp_path):
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     cmd = [sys.executable, "-m", "thrlab", "train", "--run-dir", str(tmp_path / "run"),
            "--set", "eval_sets=math500"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    out = limits.run(cmd, capture_output=True, text=True, env=env)
     assert out.returncode == 2
     msg = _one_error(out.stderr)
     assert "could not load 'math500' from the hub" in msg and "Pass data_dir=" in msg
     assert not (tmp_path / "run").exists()
-    dbg = subprocess.run(cmd, capture_output=True, text=True, env=dict(env, THRLAB_DEBUG="1"),
-                         timeout=300)
+    dbg = limits.run(cmd, capture_output=True, text=True, env=dict(env, THRLAB_DEBUG="1"))
     assert dbg.returncode == 1 and "Traceback" in dbg.stderr and "DataError" in dbg.stderr
 
 

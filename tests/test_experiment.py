@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from thrlab.presets import from_preset
 from thrlab.errors import RunFolderError
 from thrlab.experiment import format_summary, run_experiment
 from thrlab.runs import RunDir
+from tests.fixtures import limits
 
 # Budgets shrunk so the whole pipeline runs in seconds; the model learns little at this size.
 SMOKE = dict(sft_steps=30, sft_batch=32, steps=3, prompts_per_step=4, group_size=4,
@@ -174,9 +174,9 @@ def test_summary_prints_each_set_their_mean_and_grading_failures(finished):
 def test_evaluate_run_dir_reproduces_eval_after_and_refuses_contradicting_sets(finished, tmp_path,
                                                                               capsys):
     run = finished["run"]
-    out = subprocess.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", "--run-dir",
-                          str(run.path), "--out", str(tmp_path / "e.json")], capture_output=True,
-                         text=True, timeout=600)
+    out = limits.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", "--run-dir",
+                      str(run.path), "--out", str(tmp_path / "e.json")], capture_output=True,
+                     text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads((tmp_path / "e.json").read_text())
     after = json.loads((run / "eval_after.json").read_text())
@@ -215,13 +215,14 @@ def test_second_process_on_a_run_folder_refuses_and_a_dead_holder_does_not_block
     cmd = [sys.executable, "-m", "thrlab", "train", "--quiet", "--run-dir", str(run.path),
            *[f"--set={k}={v}" for k, v in dict(FINISHED, steps=6).items()]]
     holder = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not (run / "config.json").exists():  # written once the holder has the folder
-        assert holder.poll() is None and time.time() < deadline, holder.stderr.read()[-2000:]
-        time.sleep(0.02)
+    def holding():  # config.json is written once the holder has the folder
+        assert holder.poll() is None, holder.stderr.read()[-2000:]
+        return (run / "config.json").exists()
+
+    limits.wait_for(holding, "the first train process taking its run folder")
     os.kill(holder.pid, signal.SIGSTOP)  # the holder is mid-run for as long as we need
     try:
-        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        second = limits.run(cmd, capture_output=True, text=True)
         assert second.returncode == 2, second.stderr[-2000:]
         assert _one_error(second.stderr) == (f"thrlab: error: another thrlab process (pid "
                                              f"{holder.pid}) is running in {run.path}; wait for "
@@ -231,20 +232,19 @@ def test_second_process_on_a_run_folder_refuses_and_a_dead_holder_does_not_block
         holder.wait()
         holder.stderr.close()
     assert (run / ".lock").read_text().strip() == str(holder.pid)  # left behind by the dead
-    third = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    third = limits.run(cmd, capture_output=True, text=True)
     assert third.returncode == 0, third.stderr[-2000:]
     assert [r["step"] for r in run.metrics()] == [1, 2, 3, 4, 5, 6] and run.complete
 
 
 def test_cli_train_and_errors(tmp_path, cache):
     env_args = [f"--set={k}={v}" for k, v in SMOKE.items()] + ["--set=sft_control=false"]
-    out = subprocess.run([sys.executable, "-m", "thrlab", "train", "--quiet", "--runs-root",
-                          str(tmp_path / "runs"), *env_args], capture_output=True, text=True,
-                         timeout=600)
+    out = limits.run([sys.executable, "-m", "thrlab", "train", "--quiet", "--runs-root",
+                      str(tmp_path / "runs"), *env_args], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "greedy_acc" in out.stdout and "run folder:" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "thrlab", "train", "--set", "lrr=1"],
-                         capture_output=True, text=True, timeout=120)
+    bad = limits.run([sys.executable, "-m", "thrlab", "train", "--set", "lrr=1"],
+                     capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'lr'" in bad.stderr
 
 
@@ -253,16 +253,16 @@ def test_cli_evaluate_loads_a_run_adapter(tmp_path, cache):
     run_experiment(cfg, runs_root=tmp_path / "runs", progress=False)
     adapter = tmp_path / "runs" / cfg.run_id() / "adapter"
     args = [f"--set={k}={v}" for k, v in SMOKE.items()]
-    out = subprocess.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
-                          "--adapter", str(adapter), "--out", str(tmp_path / "e.json")],
-                         capture_output=True, text=True, timeout=600)
+    out = limits.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
+                      "--adapter", str(adapter), "--out", str(tmp_path / "e.json")],
+                     capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads((tmp_path / "e.json").read_text())
     # greedy decoding is deterministic: the CLI with the adapter reproduces the run's eval_after
     after = json.loads((tmp_path / "runs" / cfg.run_id() / "eval_after.json").read_text())
     assert res["mean"]["greedy_acc"] == after["mean"]["greedy_acc"]
-    bad = subprocess.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
-                          "--adapter", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    bad = limits.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
+                      "--adapter", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "adapter_model.safetensors" in _one_error(bad.stderr)
 
 

@@ -2,7 +2,6 @@
 truncated completions. Each test injects the fault into a real run and checks what survives."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 from thrlab.faults import FAILPOINTS
 from thrlab.runs import RunDir
+from tests.fixtures import limits
 
 # -- kill and resume -----------------------------------------------------------------------------
 # A real CLI run (cold start, eval, GRPO, eval), shrunk to seconds; save_every=1 so every step
@@ -31,9 +31,8 @@ def _train(root, failpoint=None):
     if failpoint:
         env["THRLAB_FAILPOINT"] = failpoint
     args = [f"--set={k}={v}" for k, v in KILL_RUN.items()]
-    return subprocess.run([sys.executable, "-m", "thrlab", "train", "--quiet", "--runs-root",
-                           str(root), *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return limits.run([sys.executable, "-m", "thrlab", "train", "--quiet", "--runs-root",
+                       str(root), *args], capture_output=True, text=True, env=env)
 
 
 def _only_run(root):

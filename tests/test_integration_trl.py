@@ -27,6 +27,7 @@ from thrlab.integrations.trl import (LOSS_TYPES, THRGRPOTrainer, check_trl_versi
                                      grpo_config)
 from thrlab.model import load_policy  # noqa: E402
 from thrlab.reweight import thr_stats  # noqa: E402
+from tests.fixtures import limits
 
 ROOT = Path(__file__).resolve().parents[1]
 G, P = 4, 3  # 3 prompts x 4 completions: small enough for seconds, enough for mixed groups
@@ -377,7 +378,7 @@ def test_two_processes_log_one_process_thr(tiny_model_dir, tmp_path):
     procs = {k: subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True) for k, c in cmds.items()}
     for k, p in procs.items():
-        log = p.communicate(timeout=400)[0]
+        log = limits.communicate(p)[0]
         assert p.returncode == 0, f"{k} failed:\n{log[-4000:]}"
     hist = {k: [h for h in json.loads((tmp_path / k / "log_history.json").read_text())
                 if "thr/mean" in h] for k in cmds}

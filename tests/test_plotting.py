@@ -1,5 +1,4 @@
 """thrlab.plotting: no torch, byte-stable files, and plots that show the numbers they are given."""
-import subprocess
 import sys
 
 import matplotlib
@@ -7,6 +6,7 @@ import numpy as np
 import pytest
 
 from thrlab import plotting
+from tests.fixtures import limits
 
 matplotlib.use("Agg")
 
@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 @pytest.mark.parametrize("module", ["thrlab.plotting", "thrlab.paper", "thrlab.reproduce"])
 def test_figure_modules_do_not_import_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = limits.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
 

@@ -12,6 +12,7 @@ from thrlab import predictor
 from thrlab.presets import from_preset
 from thrlab.loss import group_advantages
 from thrlab.thr import thr_for_batch
+from tests.fixtures import limits
 
 
 def _batch(G=4, P=2, T=5, H=8, V=11, seed=0):
@@ -211,7 +212,6 @@ def test_the_likelihood_probe_leaves_the_run_unchanged_and_survives_a_resume(tmp
     assert probe["size"] >= 1 and probe["start"] < 0
     # killed by SIGKILL in step 3 (after step 2's checkpoint), then resumed by the same command
     import os
-    import subprocess
     import sys
 
     conf = tmp_path / "probed.json"
@@ -219,9 +219,9 @@ def test_the_likelihood_probe_leaves_the_run_unchanged_and_survives_a_resume(tmp
     env = dict(os.environ, THRLAB_FAILPOINT="update@3")
     cmd = [sys.executable, "-m", "thrlab", "train", "--config", str(conf), "--run-dir",
            str(tmp_path / "killed"), "--quiet"]
-    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == -9
+    assert limits.run(cmd, env=env, capture_output=True).returncode == -9
     env.pop("THRLAB_FAILPOINT")
-    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
+    assert limits.run(cmd, env=env, capture_output=True).returncode == 0
     assert json.loads((tmp_path / "killed" / "probe.json").read_text()) == probe
     assert [r.get("probe/loglik") for r in RunDir(tmp_path / "killed").metrics()] == \
         [r.get("probe/loglik") for r in got]

@@ -3,7 +3,6 @@
 non-zero exit while the others still run, finished notebooks reused, figures published with a
 MANIFEST entry."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import nbformat
 import pytest
 
 from thrlab import reproduce
+from tests.fixtures import limits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def books(tmp_path):
 def _run(tmp_path, books, *args):
     cmd = [sys.executable, "-m", "thrlab.reproduce", "--notebooks-dir", str(books),
            "--runs-root", str(tmp_path / "runs"), "--figures-dir", str(tmp_path / "figs"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return limits.run(cmd, capture_output=True, text=True, cwd=tmp_path)
 
 
 def test_failure_is_tabled_others_run_and_reruns_reuse(tmp_path, books):

@@ -52,11 +52,13 @@ def test_extract_boxed(text, expected):
 
 
 def test_extract_boxed_adversarial_sizes_are_fast():
-    t0 = time.perf_counter()
+    # CPU time of this process, which a loaded machine does not inflate as it does wall time:
+    # linear scanning takes ~0.04 s; a quadratic one takes minutes on these 140k-character inputs
+    t0 = time.process_time()
     assert extract_boxed("\\boxed{" * 20_000) is None
     assert extract_boxed("".join(f"\\boxed{{{i}}}" for i in range(20_000))) == "19999"
     assert extract_boxed("\\boxed{" + "{" * 50_000 + "}" * 50_000 + "}") == "{" * 50_000 + "}" * 50_000
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < 2.0
 
 
 def test_extract_boxed_reproduces_math_answer_fields():
@@ -180,8 +182,11 @@ def test_hung_items_are_killed_and_counted(tmp_path, caplog):
         t0 = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="thrlab.rewards"):
             res = p.grade(comps, golds, timeout_s=1.0)
-        # Both hangs sleep 30 s; the batch must come back after ~1 s (+1 s for SIGKILL escalation).
-        assert time.monotonic() - t0 < 8.0
+        # Both hangs sleep 30 s; the batch comes back after ~2 s on a quiet machine (1 s limit,
+        # +1 s for SIGKILL escalation, worker restarts). Well under 30 s shows the workers were
+        # killed rather than waited for; 25 s leaves a loaded machine its slow restarts.
+        elapsed = time.monotonic() - t0
+        assert elapsed < 25.0, f"the batch took {elapsed:.1f} s: were the hung workers waited for?"
         assert res.status == ["correct", "timeout", "correct", "timeout", "correct", "correct",
                               "correct", "wrong"]
         assert res.timeouts == 2 and res.errors == 0

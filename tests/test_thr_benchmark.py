@@ -1,15 +1,15 @@
 """benchmarks/thr_speed.py runs end to end in its --quick shape (its numbers live in RESULTS.md)."""
 import json
-import subprocess
 import sys
 from pathlib import Path
+from tests.fixtures import limits
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_thr_speed_quick_runs_and_routes_agree():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "thr_speed.py"), "--quick"],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = limits.run([sys.executable, str(ROOT / "benchmarks" / "thr_speed.py"), "--quick"],
+                     capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["shape"]["T"] == 32 and res["paper"]["auto_route"] in ("factorised", "gram")

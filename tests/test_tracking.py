@@ -18,6 +18,7 @@ from thrlab.runs import RunDir
 from thrlab.trainer import GRPOTrainer
 
 from test_trainer import ParityGrade
+from tests.fixtures import limits
 
 # THR on with thr_save_every=1: every step saves a token record, so tables are mirrored too
 THR = dict(thr_mode="thr", thr_p=0.1, thr_save_every=1, thr_save_rows=4)
@@ -154,6 +155,15 @@ def test_wandb_offline_mirrors_metrics_and_token_tables_and_resumes(tiny_model_d
     # within the same second is offline-run-<time>-<id>-1)
     files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2
+    # run.finish() can return before W&B's service process has written a segment out (seen
+    # twice on a loaded machine: a segment without its run record); wait until both hold their
+    # run and their step
+    def written():
+        got = [_wandb_history(f) for f in files]
+        return all(i for i, _ in got) and sorted(sorted(h) for _, h in got) == [[1], [2]]
+
+    limits.wait_for(written, "W&B's service writing both offline segments", limit_s=120,
+                    poll_s=0.5)
     segments = [(*_wandb_history(f), f.parent) for f in files]
     assert {i for i, _, _ in segments} == {(run / "wandb_id").read_text().strip()}  # one W&B run
     assert sorted(sorted(h) for _, h, _ in segments) == [[1], [2]]
