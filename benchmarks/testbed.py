@@ -13,8 +13,11 @@ strategies task the strategy entropy before and after; then the CPU seconds of e
 wall time at one thread: training plus evaluations), their sum, and seeds per CPU-hour (one seed
 of the whole grid: every method once). `--replicate SEEDS` also reads a second seed set of the
 same study (`make reproduce ARGS="--preset NAME -p seeds=[5,6,7,8,9]"`) and prints every claim on
-the first set, the second and both pooled, with whether the two sets' verdicts agree and whether
-each set's estimate lies inside the other's interval. Prints tables and, on its last line, JSON.
+the first set, the second and both pooled, with whether the two sets' verdicts agree, whether
+each set's estimate lies inside the other's interval, and whether the second (confirmatory) set
+confirms it. Verdicts follow thrlab.study.verdict: directional claims Holm-adjusted over the
+study's family, comparable claims by equivalence within a stated margin, "not resolved" with the
+interval's bound. Prints tables and, on its last line, JSON.
 """
 from __future__ import annotations
 
@@ -54,11 +57,24 @@ def study_runs(preset: str, runs_root: str, seeds: list[int]):
     return pd.DataFrame(rows)
 
 
+def _reading(c) -> str:
+    """A claim's verdict in words: 'not resolved' names the interval's bound, 'equivalent',
+    'not shown' and 'different' the margin (points; bits for strategy entropy)."""
+    scale, unit = (1, " bits") if c["metric"] == "strategy_entropy" else (100, " points")
+    v = c["verdict"]
+    if v == "not resolved":
+        word = "at most" if c["direction"] > 0 else "at least"
+        return f"not resolved: the effect is {word} {scale * c['bound']:+.1f}{unit}"
+    if c["direction"] == 0 and v != "one seed: mechanics only":
+        return f"{v} (margin +-{scale * c['margin']:.0f}{unit})"
+    return v
+
+
 def _cell(c) -> str:
     """One claim's difference, interval and verdict, in points (bits for strategy entropy)."""
     scale, unit = (1, " bits") if c["metric"] == "strategy_entropy" else (100, "")
     return (f"{scale * c['diff']:+.1f}{unit} [{scale * c['ci_low']:+.1f}, {scale * c['ci_high']:+.1f}]"
-            f": {c['verdict']}")
+            f": {_reading(c)}")
 
 
 def main() -> None:
@@ -111,10 +127,11 @@ def main() -> None:
     out["narrowing"] = bool(out["greedy_rises"] and narrows)
     claims = study.claims_table(runs)
     print(f"\nthe paper's claims (method minus baseline, {len(seeds)} seeds, paired by seed and "
-          "problem; 95% interval; MDE at 80% power):")
-    print("| experiment | claim | metric | difference [95% interval] | MDE | seeds x problems | "
-          "verdict |")
-    print("|---|---|---|---|---|---|---|")
+          "problem; 95% interval; p two-sided, Holm-adjusted over the directional claims; "
+          "comparable claims by equivalence, 90% interval inside the margin; MDE at 80% power):")
+    print("| experiment | claim | metric | difference [95% interval] | p (Holm) | MDE | "
+          "seeds x problems | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
     for c in claims.itertuples():
         if c.metric == "strategy_entropy":  # bits, one number per run
             cells = (f"{c.metric} (bits)", f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
@@ -122,7 +139,10 @@ def main() -> None:
         else:  # points
             cells = (c.metric, f"{100 * c.diff:+.1f} [{100 * c.ci_low:+.1f}, "
                      f"{100 * c.ci_high:+.1f}]", f"{100 * c.mde:.1f}", f"{c.seeds} x {c.problems}")
-        print(f"| {c.experiment} | {c.claim} | " + " | ".join(cells) + f" | {c.verdict} |")
+        p = "-" if c.direction == 0 or c.p_holm != c.p_holm else f"{c.p_holm:.3f}"  # NaN
+        cells = (*cells[:2], p, *cells[2:])
+        print(f"| {c.experiment} | {c.claim} | " + " | ".join(cells) + f" | "
+              f"{_reading(c._asdict())} |")
     out["claims"] = claims.to_dict("records")
     cpu_s = float(runs.wall_s.sum())
     per_seed = cpu_s / len(seeds)
@@ -136,6 +156,7 @@ def main() -> None:
         rep = study.replication(claims, again, pooled)
         out["replication"] = {"seeds": args.replicate, "claims": rep,
                               "same_verdict": sum(r["same_verdict"] for r in rep),
+                              "confirmed": sum(r["confirmed"] for r in rep),
                               "inside": sum(r["inside"] for r in rep), "of": len(rep)}
         print(f"\nreplication: seeds {seeds} vs {args.replicate}, and pooled")
         print("| experiment | claim | metric | first set | second set | pooled | same verdict | "
@@ -145,7 +166,9 @@ def main() -> None:
             print(f"| {r['experiment']} | {r['claim']} | {r['metric']} | {_cell(r['first'])} | "
                   f"{_cell(r['second'])} | {_cell(r['pooled'])} | "
                   f"{'yes' if r['same_verdict'] else 'no'} | {'yes' if r['inside'] else 'no'} |")
-        print(f"{out['replication']['same_verdict']} of {len(rep)} claims keep their verdict; "
+        print(f"{out['replication']['confirmed']} of {len(rep)} claims confirmed on the second "
+              "set (reproduced or equivalent on both); "
+              f"{out['replication']['same_verdict']} of {len(rep)} claims keep their verdict; "
               f"{out['replication']['inside']} of {len(rep)} estimates lie inside each other's "
               "interval")
     print(f"\nnarrowing regime (greedy up; Pass@{ks[-1]} at or below the start, or the "

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as scipy_t
 
 from thrlab import study
 from thrlab.runs import write_json
@@ -85,9 +86,49 @@ def test_verdict_reads_the_interval_in_the_claimed_direction():
     assert study.verdict(1, -0.05, -0.01) == "refuted"
     assert study.verdict(-1, -0.05, -0.01) == "reproduced"
     assert study.verdict(1, -0.01, 0.05) == "not resolved"
-    assert study.verdict(0, -0.01, 0.05) == "consistent"
-    assert study.verdict(0, 0.01, 0.05) == "refuted"
     assert study.verdict(1, float("nan"), float("nan")) == "one seed: mechanics only"
+    # in a family, Holm's adjusted p decides: an interval that excludes 0 alone may not survive
+    assert study.verdict(1, 0.01, 0.05, p_holm=0.2) == "not resolved"
+    assert study.verdict(1, -0.05, -0.01, p_holm=0.01) == "refuted"
+    assert study.bound(1, -0.032, 0.104) == 0.104 and study.bound(-1, -0.1, 0.02) == -0.1
+
+
+def test_comparable_needs_equivalence_not_an_interval_that_holds_0():
+    """The old rule called any interval holding 0 'consistent' (comparable) and a precise small
+    difference 'refuted'. Now: a wide interval holding 0 shows nothing; equivalence needs the
+    90% interval inside +-margin (TOST), whatever the 95% interval says about 0."""
+    wide = dict(ci90=(-0.043, 0.047), margin=0.02)  # +0.2 [-5.1, +5.5] points
+    assert study.verdict(0, -0.051, 0.055, **wide) == "not shown"
+    precise = dict(ci90=(-0.017, -0.003), margin=0.02)  # small, precise, excludes 0
+    assert study.verdict(0, -0.019, -0.001, **precise) == "equivalent"
+    assert study.verdict(0, -0.041, -0.004, ci90=(-0.038, -0.007), margin=0.02) == "different"
+    assert study.verdict(0, -0.01, 0.01, ci90=(-0.008, 0.008), margin=0.02) == "equivalent"
+    with pytest.raises(ValueError, match="equivalence margin"):
+        study.verdict(0, -0.01, 0.05)
+
+
+def _holm_rejects(p, alpha):
+    """Holm's procedure as its definition: walk the p-values upwards, reject while
+    p_(i) <= alpha / (m - i), stop at the first that is not."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out = set()
+    for i, j in enumerate(order):
+        if p[j] > alpha / (len(p) - i):
+            break
+        out.add(j)
+    return out
+
+
+def test_holm_adjusted_p_rejects_what_holms_procedure_rejects():
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        p = (rng.uniform(0, 0.1, size=rng.integers(1, 9)) ** rng.uniform(0.5, 2)).tolist()
+        adj = study.holm(p)
+        assert all(a >= q for a, q in zip(adj, p)) and max(adj) <= 1
+        for alpha in (0.01, 0.05, 0.1):
+            assert {i for i, a in enumerate(adj) if a <= alpha} == _holm_rejects(p, alpha)
+    assert study.holm([0.01, float("nan"), 0.04]) == pytest.approx([0.02, float("nan"), 0.04],
+                                                                    nan_ok=True)
 
 
 def test_claims_table_is_the_paired_table_of_each_claim(tmp_path):
@@ -107,7 +148,18 @@ def test_claims_table_is_the_paired_table_of_each_claim(tmp_path):
                                   [row.metric], baseline=row.baseline).iloc[0]
         assert (row.diff, row.ci_low, row.ci_high, row.mde) == pytest.approx(
             (want["diff"], want.ci_low, want.ci_high, want.mde))
-        assert row.verdict == study.verdict(row.direction, row.ci_low, row.ci_high)
+        # the 90% interval and p from the same t-distribution as the 95% interval
+        t95 = (row.ci_high - row.ci_low) / 2 / row.se
+        assert t95 == pytest.approx(scipy_t.ppf(0.975, row.df))
+        assert (row.ci90_high - row.ci90_low) / 2 == pytest.approx(scipy_t.ppf(0.95, row.df)
+                                                                   * row.se)
+        assert row.p == pytest.approx(2 * scipy_t.sf(abs(row.diff) / row.se, row.df))
+    directional = t[t.direction != 0]
+    assert directional.p_holm.tolist() == pytest.approx(study.holm(directional.p.tolist()))
+    for row in t.itertuples():
+        assert row.verdict == study.verdict(
+            row.direction, row.ci_low, row.ci_high, ci90=(row.ci90_low, row.ci90_high),
+            margin=row.margin, p_holm=None if row.direction == 0 else row.p_holm)
     e3 = t[(t.method == "thr_exploit") & (t.baseline == "grpo")].iloc[0]
     assert e3["diff"] > 0 and e3.seeds == 3 and e3.problems == 20
 
@@ -165,6 +217,6 @@ def test_replication_pairs_each_claim_across_seed_sets():
     pooled = table(("E3", "a", 0.025, 0.01, 0.04, "reproduced"),
                    ("E4", "b", -0.01, -0.03, 0.01, "not resolved"))
     rep = study.replication(first, second, pooled)
-    assert [(r["claim"], r["same_verdict"], r["inside"]) for r in rep] == [
-        ("a", True, True), ("b", False, False)]
+    assert [(r["claim"], r["same_verdict"], r["inside"], r["confirmed"]) for r in rep] == [
+        ("a", True, True, True), ("b", False, False, False)]
     assert rep[1]["pooled"]["diff"] == -0.01 and rep[0]["second"]["verdict"] == "reproduced"
