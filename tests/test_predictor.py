@@ -208,6 +208,8 @@ def test_the_likelihood_probe_leaves_the_run_unchanged_and_survives_a_resume(tmp
     assert [{k: v for k, v in r.items() if not k.startswith(drop)} for r in got] == \
         [{k: v for k, v in r.items() if not k.startswith(drop)} for r in ref]
     assert [r["step"] for r in got if "probe/loglik" in r] == [1, 2, 3]
+    kl = [r["probe/kl_start"] for r in got]  # KL from the start policy, logged with the probe
+    assert min(kl) >= 0 and kl[-1] > 0
     probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert probe["size"] >= 1 and probe["start"] < 0
     # killed by SIGKILL in step 3 (after step 2's checkpoint), then resumed by the same command
@@ -223,5 +225,8 @@ def test_the_likelihood_probe_leaves_the_run_unchanged_and_survives_a_resume(tmp
     env.pop("THRLAB_FAILPOINT")
     assert limits.run(cmd, env=env, capture_output=True).returncode == 0
     assert json.loads((tmp_path / "killed" / "probe.json").read_text()) == probe
-    assert [r.get("probe/loglik") for r in RunDir(tmp_path / "killed").metrics()] == \
-        [r.get("probe/loglik") for r in got]
+    # every metric of the resumed run as without the kill: the probes, and the distance from
+    # the start adapter, which the checkpoint keeps
+    assert [{k: v for k, v in r.items() if not k.startswith("time/")}
+            for r in RunDir(tmp_path / "killed").metrics()] == \
+        [{k: v for k, v in r.items() if not k.startswith("time/")} for r in got]

@@ -1,4 +1,5 @@
-"""Checkpoints of a training run: LoRA adapter + optimizer + RNG + loop position.
+"""Checkpoints of a training run: LoRA adapter (and the start adapter the run's distance is
+measured from) + optimizer + RNG + loop position.
 
 A checkpoint folder is written beside the old one and swapped in with renames, so a kill at any
 moment leaves either the previous or the new checkpoint whole, never a mixture. Everything in it
@@ -55,6 +56,7 @@ def save_checkpoint(trainer, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(adapter_state(trainer.model), str(tmp / "adapter.safetensors"))
+    save_file(trainer.drift.start_state(), str(tmp / "adapter_start.safetensors"))  # distance
     # Tensors, numbers, strings, tuples, lists and dicts only: what weights_only=True loads.
     torch.save({"optimizer": trainer.opt.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -81,6 +83,8 @@ def load_checkpoint(trainer, path: Path) -> bool:
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
+    if (path / "adapter_start.safetensors").exists():  # checkpoints before drift.py lack it
+        trainer.drift.load_start_state(load_file(str(path / "adapter_start.safetensors")))
     s = load_state(path / "state.pt")
     trainer.opt.load_state_dict(s["optimizer"])
     torch.set_rng_state(s["torch_rng"])

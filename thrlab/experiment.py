@@ -317,19 +317,25 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
 
 
 def likelihood_probe(run: RunDir, cfg: Config, model, tok, sets: dict):
-    """The on_step callback that logs `probe/loglik` every cfg.probe_every steps: the mean
+    """The on_step callback that logs, every cfg.probe_every steps, `probe/loglik`: the mean
     per-token log-likelihood of a fixed probe set of correct responses (the start policy's first
     correct sample on each of the first probe_prompts problems of the first eval set;
-    predictor.probe_set), the lazy-likelihood-displacement curve of the run. The probe, and its
-    value at step 0, are made from the start model once and kept in probe.json, so a resumed
-    run probes the same responses; sampling it and probing run under torch.random.fork_rng, so
-    the run trains exactly as without the probe."""
+    predictor.probe_set), the lazy-likelihood-displacement curve of the run; and
+    `probe/kl_start`: the KL from the start policy to the current one on the same prompts
+    (drift.kl_from_start; G samples each from the current policy, drawn with the same seed at
+    every probe). The probe, and its value at step 0, are made from the start model once and
+    kept in probe.json, so a resumed run probes the same responses; sampling and probing run
+    under torch.random.fork_rng, so the run trains exactly as without the probe."""
+    from .drift import kl_from_start
     from .predictor import probe_loglik, probe_set
+    from .rollout import generate
+    from .tasks import format_prompt
 
     path = run / "probe.json"
+    problems = next(iter(sets.values()))[:cfg.probe_prompts]
+    prompts = [format_prompt(p.question, cfg.template, tok) for p in problems]
     with torch.random.fork_rng():
-        probe = probe_set(model, tok, cfg, next(iter(sets.values()))[:cfg.probe_prompts],
-                          make_grade_fn(cfg))
+        probe = probe_set(model, tok, cfg, problems, make_grade_fn(cfg))
         if not path.exists():
             write_json(path, {"start": probe_loglik(model, probe, cfg.temperature),
                               "size": len(probe.tokens), "texts": probe.texts})
@@ -340,6 +346,11 @@ def likelihood_probe(run: RunDir, cfg: Config, model, tok, sets: dict):
             trainer.model.eval()  # the policy itself, no dropout noise
             with torch.random.fork_rng():
                 row["probe/loglik"] = probe_loglik(trainer.model, probe, cfg.temperature)
+                torch.manual_seed(stage_seed("kl_probe", cfg.seed))
+                sampled = generate(trainer.model, tok, prompts, n=cfg.group_size, do_sample=True,
+                                   temperature=cfg.temperature, top_p=cfg.top_p,
+                                   max_new_tokens=cfg.max_new_tokens)
+                row["probe/kl_start"] = kl_from_start(trainer.model, sampled, cfg.temperature)
             trainer.model.train(was)
 
     return on_step

@@ -17,6 +17,7 @@ _STAGES = {
     "predictor_batch": 21,  # predictor.predictor_batch's rollouts
     "thr_records": 22,  # predictor.thr_records' rollouts
     "probe": 31,  # the likelihood probe's samples
+    "kl_probe": 32,  # the current policy's samples for probe/kl_start (the same at every probe)
 }
 # a torch.Generator per training step: seed * multiplier + step
 _PER_STEP = {

@@ -55,6 +55,8 @@ class UpdateMetrics:
     entropy: float = 0.0  # summed per-token entropy of the update pass
     tokens: float = 0.0  # real completion tokens seen (over epochs)
     grad_norm: float = 0.0  # summed pre-clip gradient norms
+    grad_norm_clipped: float = 0.0  # summed post-clip gradient norms
+    update_norm: float = 0.0  # summed norms of the optimizer steps' parameter changes
     cov_selected: float = 0.0  # tokens KL-Cov / Clip-Cov selected
     fork_selected: float = 0.0  # tokens the forking-token selection kept
     opt_steps: int = 0  # optimizer steps taken
@@ -85,7 +87,9 @@ class UpdateMetrics:
         thr = {k: v for k, v in self.thr.items() if k != "_n"}
         return {**thr, "train/loss": self.loss / n_opt, "train/clip_frac": self.clipped / ntok,
                 "train/kl": self.kl / ntok, "train/entropy": self.entropy / ntok,
-                "train/grad_norm": self.grad_norm / n_opt, "train/tokens": self.tokens / epochs,
+                "train/grad_norm": self.grad_norm / n_opt,
+                "train/grad_norm_clipped": self.grad_norm_clipped / n_opt,
+                "train/update_norm": self.update_norm / n_opt, "train/tokens": self.tokens / epochs,
                 "train/opt_steps": self.opt_steps,
                 "train/cov_selected_frac": self.cov_selected / ntok,
                 "train/fork_selected_frac": self.fork_selected / ntok}

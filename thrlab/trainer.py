@@ -27,6 +27,7 @@ import torch
 
 from .checkpoint import TrainState
 from .config import Config
+from .drift import ParamDrift, grad_norm
 from .faults import failpoint
 from .guards import (NonFiniteError, OutOfMemoryReport, is_nonfinite_sampling_error, is_oom,
                      oom_message)
@@ -56,6 +57,8 @@ class GRPOTrainer:
         self.cfg, self.model, self.tok, self.problems, self.run = cfg, model, tok, problems, run
         self.grade_fn = grade_fn
         self.params, self.opt = make_optimizer(model, cfg)
+        # the start adapter (a checkpoint, when one is loaded, restores the run's own)
+        self.drift = ParamDrift({n: p for n, p in model.named_parameters() if p.requires_grad})
         # step, prompt cursor, skipped steps, micro-batch size: what checkpoints keep
         self.state = TrainState(micro_batch_size=cfg.micro_batch_size)
         self._order: tuple[int, list[int]] = (-1, [])  # (pass, its shuffled order), cached
@@ -83,6 +86,7 @@ class GRPOTrainer:
                                             len(batch.tokens), self.zero_grad))
                 stats["train/skipped"] = 0
         self.state.step += 1
+        stats["train/distance"] = self.drift.distance()
         stats.update({"step": self.step, "time/step": time.perf_counter() - t0,
                       "train/lr": self.cfg.lr, "train/micro_batch_size": self.micro.size})
         return stats
@@ -265,11 +269,14 @@ class GRPOTrainer:
         return keep
 
     def optimizer_step(self, acc) -> None:
-        """Clip the accumulated gradient, check it, step."""
+        """Clip the accumulated gradient, check it, step; the norms drift.py defines."""
         gn = finite(float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)),
                     "gradient norm")
         acc.grad_norm += gn
+        acc.grad_norm_clipped += grad_norm(self.params)
+        self.drift.before_step()
         self.opt.step()
+        acc.update_norm += self.drift.update_norm()
         acc.opt_steps += 1
 
     def zero_grad(self) -> None:
