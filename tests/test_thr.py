@@ -411,9 +411,74 @@ def test_controls_keep_thrs_advantage_mass_without_its_choice():
         assert s["thr/adv_mass_after"] == pytest.approx(st["thr/adv_mass_after"], rel=1e-6)
 
 
+def test_random_mask_draws_what_it_drew_before_the_token_choice_controls():
+    """random_mask_like now ranks through count_mask_like: the same draws, the same tokens as
+    its earlier inline ranking (the reference below), so earlier random-mask runs still hold."""
+    from thrlab.reweight import random_mask_like
+
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.rand(8, 11, generator=gen) > 0.3
+    kept = (torch.rand(8, 11, generator=gen) > 0.6) & mask
+    got = random_mask_like(kept, mask, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    k = kept.sum(1, keepdim=True)
+    score = torch.rand(mask.shape, generator=g).masked_fill(~mask, -1.0)
+    want = (score.argsort(1, descending=True).argsort(1) < k) & mask
+    assert torch.equal(got, want)
+
+
+def test_token_signals_are_log_softmax_and_entropy_per_token():
+    from thrlab.reweight import token_signals
+
+    hidden, W, tokens, mask = make_group()
+    streamed = token_signals(hidden, tokens, lm_head_weight=W, temperature=0.7)
+    logits = (hidden @ W.T) / 0.7
+    given = token_signals(hidden, tokens, logits=logits)
+    for b in range(G):
+        for t in range(T):
+            lp = torch.log_softmax(logits[b, t].double(), -1)
+            want_logp = float(lp[tokens[b, t]])
+            want_ent = -sum(float(lp[v].exp() * lp[v]) for v in range(V))
+            for got in (streamed, given):
+                assert float(got["logp"][b, t]) == pytest.approx(want_logp, abs=1e-5)
+                assert float(got["entropy"][b, t]) == pytest.approx(want_ent, abs=1e-5)
+
+
+@pytest.mark.parametrize("mode, signal", [("lowprob_mask", "logp"), ("entropy_mask", "entropy")])
+def test_token_choice_controls_keep_thrs_count_chosen_by_their_signal(mode, signal):
+    """Per response: THR p = 0's count of tokens, the lowest-probability sampled tokens /
+    highest-entropy positions (a naive sort per row), weights unchanged; the overlap stat is
+    the share of THR's kept tokens they keep."""
+    from thrlab.config import THRConfig
+    from thrlab.loss import group_advantages
+    from thrlab.reweight import thr_token_advantages, token_signals
+
+    hidden, W, tokens, mask = make_group()
+    r = torch.tensor([0., 1., 1., 0.])
+    adv = group_advantages(r, G)
+    cfg = dict(thr_tau_mode="quantile", thr_tau_quantile=0.6)
+    thr_tok, _, _ = thr_token_advantages(THRConfig(thr_mode="thr", **cfg), hidden, tokens, mask,
+                                         r, adv, W, group_size=G)
+    tok, _, st = thr_token_advantages(THRConfig(thr_mode=mode, **cfg), hidden, tokens, mask, r,
+                                      adv, W, group_size=G)
+    sig = token_signals(hidden, tokens, lm_head_weight=W)[signal]
+    kept_thr = thr_tok != 0
+    for b in range(G):
+        real = [t for t in range(T) if mask[b, t]]
+        k = int(kept_thr[b].sum())
+        order = sorted(real, key=lambda t: float(sig[b, t]), reverse=(signal == "entropy"))
+        assert {t for t in range(T) if tok[b, t] != 0} == set(order[:k])
+        assert all(float(tok[b, t]) == float(adv[b]) for t in order[:k])
+    overlap = float(((tok != 0) & kept_thr).sum()) / float(kept_thr.sum())
+    assert st["thr/control_overlap"] == pytest.approx(overlap)
+
+
 def test_controls_are_p0_with_the_mask():
     from thrlab.presets import from_preset
 
     assert from_preset("tiny", "thr_random_mask").thr_mode == "random_mask"
+    for m in ("thr_lowprob_mask", "thr_entropy_mask"):
+        with pytest.raises(ValueError, match="control of THR's mask"):
+            from_preset("tiny", m, thr_p=-0.1)
     with pytest.raises(ValueError, match="control of THR's mask"):
         from_preset("tiny", "grpo_mass_matched", thr_p=0.1)

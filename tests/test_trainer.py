@@ -365,3 +365,16 @@ def _randomise_lora(model, seed=1):
         for n, p in model.named_parameters():
             if "lora_" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("mode", ["lowprob_mask", "entropy_mask", "random_mask"])
+@pytest.mark.parametrize("mini_batches", [1, 2])  # THR's logits reused on-policy, else streamed
+def test_mask_controls_train_and_report_their_overlap_with_thrs_mask(tiny_model_dir, tmp_path,
+                                                                     mode, mini_batches):
+    tr = _trainer(tiny_model_dir, tmp_path, steps=1, thr_mode=mode, mini_batches=mini_batches)
+    lora0, _ = _split_params(tr.model)
+    row = tr.train_step()
+    lora1, _ = _split_params(tr.model)
+    assert row["train/opt_steps"] == mini_batches and row["train/skipped"] == 0
+    assert 0 <= row["thr/control_overlap"] <= 1
+    assert any(not torch.equal(lora0[n], lora1[n]) for n in lora0)

@@ -185,7 +185,7 @@ class LossConfig(_Section):
 class THRConfig(_Section):
     """docs/method.md sections 2-3."""
 
-    thr_mode: str = "off"  # off | thr (THR-guided reweighting) | nthr | controls: random_mask | mass_matched
+    thr_mode: str = "off"  # off | thr (THR-guided reweighting) | nthr | controls: random_mask | lowprob_mask | entropy_mask | mass_matched
     thr_p: float = 0.0  # p: > 0 exploitation, < 0 exploration (paper: +-0.1)
     thr_mask: bool = True  # keep only dominant tokens, |THR| > threshold
     thr_beta: float = 1.0  # threshold = beta * max(0, min over correct responses of mean THR)
@@ -199,11 +199,13 @@ class THRConfig(_Section):
     thr_save_tokens: int = 512  # tokens saved per response
 
     def check(self) -> None:
-        _choose(self, thr_mode=("off", "thr", "nthr", "random_mask", "mass_matched"),
+        _choose(self, thr_mode=("off", "thr", "nthr", "random_mask", "lowprob_mask",
+                                "entropy_mask", "mass_matched"),
                 thr_vocab=("full", "group"), thr_tau_mode=("min_mean", "quantile"))
         _need(-1.0 <= self.thr_p <= 1.0,
               f"thr_p={self.thr_p} must be in [-1, 1] (the paper uses +-0.1)")
-        _need(self.thr_mode not in ("random_mask", "mass_matched")
+        _need(self.thr_mode not in ("random_mask", "lowprob_mask", "entropy_mask",
+                                    "mass_matched")
               or (self.thr_p == 0 and self.thr_mask),
               f"thr_mode={self.thr_mode} is a control of THR's mask at p = 0: it needs thr_p=0 "
               "and thr_mask=true")

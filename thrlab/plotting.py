@@ -24,6 +24,7 @@ METHOD_COLORS = {
     "kl_cov": "#E69F00", "clip_cov": "#F0E442", "entropy_fork": "#CC79A7",
     "gspo_token": "#8C564B", "gspo_token_thr": "#0072B2", "gspo_token_thr_exploit": "#D55E00",
     "sft_control": "#999999", "thr_random_mask": "#7F7F7F", "grpo_mass_matched": "#444444",
+    "thr_lowprob_mask": "#B8B8B8", "thr_entropy_mask": "#5F5F5F",
 }
 METHOD_LABELS = {
     "base": "before RL", "grpo": "GRPO", "thr_p0": "THR p=0", "thr_explore": "THR p=-0.1",
@@ -32,7 +33,9 @@ METHOD_LABELS = {
     "gspo_token": "GSPO-token", "gspo_token_thr": "GSPO-token + THR p=-0.1",
     "gspo_token_thr_exploit": "GSPO-token + THR p=+0.1",
     "sft_control": "SFT control", "thr_random_mask": "random mask (THR's size)",
-    "grpo_mass_matched": "GRPO at THR's mass",
+    "grpo_mass_matched": "GRPO x THR's mass (= GRPO under Adam)",
+    "thr_lowprob_mask": "lowest-p mask (THR's size)",
+    "thr_entropy_mask": "top-entropy mask (THR's size)",
 }
 STYLE = {
     "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,

@@ -74,10 +74,13 @@ METHODS: dict[str, dict] = {
     "thr_exploit": dict(thr_mode="thr", thr_p=0.1),  # p > 0: greedy accuracy
     "thr_explore": dict(thr_mode="thr", thr_p=-0.1),  # p < 0: Pass@K
     "nthr": dict(thr_mode="nthr"),
-    # Controls for THR's mask, which keeps ~15-20% of the tokens and ~a quarter of the advantage
-    # mass: the same count of tokens per response at random (same mass, no THR information),
-    # and GRPO on every token with its advantages scaled to the mass the mask keeps.
+    # Controls for THR's mask, which keeps ~15-20% of the tokens: the same count of tokens per
+    # response at random (same mass, no THR information; the floor), or chosen by a cheap
+    # signal THR may be proxying (lowest sampled-token probability, highest entropy); and GRPO
+    # with its loss scaled by the mass the mask keeps, which AdamW divides out (plain GRPO).
     "thr_random_mask": dict(thr_mode="random_mask"),
+    "thr_lowprob_mask": dict(thr_mode="lowprob_mask"),
+    "thr_entropy_mask": dict(thr_mode="entropy_mask"),
     "grpo_mass_matched": dict(thr_mode="mass_matched"),
     "passk": dict(adv_estimator="passk"),
     "passk_mixed": dict(adv_estimator="passk_mixed", passk_chi=0.2),

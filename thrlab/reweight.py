@@ -91,10 +91,43 @@ def random_mask_like(kept, mask, generator=None) -> torch.Tensor:
     """Bool (B, T): in each row, as many of the row's real tokens as `kept` keeps there, drawn
     uniformly at random: the same count (so the same advantage mass) without THR's choice."""
     m = mask.bool()
+    score = torch.rand(m.shape, generator=generator).to(m.device)  # (B, T)
+    return count_mask_like(kept, mask, score)
+
+
+def count_mask_like(kept, mask, score) -> torch.Tensor:
+    """Bool (B, T): in each row, as many of the row's real tokens as `kept` keeps there, those
+    with the largest `score` (B, T): THR's count per response, another signal's choice."""
+    m = mask.bool()
     k = (kept.bool() & m).sum(1, keepdim=True)  # (B, 1)
-    score = torch.rand(m.shape, generator=generator).to(m.device).masked_fill(~m, -1.0)  # (B, T)
+    score = score.masked_fill(~m, float("-inf"))
     rank = score.argsort(1, descending=True).argsort(1)  # (B, T) 0 = largest
     return (rank < k) & m
+
+
+@torch.no_grad()
+def token_signals(hidden, tokens, *, lm_head_weight=None, temperature: float = 1.0,
+                  logits=None) -> dict:
+    """The cheap per-token signals a mask control chooses by, at `temperature`: logp (B, T) of
+    the sampled tokens and the entropy (B, T) of each position's distribution, from logits
+    (B, T, V) already divided by the temperature, or from h W^T streamed in row chunks."""
+    B, T = tokens.shape
+    if logits is not None:
+        rows = logits.float().reshape(B * T, -1)
+        chunks = [rows]
+    else:
+        V = lm_head_weight.shape[0]
+        h = hidden.reshape(B * T, -1)
+        n = max(1, 2 ** 24 // V)  # rows of (n, V) fp32 logits at a time: 64 MiB
+        chunks = [(h[s:s + n] @ lm_head_weight.T).float() / temperature
+                  for s in range(0, max(B * T, 1), n)]
+    logp, ent, y, start = [], [], tokens.reshape(-1), 0
+    for z in chunks:
+        logz = torch.logsumexp(z, -1)
+        logp.append(z.gather(-1, y[start:start + len(z), None]).squeeze(-1) - logz)
+        ent.append(logz - (torch.softmax(z, -1) * z).sum(-1))
+        start += len(z)
+    return {"logp": torch.cat(logp).view(B, T), "entropy": torch.cat(ent).view(B, T)}
 
 
 def mass_matched_advantages(adv, mask, kept) -> torch.Tensor:
@@ -106,27 +139,44 @@ def mass_matched_advantages(adv, mask, kept) -> torch.Tensor:
     return adv[:, None] * m * scale
 
 
-def _reweight(adv, thr, mask, rewards, tau, c, group_size, generator):
-    return reweight_advantages(adv, thr, mask, tau=tau, p=c.thr_p, dominant_only=c.thr_mask)
+def _reweight(adv, thr, mask, rewards, tau, c, group_size, generator, signals):
+    return reweight_advantages(adv, thr, mask, tau=tau, p=c.thr_p, dominant_only=c.thr_mask), {}
 
 
-def _nthr(adv, thr, mask, rewards, tau, c, group_size, generator):
-    return nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=group_size)
+def _nthr(adv, thr, mask, rewards, tau, c, group_size, generator, signals):
+    return nthr_advantages(adv, thr, mask, rewards, tau=tau, group_size=group_size), {}
 
 
-def _random_mask(adv, thr, mask, rewards, tau, c, group_size, generator):
-    keep = random_mask_like(thr.abs() > tau, mask, generator)
-    return adv[:, None] * mask * keep
+def _mask_control(choose):
+    """A control that keeps THR's count of tokens per response, chosen by `choose(kept, mask,
+    signals, generator)`, weights unchanged; reports the share of THR's kept tokens it keeps."""
+    def token_advantages(adv, thr, mask, rewards, tau, c, group_size, generator, signals):
+        kept = (thr.abs() > tau) & mask.bool()
+        keep = choose(kept, mask, signals, generator)
+        overlap = float((keep & kept).sum()) / max(float(kept.sum()), 1.0)
+        return adv[:, None] * mask * keep, {"thr/control_overlap": overlap}
+    return token_advantages
 
 
-def _mass_matched(adv, thr, mask, rewards, tau, c, group_size, generator):
-    return mass_matched_advantages(adv, mask, (thr.abs() > tau) & mask.bool())
+def _mass_matched(adv, thr, mask, rewards, tau, c, group_size, generator, signals):
+    return mass_matched_advantages(adv, mask, (thr.abs() > tau) & mask.bool()), {}
 
 
-# thr_mode -> token advantages (B, T) from (adv (B,), thr (B, T), mask, rewards, tau (B, 1), ...);
+# thr_mode -> (token advantages (B, T), extra thr/* stats) from (adv (B,), thr (B, T), mask,
+# rewards, tau (B, 1), config, G, generator, signals: a function returning token_signals);
 # "off" computes no THR (the trainer broadcasts adv). config.THRConfig lists the names.
-TOKEN_ADVANTAGES = {"thr": _reweight, "nthr": _nthr, "random_mask": _random_mask,
-                    "mass_matched": _mass_matched}
+# The mask controls keep THR's count per response: at random; the lowest-probability sampled
+# tokens (largest |d log p / d z|; within a response, where |A| is one number, also the largest
+# |A| (1 - p_t)); the highest-entropy positions (forking tokens).
+TOKEN_ADVANTAGES = {
+    "thr": _reweight, "nthr": _nthr, "mass_matched": _mass_matched,
+    "random_mask": _mask_control(lambda kept, mask, sig, gen: random_mask_like(kept, mask, gen)),
+    "lowprob_mask": _mask_control(
+        lambda kept, mask, sig, gen: count_mask_like(kept, mask, -sig()["logp"])),
+    "entropy_mask": _mask_control(
+        lambda kept, mask, sig, gen: count_mask_like(kept, mask, sig()["entropy"])),
+}
+MASK_CONTROLS = ("random_mask", "lowprob_mask", "entropy_mask")
 
 
 def _min_mean_tau(thr, mask, rewards, c) -> float:
@@ -153,11 +203,13 @@ def thr_token_advantages(c: THRConfig, hidden, tokens, mask, rewards, adv, lm_he
     logits (B, T, V) already divided by it (an update pass's, reused). Rows are group-major, B a
     multiple of group_size.
 
-    Two controls share THR's computation but not its information (thrlab.presets.METHODS
-    `thr_random_mask`, `grpo_mass_matched`): thr_mode="random_mask" keeps, in every response,
-    as many tokens as THR's dominant-token mask does but chosen at random (`generator`), weights
-    unchanged (p = 0); thr_mode="mass_matched" trains on every token with GRPO's advantages
-    scaled so their total mass equals what THR's mask keeps (the smaller step alone).
+    Controls share THR's computation but not its information (thrlab.presets.METHODS): the
+    mask controls keep, in every response, as many tokens as THR's dominant-token mask does,
+    weights unchanged (p = 0), chosen at random (`thr_random_mask`, `generator`), as the
+    lowest-probability sampled tokens (`thr_lowprob_mask`) or as the highest-entropy positions
+    (`thr_entropy_mask`), and report `thr/control_overlap`, the share of THR's kept tokens they
+    keep too; thr_mode="mass_matched" trains on every token with GRPO's advantages scaled by
+    the mass THR's mask keeps (under AdamW, plain GRPO: docs/method.md section 4).
     """
     from .loss import variant
 
@@ -174,5 +226,7 @@ def thr_token_advantages(c: THRConfig, hidden, tokens, mask, rewards, adv, lm_he
         taus = [threshold(thr[s], mask[s], rewards[s], c)
                 for s in (slice(g, g + G) for g in range(0, len(thr), G))]
         tau = torch.tensor(taus, device=thr.device).repeat_interleave(G).unsqueeze(-1)  # (B, 1)
-        adv_tok = token_advantages(adv, thr, mask, rewards, tau, c, G, generator)  # (B, T)
-        return adv_tok, thr, thr_stats(thr, mask, tau, adv, adv_tok)
+        signals = lambda: token_signals(hidden.detach(), tokens, **source)  # noqa: E731
+        adv_tok, extra = token_advantages(adv, thr, mask, rewards, tau, c, G, generator,
+                                          signals)  # (B, T)
+        return adv_tok, thr, {**thr_stats(thr, mask, tau, adv, adv_tok), **extra}
