@@ -129,3 +129,15 @@ def test_unembed_copy_script_reports_what_the_kernels_do(onednn):
           f"{res['f_linear_copies']}; peak F.linear {peak['F.linear']:.0f} B, unembed "
           f"{peak['unembed']:.0f} B")
     assert peak["unembed"] <= peak["F.linear"] + tokens * vocab * 2
+
+
+def test_mechanics_script_separates_a_loss_scale_from_a_smaller_lr():
+    res = run_script("mechanics.py", "--preset", "tiny", "--steps", "2", "--probe-prompts", "4",
+                     "--methods", "grpo", "grpo_mass_matched", "grpo@lr/4", "thr_entropy_mask")
+    runs = {r["method"]: r for r in res["runs"]}
+    assert set(runs) == {"grpo", "grpo_mass_matched", "grpo@lr/4", "thr_entropy_mask"}
+    grpo = runs["grpo"]["update_norm_first"]  # the same start and first batch for every method
+    assert runs["grpo_mass_matched"]["update_norm_first"] == pytest.approx(grpo, rel=1e-2)
+    assert runs["grpo@lr/4"]["update_norm_first"] == pytest.approx(grpo / 4, rel=1e-3)
+    assert 0 <= runs["thr_entropy_mask"]["control_overlap"] <= 1
+    assert runs["grpo"]["control_overlap"] is None and runs["grpo"]["kl_start"] > 0

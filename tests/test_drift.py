@@ -54,8 +54,9 @@ def test_a_loss_scale_is_plain_grpo_to_adamw_and_a_smaller_lr_is_not(tiny_model_
           f"{grpo[-1]['train/distance']:.3f} / {scaled[-1]['train/distance']:.3f} / "
           f"{slow[-1]['train/distance']:.3f}")
     assert abs(math.log(ratio)) > math.log(1.1)  # another gradient scale
-    # the first AdamW step is lr * g / (|g| + eps): the same for any scale of g
-    assert scaled[0]["train/update_norm"] == pytest.approx(grpo[0]["train/update_norm"], rel=1e-3)
+    # the first AdamW step is lr * g / (|g| + eps): the same for any scale of g, up to eps's
+    # share in the smallest gradient entries (1e-4 to 1e-3 relative, seen)
+    assert scaled[0]["train/update_norm"] == pytest.approx(grpo[0]["train/update_norm"], rel=1e-2)
     assert slow[0]["train/update_norm"] == pytest.approx(grpo[0]["train/update_norm"] / 4,
                                                          rel=1e-3)
     assert scaled[-1]["train/distance"] == pytest.approx(grpo[-1]["train/distance"], rel=0.1)
