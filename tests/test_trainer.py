@@ -367,8 +367,8 @@ def _randomise_lora(model, seed=1):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-@pytest.mark.parametrize("mode", ["lowprob_mask", "entropy_mask", "random_mask"])
-@pytest.mark.parametrize("mini_batches", [1, 2])  # THR's logits reused on-policy, else streamed
+@pytest.mark.parametrize("mode, mini_batches", [  # THR's logits reused on-policy, else streamed
+    ("lowprob_mask", 1), ("entropy_mask", 2), ("random_mask", 1)])
 def test_mask_controls_train_and_report_their_overlap_with_thrs_mask(tiny_model_dir, tmp_path,
                                                                      mode, mini_batches):
     tr = _trainer(tiny_model_dir, tmp_path, steps=1, thr_mode=mode, mini_batches=mini_batches)
