@@ -296,3 +296,29 @@ def test_a_grid_in_parallel_processes_equals_the_grid_in_one(tmp_path, cache):
                    for r in RunDir(x).metrics()] for x in (a, b))
         assert ma == mb
     assert len(list((tmp_path / "par" / ".logs").glob("*.log"))) == 2
+
+
+def test_frontier_evaluations_are_the_evaluation_of_the_policy_at_that_step(tmp_path, cache):
+    """eval_step1.json of a 2-step run equals eval_after.json of the same run stopped after
+    step 1 (same seed: same training, same evaluation stream), and evaluating along the way
+    leaves the training itself unchanged; frontier_limit evaluates fewer problems."""
+    small = dict(SMOKE, steps=1, sft_control=False)
+    one = run_experiment(from_preset("tiny", **small), tmp_path / "one", progress=False)
+    two = from_preset("tiny", **dict(small, steps=2))
+    run_experiment(two, tmp_path / "plain", progress=False)
+    run_experiment(two.replace(frontier_every=1), tmp_path / "front", progress=False)
+    step1 = json.loads((tmp_path / "front" / "eval_step1.json").read_text())
+    after1 = json.loads((tmp_path / "one" / "eval_after.json").read_text())
+    step1.pop("wall_s"), after1.pop("wall_s")
+    assert step1 == after1 and one["steps"] == 1
+    assert not (tmp_path / "front" / "eval_step2.json").exists()  # eval_after covers the last
+
+    def rows(name):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")}
+                for r in RunDir(tmp_path / name).metrics()]
+
+    assert rows("front") == rows("plain")
+    run_experiment(two.replace(frontier_every=1, frontier_limit=5), tmp_path / "few",
+                   progress=False)
+    few = json.loads((tmp_path / "few" / "eval_step1.json").read_text())["problems"]
+    assert all(len(r["greedy"]) == 5 and len(r["correct"]) <= 5 for r in few.values())

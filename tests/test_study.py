@@ -220,3 +220,51 @@ def test_replication_pairs_each_claim_across_seed_sets():
     assert [(r["claim"], r["same_verdict"], r["inside"], r["confirmed"]) for r in rep] == [
         ("a", True, True, True), ("b", False, False, False)]
     assert rep[1]["pooled"]["diff"] == -0.01 and rep[0]["second"]["verdict"] == "reproduced"
+
+
+def _frontier_run(root, method, seed, trajectory, steps=4, samples=4):
+    """A run folder with eval_before, eval_step2 (on the first 3 problems) and eval_after;
+    trajectory: {step: (greedy 0/1 list of 5, correct counts list of 5)}."""
+    d = root / f"{method}-{seed}"
+    write_json(d / "config.json", {"steps": steps})
+    ids = [f"p{i}" for i in range(5)]
+    for step, name in ((0, "eval_before"), (2, "eval_step2"), (steps, "eval_after")):
+        g, c = trajectory[step]
+        n = 3 if name == "eval_step2" else 5
+        write_json(d / f"{name}.json", {"problems": {"arith": {
+            "ids": ids[:n], "greedy": g[:n], "correct": c[:n], "samples": samples}}})
+    return {"method": method, "seed": seed, "run_dir": str(d)}
+
+
+def test_frontier_points_read_every_evaluation_on_the_step_evaluations_problems(tmp_path):
+    from thrlab.evaluate import pass_at_k
+
+    traj = {0: ([0, 0, 1, 1, 1], [1, 2, 3, 0, 0]), 2: ([1, 0, 1], [2, 2, 4]),
+            4: ([1, 1, 1, 0, 0], [4, 4, 4, 4, 4])}
+    pts = study.frontier_points(pd.DataFrame([_frontier_run(tmp_path, "grpo", 0, traj)]), 2)
+    assert pts.step.tolist() == [0, 2, 4]
+    for s, (g, c) in traj.items():  # the first 3 problems only, at every step
+        row = pts[pts.step == s].iloc[0]
+        assert row.greedy_acc == pytest.approx(np.mean(g[:3]))
+        assert row["pass@2"] == pytest.approx(np.mean([pass_at_k(4, x, 2) for x in c[:3]]))
+
+
+def test_passk_at_matched_greedy_interpolates_each_run_and_pairs_seeds():
+    pts = pd.DataFrame([
+        dict(method="grpo", seed=s, step=t, greedy_acc=g, **{"pass@4": p})
+        for s, rows in {0: [(0, 0.2, 0.8), (2, 0.4, 0.7), (4, 0.6, 0.5)],
+                        1: [(0, 0.2, 0.8), (2, 0.5, 0.6), (4, 0.7, 0.5)]}.items()
+        for t, g, p in rows] + [
+        dict(method="thr_explore", seed=s, step=t, greedy_acc=g, **{"pass@4": p})
+        for s, rows in {0: [(0, 0.2, 0.8), (2, 0.3, 0.8), (4, 0.45, 0.75)],
+                        1: [(0, 0.2, 0.8), (2, 0.35, 0.8), (4, 0.38, 0.8)]}.items()
+        for t, g, p in rows])
+    at = study.passk_at_greedy(pts, 0.4, 4).set_index(["method", "seed"])["pass@4"]
+    assert at[("grpo", 0)] == pytest.approx(0.7)  # reached exactly at step 2
+    assert at[("grpo", 1)] == pytest.approx(0.8 + (0.4 - 0.2) / 0.3 * (0.6 - 0.8))
+    assert at[("thr_explore", 0)] == pytest.approx(0.8 + (0.4 - 0.3) / 0.15 * (0.75 - 0.8))
+    assert np.isnan(at[("thr_explore", 1)])  # never reaches 0.4: left out of the pairing
+    t = study.matched_frontier(pts, 0.4, 4)
+    assert t.seeds.tolist() == [1] and t["diff"].iloc[0] == pytest.approx(
+        at[("thr_explore", 0)] - at[("grpo", 0)])
+    assert np.isnan(t.ci_low.iloc[0])  # one seed: mechanics only

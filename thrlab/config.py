@@ -127,8 +127,10 @@ class OptimConfig(_Section):
     mini_batches: int = 1  # optimizer steps per epoch
     micro_batch_size: int = 0  # sequences per forward/backward (0 = whole mini-batch)
     save_every: int = 20  # checkpoint (adapter + optimizer + RNG) every N steps
-    probe_every: int = 0  # log probe/loglik, the start policy's correct responses' log-lik., every N steps (0 = off)
+    probe_every: int = 0  # log probe/loglik (the start policy's correct responses' log-lik.) and probe/kl_start every N steps (0 = off)
     probe_prompts: int = 64  # held-out problems whose first correct sample forms the probe set
+    frontier_every: int = 0  # evaluate the policy every N steps into eval_step<N>.json: the greedy-vs-Pass@K frontier (0 = off)
+    frontier_limit: int = 0  # problems per eval set in those evaluations, greedy and sampled (0 = the run's eval_limit / eval_passk_limit)
     sft_control: bool = True  # also train an equal-compute SFT control (LoRA, same steps/sequences)
 
     def check(self) -> None:
@@ -139,6 +141,8 @@ class OptimConfig(_Section):
         _need(self.save_every >= 1, "save_every must be >= 1")
         _need(self.probe_every >= 0 and self.probe_prompts >= 1,
               "probe_every must be >= 0 (0 = off) and probe_prompts >= 1")
+        _need(self.frontier_every >= 0 and self.frontier_limit >= 0,
+              "frontier_every and frontier_limit must be >= 0 (0 = off / the run's own limits)")
 
     @property
     def on_policy(self) -> bool:

@@ -274,7 +274,14 @@ def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
     model, tok = load_policy(cfg, inputs.path, inputs.device)
     before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress,
                              cache=start_eval_cache(cfg, inputs.path))
-    on_step = likelihood_probe(run, cfg, model, tok, inputs.sets) if cfg.probe_every else None
+    callbacks = ([likelihood_probe(run, cfg, model, tok, inputs.sets)] if cfg.probe_every else []
+                 ) + ([frontier_evaluations(run, cfg, tok, inputs.sets)] if cfg.frontier_every
+                      else [])
+
+    def on_step(trainer, row: dict) -> None:
+        for callback in callbacks:
+            callback(trainer, row)
+
     _seed_phase(cfg, "train")
     trainer = GRPOTrainer(cfg, model, tok, inputs.problems, run, make_grade_fn(cfg))
     metrics = trainer.train(progress=progress, on_step=on_step)
@@ -352,6 +359,30 @@ def likelihood_probe(run: RunDir, cfg: Config, model, tok, sets: dict):
                                    max_new_tokens=cfg.max_new_tokens)
                 row["probe/kl_start"] = kl_from_start(trainer.model, sampled, cfg.temperature)
             trainer.model.train(was)
+
+    return on_step
+
+
+def frontier_evaluations(run: RunDir, cfg: Config, tok, sets: dict):
+    """The on_step callback that evaluates the policy every cfg.frontier_every steps (before the
+    last, which eval_after covers) into eval_step<N>.json: greedy accuracy and Pass@K along the
+    run, for the frontier of Pass@K against greedy accuracy (study.frontier_points). It runs
+    the run's own evaluation (evaluate_run, seeded with eval_seed(cfg): common random numbers
+    with before and after) on the first frontier_limit problems of each set, greedy and sampled
+    (0: the run's own limits), under torch.random.fork_rng, so the run trains exactly as
+    without it; a file already there (a resumed run) is kept."""
+    n = cfg.frontier_limit
+    subset = {k: v[:n] for k, v in sets.items()} if n else sets
+    ecfg = cfg.replace(eval_passk_limit=min(cfg.eval_passk_limit or n, n)) if n else cfg
+
+    def on_step(trainer, row: dict) -> None:
+        path = run / f"eval_step{trainer.step}.json"
+        if trainer.step % cfg.frontier_every or trainer.step >= cfg.steps or path.exists():
+            return
+        was = trainer.model.training
+        with torch.random.fork_rng():
+            write_json(path, evaluate_run(trainer.model, tok, ecfg, subset, progress=False))
+        trainer.model.train(was)
 
     return on_step
 
