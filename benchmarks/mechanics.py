@@ -4,6 +4,7 @@ from the start adapter, KL from the start policy, and the mask controls' overlap
     python benchmarks/mechanics.py                                  # narrowing, 12 steps, seed 0
     python benchmarks/mechanics.py --seeds 0 1 --steps 24
     python benchmarks/mechanics.py --preset tiny --steps 2 --methods grpo grpo_mass_matched
+    python benchmarks/mechanics.py --seeds 0 1 --methods thr_p0 --match thr_p0 thr_explore
 
 Every method of `--methods` (a thrlab.presets.METHODS recipe, or `grpo@lr/N`: GRPO at the
 preset's lr divided by N, the step-size reference) trains `--steps` GRPO steps from the preset's
@@ -12,8 +13,11 @@ method of a seed. Per run, from its metrics rows (thrlab.drift): the median pre-
 norm, the first step's update norm (the mean of its optimizer steps) and the sum over all
 optimizer steps, the distance from the start adapter at the end, the mean `thr/control_overlap`
 of a mask control, and at the end the KL from the start policy on the first `--probe-prompts`
-held-out prompts (G samples each from the final policy). No evaluation: this is mechanics, and
-one or two seeds show mechanics, never a result. One torch thread. Prints a table, then JSON.
+held-out prompts (G samples each from the final policy). `--match METHOD ...` adds GRPO at
+lr x 2 and lr / 1, 2, 4, 8 and prints the lr at which GRPO's seed-mean distance and KL equal
+each METHOD's: the learning rate of a step-size control (thrlab.drift.matched_lr). No
+evaluation: this is mechanics, and one or two seeds show mechanics, never a result. One torch
+thread. Prints a table, then JSON.
 """
 from __future__ import annotations
 
@@ -70,6 +74,30 @@ def measure(cfg, inputs, probe_prompts: int) -> dict:
             "steps_skipped": len(rows) - len(stepped), "wall_s": time.perf_counter() - t0}
 
 
+def _matched(results: list[dict], preset: str, ladder: list[str], methods: list[str]) -> dict:
+    """{method: {distance|kl_start: {target, lr} or {target, error}}}: the lr at which GRPO's
+    seed-mean of each quantity equals the method's seed-mean (drift.matched_lr)."""
+    from thrlab.drift import matched_lr
+    from thrlab.presets import from_preset
+
+    def mean(method, key):
+        return statistics.mean(r[key] for r in results if r["method"] == method)
+
+    base = from_preset(preset, "grpo").lr
+    lrs = [base / (float(m.split("/")[1]) if "/" in m else 1.0) for m in ladder]
+    out = {}
+    for method in methods:
+        out[method] = {}
+        for key in ("distance", "kl_start"):
+            target = mean(method, key)
+            try:
+                got = {"lr": matched_lr(lrs, [mean(m, key) for m in ladder], target)}
+            except ValueError as e:
+                got = {"error": str(e)}
+            out[method][key] = {"target": target, **got}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="narrowing")
@@ -80,7 +108,14 @@ def main(argv=None) -> int:
                              "thr_lowprob_mask", "thr_entropy_mask", "thr_explore",
                              "thr_exploit"])
     ap.add_argument("--probe-prompts", type=int, default=16)
+    ap.add_argument("--match", nargs="+", default=[], metavar="METHOD",
+                    help="also run GRPO at lr x 2, / 1, 2, 4, 8 and report, for each METHOD, the "
+                         "lr at which GRPO's mean distance and mean KL from the start equal "
+                         "METHOD's (the step-size control, drift.matched_lr)")
     args = ap.parse_args(argv)
+    ladder = (["grpo@lr/0.5", "grpo", "grpo@lr/2", "grpo@lr/4", "grpo@lr/8"] if args.match
+              else [])
+    args.methods = list(dict.fromkeys(args.methods + args.match + ladder))
     from thrlab.experiment import check_inputs
     from thrlab.runs import environment_info
 
@@ -105,8 +140,13 @@ def main(argv=None) -> int:
         print(f"| {r['method']} | {r['seed']} | {r['grad_norm_median']:.3f} | "
               f"{r['update_norm_first']:.4f} / {r['update_norm_sum']:.3f} | {r['distance']:.3f} | "
               f"{r['kl_start']:.4f} | {ov} |")
+    matched = _matched(results, args.preset, ladder, args.match)
+    for m, got in matched.items():
+        print(f"GRPO's lr matching {m}: " + ", ".join(
+            f"{k} {v['target']:.4f} at lr {v['lr']:.3g}" if v.get("lr") else f"{k}: {v['error']}"
+            for k, v in got.items()))
     print(json.dumps({"preset": args.preset, "steps": args.steps, "seeds": args.seeds,
-                      "env": env, "runs": results}))
+                      "env": env, "runs": results, "matched_lr": matched}))
     return 0
 
 

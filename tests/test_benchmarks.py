@@ -132,10 +132,17 @@ def test_unembed_copy_script_reports_what_the_kernels_do(onednn):
 
 
 def test_mechanics_script_separates_a_loss_scale_from_a_smaller_lr():
+    from thrlab.presets import from_preset
+
     res = run_script("mechanics.py", "--preset", "tiny", "--steps", "2", "--probe-prompts", "4",
-                     "--methods", "grpo", "grpo_mass_matched", "grpo@lr/4", "thr_entropy_mask")
+                     "--methods", "grpo_mass_matched", "thr_entropy_mask", "--match", "grpo@lr/4")
     runs = {r["method"]: r for r in res["runs"]}
-    assert set(runs) == {"grpo", "grpo_mass_matched", "grpo@lr/4", "thr_entropy_mask"}
+    assert set(runs) == {"grpo", "grpo_mass_matched", "grpo@lr/0.5", "grpo@lr/2", "grpo@lr/4",
+                         "grpo@lr/8", "thr_entropy_mask"}
+    # a rung of the ladder matches itself: the lr it ran at
+    for key in ("distance", "kl_start"):
+        got = res["matched_lr"]["grpo@lr/4"][key]
+        assert got["lr"] == pytest.approx(from_preset("tiny").lr / 4)
     grpo = runs["grpo"]["update_norm_first"]  # the same start and first batch for every method
     assert runs["grpo_mass_matched"]["update_norm_first"] == pytest.approx(grpo, rel=1e-2)
     assert runs["grpo@lr/4"]["update_norm_first"] == pytest.approx(grpo / 4, rel=1e-3)

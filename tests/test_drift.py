@@ -38,8 +38,8 @@ def test_update_norm_and_distance_are_norms_of_saved_adapter_differences(tiny_mo
 
 def test_a_loss_scale_is_plain_grpo_to_adamw_and_a_smaller_lr_is_not(tiny_model_dir, tmp_path):
     """grpo_mass_matched multiplies GRPO's loss by one scalar per batch (THR's advantage mass
-    over GRPO's): its gradient has another scale, but AdamW's step does not. The distance metrics say so; a GRPO run at
-    a quarter of the lr takes a quarter of the first step."""
+    over GRPO's): its gradient has another scale, but AdamW's step does not. The distance
+    metrics say so; a GRPO run at a quarter of the lr takes a quarter of the first step."""
     runs = {}
     for name, over in {"grpo": {}, "mass_matched": dict(thr_mode="mass_matched"),
                        "lr/4": dict(lr=2.5e-3)}.items():
@@ -104,3 +104,20 @@ def test_kl_from_start_is_the_naive_kl_and_zero_at_the_start(tiny_model_dir, tmp
     got = kl_from_start(model, r, 0.7)
     want = _naive_kl(model, r.input_ids, r.attention_mask, r.prompt_len, r.mask, 0.7)
     assert got > 1e-3 and got == pytest.approx(want, rel=1e-4)
+
+
+def test_matched_lr_inverts_a_measured_ladder():
+    from thrlab.drift import matched_lr
+
+    lrs = [5e-4 / d for d in (8, 4, 2, 1)]
+    dist = [2.0 * lr ** 0.5 for lr in lrs]  # any growing curve; exact at the measured points
+    assert matched_lr(lrs, dist, dist[1]) == pytest.approx(lrs[1])
+    target = 2.0 * 1.5e-4 ** 0.5
+    got = matched_lr(lrs, dist, target)
+    assert lrs[1] < got < lrs[2]  # between its neighbours, log-linear between them
+    w = (target - dist[1]) / (dist[2] - dist[1])
+    assert math.log(got) == pytest.approx(math.log(lrs[1]) + w * math.log(lrs[2] / lrs[1]))
+    with pytest.raises(ValueError, match="outside the measured range"):
+        matched_lr(lrs, dist, 10.0)
+    with pytest.raises(ValueError, match="do not grow"):
+        matched_lr(lrs, [1.0, 0.5, 2.0, 3.0], 1.5)

@@ -261,13 +261,15 @@ def test_unembed_never_holds_more_than_f_linear(dtype, onednn):
     logits, row = n * T * V * size, T * V * size
     wide = torch.nn.Linear(H, V, bias=False, dtype=dtype).requires_grad_(False)
     x = torch.randn(n, T + 1, H, dtype=dtype)[:, 1:]
-    with _onednn(onednn), torch.inference_mode():  # the prefill's last position and evaluation: no gradient
+    # the prefill's last position and evaluation: no gradient
+    with _onednn(onednn), torch.inference_mode():
         copied = _peak_bytes(lambda: wide(x))
         ours = _peak_bytes(lambda: thrmodel.unembed(wide, x))
         # the same product per row; at this width the GEMM's blocking may differ from bmm's
         torch.testing.assert_close(thrmodel.unembed(wide, x), wide(x))
     copies = copied >= n * H * V * size
-    print(f"{dtype}, oneDNN {'on' if onednn else 'off'}: F.linear holds {copied / logits:.2f}x the logits "
+    print(f"{dtype}, oneDNN {'on' if onednn else 'off'}: F.linear holds "
+          f"{copied / logits:.2f}x the logits "
           f"({'a copy of the unembedding per row' if copies else 'no copy'}), unembed "
           f"{ours / logits:.2f}x")
     assert ours <= logits + row and ours <= copied + row

@@ -15,7 +15,8 @@ the trainer logs (docs/method.md, "Mechanism metrics"):
 over the trainable (LoRA) parameters, as one flat vector. And every probe_every steps
 (experiment.likelihood_probe) `probe/kl_start`: the KL from the start policy to the current one,
 
-    KL(pi || pi_0) = E_{y ~ pi} [ (1/|y|) sum_t sum_v pi(v | y_<t) log(pi(v | y_<t) / pi_0(v | y_<t)) ]
+    KL(pi || pi_0) = E_{y ~ pi} [ (1/|y|) sum_t sum_v pi(v | y_<t)
+                                           log(pi(v | y_<t) / pi_0(v | y_<t)) ]
 
 exact over the vocabulary at each position of completions sampled from the current policy on
 the fixed probe prompts (seeded: the same random numbers at every probe), at the run's
@@ -86,3 +87,26 @@ def kl_from_start(model, batch, temperature: float) -> float:
     kl = (cur.exp() * (cur - start)).sum(-1)  # (B, T)
     m = batch.mask.float()
     return float(((kl * m).sum(1) / m.sum(1).clamp(min=1)).mean())
+
+
+def matched_lr(lrs, values, target: float) -> float:
+    """The learning rate at which a quantity that grows with lr (a run's distance from the start,
+    or its KL) reaches `target`: linear interpolation in log(lr) between the two measured lrs
+    around it. lrs and values: measurements of one method (e.g. GRPO) at several lrs. Raises
+    when target lies outside the measured range (measure a wider ladder), or when the values
+    do not grow with lr."""
+    import math
+
+    pts = sorted(zip(lrs, values))
+    v = [p[1] for p in pts]
+    if any(b <= a for a, b in zip(v, v[1:])):
+        raise ValueError(f"values {v} do not grow with lr {[p[0] for p in pts]}: no single lr "
+                         "matches (more seeds, or more steps)")
+    if not v[0] <= target <= v[-1]:
+        raise ValueError(f"target {target:.4g} is outside the measured range [{v[0]:.4g}, "
+                         f"{v[-1]:.4g}]: measure lower or higher learning rates")
+    for (l0, a), (l1, b) in zip(pts, pts[1:]):
+        if a <= target <= b:
+            w = (target - a) / (b - a)
+            return math.exp(math.log(l0) + w * (math.log(l1) - math.log(l0)))
+    raise AssertionError("unreachable")
