@@ -105,3 +105,26 @@ def test_scatter_fit_groups_and_diagonal():
                                  "incorrect": np.array([False, True, False])}, diagonal=True)
     assert sum(len(c.get_offsets()) for c in ax[0].collections) == 3
     assert any(line.get_label() == "y = x" for line in ax[0].get_lines())
+
+
+def test_frontier_draws_each_methods_seed_mean_trajectory_with_intervals():
+    import pandas as pd
+    from scipy import stats as st
+
+    rows = [dict(method=m, seed=s, step=t, greedy_acc=g + 0.01 * s, **{"pass@4": p - 0.02 * s})
+            for m, traj in {"grpo": [(0, 0.3, 0.8), (5, 0.5, 0.7)],
+                            "thr_explore": [(0, 0.3, 0.8), (5, 0.45, 0.78)]}.items()
+            for s in (0, 1, 2) for t, g, p in traj]
+    pts = pd.DataFrame(rows)
+    fig, ax = plotting.figure()
+    plotting.frontier(ax[0], pts, 4)
+    lines = [line for line in ax[0].get_lines() if line.get_label() in ("GRPO", "THR p=-0.1")]
+    assert [line.get_label() for line in lines] == ["GRPO", "THR p=-0.1"]
+    x, y = lines[0].get_data()
+    assert np.allclose(x, [0.31, 0.51]) and np.allclose(y, [0.78, 0.68])  # seed means
+    bars = [c for c in ax[0].containers]
+    assert len(bars) == 2  # one errorbar set per method
+    half = st.t.ppf(0.975, 2) * np.std([0.0, 0.01, 0.02], ddof=1) / np.sqrt(3)
+    seg = bars[0].lines[2][0].get_segments()[0]  # the first point's horizontal bar
+    assert np.allclose([seg[0][0], seg[1][0]], [0.31 - half, 0.31 + half])
+    assert ax[0].get_ylabel() == "Pass@4" and "3 seeds" in ax[0].get_xlabel()

@@ -134,6 +134,32 @@ def diff_curves(ax, table, ks: list[int], ylabel: str):
     return ax
 
 
+def frontier(ax, points, k: int):
+    """The greedy-vs-Pass@K frontier (rows of study.frontier_points): one curve per method
+    through its seed-mean (greedy accuracy, pass@k) at each evaluated step, start to end, with
+    95% t-intervals over seeds on both axes (none with one seed). A method that explores better
+    lies above another at the same greedy accuracy; one that merely trains less stops short."""
+    from scipy import stats as st
+
+    col = f"pass@{k}"
+    seeds = int(points.groupby("method").seed.nunique().max())
+    for i, (m, d) in enumerate(points.groupby("method", sort=False)):
+        g = d.groupby("step")[["greedy_acc", col]]
+        mean, n = g.mean(), g.count()["greedy_acc"]
+        half = (g.std(ddof=1).mul(st.t.ppf(0.975, (n - 1).clip(lower=1)), axis=0)
+                .div(np.sqrt(n), axis=0))
+        ax.plot(mean.greedy_acc, mean[col], marker="o", color=color(m, i), label=label(m))
+        if seeds > 1:
+            ax.errorbar(mean.greedy_acc, mean[col], xerr=half.greedy_acc, yerr=half[col],
+                        fmt="none", ecolor=color(m, i), alpha=0.4, linewidth=0.8)
+    ci = "bars: 95% intervals over seeds" if seeds > 1 else "one seed: no interval"
+    ax.set_xlabel(f"greedy accuracy\n{seeds} seeds; each point one evaluation, start to end; {ci}",
+                  fontsize=6)
+    ax.set_ylabel(f"Pass@{k}")
+    ax.legend(fontsize=6)
+    return ax
+
+
 STRATEGY_COLORS = {"split_a": "#0072B2", "split_b": "#E69F00", "round_b": "#009E73",
                    "direct": "#CC79A7", "other": "#999999"}
 
