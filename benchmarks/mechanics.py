@@ -42,11 +42,8 @@ def _config(preset: str, method: str, seed: int, steps: int):
 
 def measure(cfg, inputs, probe_prompts: int) -> dict:
     """Train cfg's steps in a throwaway folder; the mechanism numbers of the run."""
-    from thrlab.drift import kl_from_start
+    from thrlab.drift import kl_probe
     from thrlab.experiment import _seed_phase, build_trainer
-    from thrlab.rollout import generate
-    from thrlab.seeds import stage_seed
-    from thrlab.tasks import format_prompt
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -54,15 +51,8 @@ def measure(cfg, inputs, probe_prompts: int) -> dict:
         tr = build_trainer(cfg, inputs.path, d, problems=inputs.problems)
         _seed_phase(cfg, "train")
         rows = [tr.train_step() for _ in range(cfg.steps)]
-        problems = next(iter(inputs.sets.values()))[:probe_prompts]
         tr.model.eval()
-        with torch.random.fork_rng():
-            torch.manual_seed(stage_seed("kl_probe", cfg.seed))
-            sampled = generate(tr.model, tr.tok,
-                               [format_prompt(p.question, cfg.template, tr.tok) for p in problems],
-                               n=cfg.group_size, do_sample=True, temperature=cfg.temperature,
-                               top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-            kl = kl_from_start(tr.model, sampled, cfg.temperature)
+        kl = kl_probe(tr.model, tr.tok, cfg, next(iter(inputs.sets.values()))[:probe_prompts])
     stepped = [r for r in rows if not r["train/skipped"]]
     overlap = [r["thr/control_overlap"] for r in stepped if "thr/control_overlap" in r]
     return {"grad_norm_median": statistics.median(r["train/grad_norm"] for r in stepped),

@@ -13,6 +13,7 @@ from thrlab import rollout
 from thrlab.presets import from_preset
 from thrlab import model as thrmodel
 from thrlab.model import completion_forward, dequantized_4bit_cpu, lm_parts, load_policy
+from thrlab.unembed import _RowwiseLinear, unembed
 
 CASES = {"sample": dict(do_sample=True, temperature=1.0, top_p=1.0),  # training rollouts
          "eval": dict(do_sample=True, temperature=0.6, top_p=0.95),  # pass@k sampling
@@ -192,9 +193,9 @@ def test_unembed_equals_lm_head_bit_for_bit(policy):
     with torch.inference_mode():  # the prefill's last position, as generate() computes it
         want = lm(**enc, logits_to_keep=1).logits  # (b, 1, V)
         h = lm.get_decoder()(**enc).last_hidden_state
-        assert torch.equal(thrmodel.unembed(head, h[:, -1:]), want)
+        assert torch.equal(unembed(head, h[:, -1:]), want)
     h = lm.get_decoder()(**enc).last_hidden_state[:, 2:]  # completion positions, with grad
-    a, b = head(h), thrmodel.unembed(head, h)
+    a, b = head(h), unembed(head, h)
     assert torch.equal(a, b)
     ga, gb = (torch.autograd.grad(x.logsumexp(-1).sum(), h, retain_graph=True)[0] for x in (a, b))
     assert torch.equal(ga, gb)
@@ -205,7 +206,7 @@ def test_unembed_equals_lm_head_bit_for_bit(policy):
             lin = torch.nn.Linear(96, 1000, bias=bias, dtype=dtype).requires_grad_(False)
             states = torch.randn(3, 9, 96, dtype=dtype, requires_grad=True)
             rowwise = torch.stack([lin(x) for x in states[:, 2:]])
-            ours = thrmodel.unembed(lin, states[:, 2:])
+            ours = unembed(lin, states[:, 2:])
             assert torch.equal(ours, rowwise)
             g = [torch.autograd.grad(x.float().logsumexp(-1).sum(), states)[0]
                  for x in (ours, rowwise)]
@@ -216,7 +217,7 @@ def test_unembed_gradients_match_finite_differences():
     """A trainable head too (weight and bias): float64 against central differences."""
     lin = torch.nn.Linear(6, 11, dtype=torch.float64)
     states = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda s, w, b: thrmodel._RowwiseLinear.apply(s[:, 1:], w, b),
+    assert torch.autograd.gradcheck(lambda s, w, b: _RowwiseLinear.apply(s[:, 1:], w, b),
                                     (states, lin.weight, lin.bias))
 
 
@@ -225,12 +226,12 @@ def test_unembed_calls_a_hooked_head_as_a_module():
     computes: unembed must not bypass it (the fault tests poison logits through one)."""
     lin = torch.nn.Linear(8, 16)
     h = torch.randn(2, 5, 8)[:, 1:]
-    plain = thrmodel.unembed(lin, h)
+    plain = unembed(lin, h)
     handle = lin.register_forward_hook(lambda mod, inp, out: out * 2)
-    assert torch.equal(thrmodel.unembed(lin, h), 2 * plain)
+    assert torch.equal(unembed(lin, h), 2 * plain)
     handle.remove()
     lin.forward = lambda x: torch.nn.functional.linear(x, lin.weight, lin.bias) + 1
-    assert torch.equal(thrmodel.unembed(lin, h), plain + 1)
+    assert torch.equal(unembed(lin, h), plain + 1)
 
 
 @contextlib.contextmanager
@@ -264,9 +265,9 @@ def test_unembed_never_holds_more_than_f_linear(dtype, onednn):
     # the prefill's last position and evaluation: no gradient
     with _onednn(onednn), torch.inference_mode():
         copied = _peak_bytes(lambda: wide(x))
-        ours = _peak_bytes(lambda: thrmodel.unembed(wide, x))
+        ours = _peak_bytes(lambda: unembed(wide, x))
         # the same product per row; at this width the GEMM's blocking may differ from bmm's
-        torch.testing.assert_close(thrmodel.unembed(wide, x), wide(x))
+        torch.testing.assert_close(unembed(wide, x), wide(x))
     copies = copied >= n * H * V * size
     print(f"{dtype}, oneDNN {'on' if onednn else 'off'}: F.linear holds "
           f"{copied / logits:.2f}x the logits "
@@ -280,6 +281,6 @@ def test_unembed_never_holds_more_than_f_linear(dtype, onednn):
 
     with _onednn(onednn):
         copied = _peak_bytes(step(wide))
-        ours = _peak_bytes(step(lambda h: thrmodel.unembed(wide, h)))
+        ours = _peak_bytes(step(lambda h: unembed(wide, h)))
     print(f"{dtype} with grad: F.linear {copied / logits:.2f}x, unembed {ours / logits:.2f}x")
     assert ours <= copied + row

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy.stats import t as scipy_t
 
-from thrlab import study
+from thrlab import frontier, study
 from thrlab.runs import write_json
 
 
@@ -241,7 +241,7 @@ def test_frontier_points_read_every_evaluation_on_the_step_evaluations_problems(
 
     traj = {0: ([0, 0, 1, 1, 1], [1, 2, 3, 0, 0]), 2: ([1, 0, 1], [2, 2, 4]),
             4: ([1, 1, 1, 0, 0], [4, 4, 4, 4, 4])}
-    pts = study.frontier_points(pd.DataFrame([_frontier_run(tmp_path, "grpo", 0, traj)]), 2)
+    pts = frontier.frontier_points(pd.DataFrame([_frontier_run(tmp_path, "grpo", 0, traj)]), 2)
     assert pts.step.tolist() == [0, 2, 4]
     for s, (g, c) in traj.items():  # the first 3 problems only, at every step
         row = pts[pts.step == s].iloc[0]
@@ -259,12 +259,12 @@ def test_passk_at_matched_greedy_interpolates_each_run_and_pairs_seeds():
         for s, rows in {0: [(0, 0.2, 0.8), (2, 0.3, 0.8), (4, 0.45, 0.75)],
                         1: [(0, 0.2, 0.8), (2, 0.35, 0.8), (4, 0.38, 0.8)]}.items()
         for t, g, p in rows])
-    at = study.passk_at_greedy(pts, 0.4, 4).set_index(["method", "seed"])["pass@4"]
+    at = frontier.passk_at_greedy(pts, 0.4, 4).set_index(["method", "seed"])["pass@4"]
     assert at[("grpo", 0)] == pytest.approx(0.7)  # reached exactly at step 2
     assert at[("grpo", 1)] == pytest.approx(0.8 + (0.4 - 0.2) / 0.3 * (0.6 - 0.8))
     assert at[("thr_explore", 0)] == pytest.approx(0.8 + (0.4 - 0.3) / 0.15 * (0.75 - 0.8))
     assert np.isnan(at[("thr_explore", 1)])  # never reaches 0.4: left out of the pairing
-    t = study.matched_frontier(pts, 0.4, 4)
+    t = frontier.matched_frontier(pts, 0.4, 4)
     assert t.seeds.tolist() == [1] and t["diff"].iloc[0] == pytest.approx(
         at[("thr_explore", 0)] - at[("grpo", 0)])
     assert np.isnan(t.ci_low.iloc[0])  # one seed: mechanics only

@@ -13,7 +13,7 @@ the trainer logs (docs/method.md, "Mechanism metrics"):
                              keep it, so a resumed run measures from the same tensor)
 
 over the trainable (LoRA) parameters, as one flat vector. And every probe_every steps
-(experiment.likelihood_probe) `probe/kl_start`: the KL from the start policy to the current one,
+(probes.likelihood_probe) `probe/kl_start`: the KL from the start policy to the current one,
 
     KL(pi || pi_0) = E_{y ~ pi} [ (1/|y|) sum_t sum_v pi(v | y_<t)
                                            log(pi(v | y_<t) / pi_0(v | y_<t)) ]
@@ -62,24 +62,18 @@ class ParamDrift:
         return _flat_norm([p.detach() - s for p, s in zip(self.params, self.start)])
 
 
-def grad_norm(params: list[torch.Tensor]) -> float:
-    """||g|| of the parameters' current gradients (None counts as 0)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    return _flat_norm(grads) if grads else 0.0
-
-
 @torch.no_grad()
 def kl_from_start(model, batch, temperature: float) -> float:
     """Mean per-token KL(pi || pi_0) over the completions of `batch` (a Rollout sampled from
     the current policy): pi the peft model as it is, pi_0 the same model with its adapters
     disabled (the start policy). Each response weighs 1/|y| of its tokens, as in probe/loglik."""
-    from .model import completion_forward
+    from .model import completion_states, lm_parts
+    from .unembed import unembed
 
     def log_probs():
-        out = completion_forward(model, batch.input_ids, batch.attention_mask, batch.prompt_len,
-                                 temperature, need_hidden=True, need_entropy=False)
-        head = model.get_base_model().get_output_embeddings()
-        return torch.log_softmax(head(out["hidden"]).float() / temperature, dim=-1)  # (B, T, V)
+        backbone, head = lm_parts(model)
+        h = completion_states(backbone, batch.input_ids, batch.attention_mask, batch.prompt_len)
+        return torch.log_softmax(unembed(head, h).float() / temperature, dim=-1)  # (B, T, V)
 
     cur = log_probs()
     with model.disable_adapter():
@@ -87,6 +81,23 @@ def kl_from_start(model, batch, temperature: float) -> float:
     kl = (cur.exp() * (cur - start)).sum(-1)  # (B, T)
     m = batch.mask.float()
     return float(((kl * m).sum(1) / m.sum(1).clamp(min=1)).mean())
+
+
+def kl_probe(model, tok, cfg, problems) -> float:
+    """probe/kl_start: kl_from_start on G completions per problem sampled from the current
+    policy at the run's temperature, top-p and length, with the kl_probe seed (the same random
+    numbers at every probe), under torch.random.fork_rng (the caller's stream is untouched)."""
+    from .rollout import generate
+    from .seeds import stage_seed
+    from .tasks import format_prompt
+
+    with torch.random.fork_rng():
+        torch.manual_seed(stage_seed("kl_probe", cfg.seed))
+        sampled = generate(model, tok, [format_prompt(p.question, cfg.template, tok)
+                                        for p in problems],
+                           n=cfg.group_size, do_sample=True, temperature=cfg.temperature,
+                           top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+        return kl_from_start(model, sampled, cfg.temperature)
 
 
 def matched_lr(lrs, values, target: float) -> float:

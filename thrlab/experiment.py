@@ -20,6 +20,7 @@ import torch
 from .config import Config, LossConfig, OptimConfig, RolloutConfig, THRConfig, config_diff
 from .errors import RunFolderError, SetupError
 from .presets import method_of
+from .probes import frontier_evaluations, likelihood_probe
 from .runs import RunDir, environment_info, read_json, write_json
 from .seeds import draw_seed, stage_seed
 
@@ -274,9 +275,10 @@ def _run(run: RunDir, cfg: Config, inputs: Inputs, progress: bool) -> dict:
     model, tok = load_policy(cfg, inputs.path, inputs.device)
     before = _evaluate_phase(run, "before", cfg, model, tok, inputs.sets, progress,
                              cache=start_eval_cache(cfg, inputs.path))
-    callbacks = ([likelihood_probe(run, cfg, model, tok, inputs.sets)] if cfg.probe_every else []
-                 ) + ([frontier_evaluations(run, cfg, tok, inputs.sets)] if cfg.frontier_every
-                      else [])
+    callbacks = ([likelihood_probe(run, cfg, model, tok, inputs.sets, make_grade_fn(cfg))]
+                 if cfg.probe_every else []) + (
+        [frontier_evaluations(run, cfg, tok, inputs.sets, evaluate_run)]
+        if cfg.frontier_every else [])
 
     def on_step(trainer, row: dict) -> None:
         for callback in callbacks:
@@ -321,70 +323,6 @@ def _sft_control_phase(run, cfg, inputs: Inputs, progress) -> dict:
              template=cfg.template, op=cfg.arith_op, clip=(params, cfg.max_grad_norm),
              device=inputs.device, desc="SFT control", progress=progress)
     return _evaluate_phase(run, "sft_control", cfg, model, tok, inputs.sets, progress)
-
-
-def likelihood_probe(run: RunDir, cfg: Config, model, tok, sets: dict):
-    """The on_step callback that logs, every cfg.probe_every steps, `probe/loglik`: the mean
-    per-token log-likelihood of a fixed probe set of correct responses (the start policy's first
-    correct sample on each of the first probe_prompts problems of the first eval set;
-    predictor.probe_set), the lazy-likelihood-displacement curve of the run; and
-    `probe/kl_start`: the KL from the start policy to the current one on the same prompts
-    (drift.kl_from_start; G samples each from the current policy, drawn with the same seed at
-    every probe). The probe, and its value at step 0, are made from the start model once and
-    kept in probe.json, so a resumed run probes the same responses; sampling and probing run
-    under torch.random.fork_rng, so the run trains exactly as without the probe."""
-    from .drift import kl_from_start
-    from .predictor import probe_loglik, probe_set
-    from .rollout import generate
-    from .tasks import format_prompt
-
-    path = run / "probe.json"
-    problems = next(iter(sets.values()))[:cfg.probe_prompts]
-    prompts = [format_prompt(p.question, cfg.template, tok) for p in problems]
-    with torch.random.fork_rng():
-        probe = probe_set(model, tok, cfg, problems, make_grade_fn(cfg))
-        if not path.exists():
-            write_json(path, {"start": probe_loglik(model, probe, cfg.temperature),
-                              "size": len(probe.tokens), "texts": probe.texts})
-
-    def on_step(trainer, row: dict) -> None:
-        if trainer.step % cfg.probe_every == 0 or trainer.step == cfg.steps:
-            was = trainer.model.training
-            trainer.model.eval()  # the policy itself, no dropout noise
-            with torch.random.fork_rng():
-                row["probe/loglik"] = probe_loglik(trainer.model, probe, cfg.temperature)
-                torch.manual_seed(stage_seed("kl_probe", cfg.seed))
-                sampled = generate(trainer.model, tok, prompts, n=cfg.group_size, do_sample=True,
-                                   temperature=cfg.temperature, top_p=cfg.top_p,
-                                   max_new_tokens=cfg.max_new_tokens)
-                row["probe/kl_start"] = kl_from_start(trainer.model, sampled, cfg.temperature)
-            trainer.model.train(was)
-
-    return on_step
-
-
-def frontier_evaluations(run: RunDir, cfg: Config, tok, sets: dict):
-    """The on_step callback that evaluates the policy every cfg.frontier_every steps (before the
-    last, which eval_after covers) into eval_step<N>.json: greedy accuracy and Pass@K along the
-    run, for the frontier of Pass@K against greedy accuracy (study.frontier_points). It runs
-    the run's own evaluation (evaluate_run, seeded with eval_seed(cfg): common random numbers
-    with before and after) on the first frontier_limit problems of each set, greedy and sampled
-    (0: the run's own limits), under torch.random.fork_rng, so the run trains exactly as
-    without it; a file already there (a resumed run) is kept."""
-    n = cfg.frontier_limit
-    subset = {k: v[:n] for k, v in sets.items()} if n else sets
-    ecfg = cfg.replace(eval_passk_limit=min(cfg.eval_passk_limit or n, n)) if n else cfg
-
-    def on_step(trainer, row: dict) -> None:
-        path = run / f"eval_step{trainer.step}.json"
-        if trainer.step % cfg.frontier_every or trainer.step >= cfg.steps or path.exists():
-            return
-        was = trainer.model.training
-        with torch.random.fork_rng():
-            write_json(path, evaluate_run(trainer.model, tok, ecfg, subset, progress=False))
-        trainer.model.train(was)
-
-    return on_step
 
 
 def greedy_gain(before: dict, after: dict) -> dict | None:

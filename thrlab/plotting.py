@@ -135,7 +135,7 @@ def diff_curves(ax, table, ks: list[int], ylabel: str):
 
 
 def frontier(ax, points, k: int):
-    """The greedy-vs-Pass@K frontier (rows of study.frontier_points): one curve per method
+    """The greedy-vs-Pass@K frontier (rows of frontier.frontier_points): one curve per method
     through its seed-mean (greedy accuracy, pass@k) at each evaluated step, start to end, with
     95% t-intervals over seeds on both axes (none with one seed). A method that explores better
     lies above another at the same greedy accuracy; one that merely trains less stops short."""

@@ -10,7 +10,7 @@ For one rollout batch (rows group-major, G per group) with GRPO advantages A_j:
    H_j (T_j, H) and G_j = onehot(y_j) - pi_j (T_j, V) are response j's states and gradients.
 4. measured: dC_g after a real SGD step of all LoRA parameters of the model on l_j (then undone).
 5. LLD: mean over a fixed probe set of correct responses of (1/|y|) log pi(y), along training
-   (probe_set / probe_loglik; experiment.likelihood_probe logs it inside a run, probe_every).
+   (probe_set / probe_loglik; probes.likelihood_probe logs it inside a run, probe_every).
 Effects are reported per unit step (divided by eta), so 2 and 3 share units and lie on y = x.
 """
 from __future__ import annotations

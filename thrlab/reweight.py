@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .config import THRConfig
-from .thr import thr_for_batch
+from .thr import CHUNK_SIZE, thr_for_batch
 
 
 def thr_threshold(thr, mask, rewards, beta: float = 1.0) -> float:
@@ -116,11 +116,9 @@ def token_signals(hidden, tokens, *, lm_head_weight=None, temperature: float = 1
         rows = logits.float().reshape(B * T, -1)
         chunks = [rows]
     else:
-        V = lm_head_weight.shape[0]
         h = hidden.reshape(B * T, -1)
-        n = max(1, 2 ** 24 // V)  # rows of (n, V) fp32 logits at a time: 64 MiB
-        chunks = [(h[s:s + n] @ lm_head_weight.T).float() / temperature
-                  for s in range(0, max(B * T, 1), n)]
+        chunks = [(h[s:s + CHUNK_SIZE] @ lm_head_weight.T).float() / temperature  # THR's chunk
+                  for s in range(0, max(B * T, 1), CHUNK_SIZE)]
     logp, ent, y, start = [], [], tokens.reshape(-1), 0
     for z in chunks:
         logz = torch.logsumexp(z, -1)
@@ -176,7 +174,6 @@ TOKEN_ADVANTAGES = {
     "entropy_mask": _mask_control(
         lambda kept, mask, sig, gen: count_mask_like(kept, mask, sig()["entropy"])),
 }
-MASK_CONTROLS = ("random_mask", "lowprob_mask", "entropy_mask")
 
 
 def _min_mean_tau(thr, mask, rewards, c) -> float:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import dequantized_4bit_cpu, unembed
+from .model import dequantized_4bit_cpu
+from .unembed import unembed
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import torch
 
 from .checkpoint import TrainState
 from .config import Config
-from .drift import ParamDrift, grad_norm
+from .drift import ParamDrift
 from .faults import failpoint
 from .guards import (NonFiniteError, OutOfMemoryReport, is_nonfinite_sampling_error, is_oom,
                      oom_message)
@@ -273,7 +273,8 @@ class GRPOTrainer:
         gn = finite(float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)),
                     "gradient norm")
         acc.grad_norm += gn
-        acc.grad_norm_clipped += grad_norm(self.params)
+        # what clip_grad_norm_ left: it scales by min(1, max_norm / (norm + 1e-6))
+        acc.grad_norm_clipped += gn * min(1.0, self.cfg.max_grad_norm / (gn + 1e-6))
         self.drift.before_step()
         self.opt.step()
         acc.update_norm += self.drift.update_norm()
