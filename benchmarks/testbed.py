@@ -30,11 +30,15 @@ from pathlib import Path
 
 def study_runs(preset: str, runs_root: str, seeds: list[int]):
     """The finished study runs of `preset` for `seeds` in runs_root: one row per run (method,
-    seed, run_id, run_dir, wall_s, train_s); "llama:" methods are E6's Llama-architecture runs."""
+    seed, lr, run_id, run_dir, wall_s, train_s). method is thrlab.study.run_label: the recipe at
+    the preset's lr, "<method>@<f>lr" on the frontier's lr ladder, study.MATCHED for GRPO at the
+    step-size control's lr (measured on the first seed set's ladder, study.matched_control_lr);
+    "llama:" methods are E6's Llama-architecture runs."""
     import pandas as pd
 
+    from thrlab import study
     from thrlab.config import Config
-    from thrlab.presets import PRESETS, method_of, preset_config
+    from thrlab.presets import PRESETS, preset_config
     from thrlab.runs import RunDir, read_json
 
     own = preset_config(preset)
@@ -45,16 +49,29 @@ def study_runs(preset: str, runs_root: str, seeds: list[int]):
             continue
         cfg = Config.from_dict(read_json(d / "config.json"))
         if cfg.preset != preset or cfg.seed not in seeds or any(
-                getattr(cfg, k) != getattr(own, k) for k in PRESETS[preset]):
+                getattr(cfg, k) != getattr(own, k) for k in PRESETS[preset] if k != "lr"):
             continue  # another preset, seed or schedule (e.g. a design measurement)
         s = read_json(d / "summary.json")
         arch = "" if cfg.tiny_arch == "qwen2" else f"{cfg.tiny_arch}:"
-        rows.append({"method": arch + method_of(cfg), "seed": cfg.seed, "run_id": d.name,
-                     "run_dir": str(d), "wall_s": s["wall_s"], "train_s": s["train_wall_s"]})
+        rows.append({"method": arch + study.run_label(cfg), "seed": cfg.seed, "lr": cfg.lr,
+                     "run_id": d.name, "run_dir": str(d), "wall_s": s["wall_s"],
+                     "train_s": s["train_wall_s"]})
     if not rows:
         raise SystemExit(f"no finished {preset} runs of seeds {seeds} in {runs_root}; "
                          f"run make reproduce ARGS=\"--preset {preset}\" first")
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    ladder = {f"grpo@{f:g}lr" for f in study.LR_FACTORS} | {"grpo", "thr_p0"}
+    if runs.method.str.fullmatch(r"grpo@[0-9.e+-]+lr").any() and ladder <= set(runs.method):
+        first = runs[runs.seed.isin(study.STUDY_SEED_SETS[0])]
+        if ladder <= set(first.method):
+            lr = study.matched_control_lr(first)["lr"]
+            off = ~runs.method.isin(ladder) & runs.method.str.startswith("grpo@")
+            runs.loc[off & (runs.lr - lr).abs().lt(1e-12), "method"] = study.MATCHED
+    dup = runs[runs.duplicated(["method", "seed"], keep=False)]
+    if len(dup):
+        raise SystemExit(f"two runs of one method and seed: {dup.run_dir.tolist()}; move one out "
+                         f"of {runs_root}")
+    return runs
 
 
 def _reading(c) -> str:

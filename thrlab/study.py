@@ -39,11 +39,122 @@ STUDY_BUDGETS = {
 }
 
 
+# The controls study of a testbed preset (issue 25; README "The CPU testbed"), fixed before its
+# runs: `benchmarks/run_study.py` trains it, `benchmarks/testbed.py` reads it. Two seed sets of 3
+# (the second confirmatory); the frontier and the step-size control on both, then the
+# token-choice masks on both, then the dose-response of p on the first set only (the budget's
+# order). Every run at the preset's schedule and one torch thread.
+#   frontier: GRPO and each THR variant at the preset lr x 0.5, 1 and 2, the policy evaluated
+#     every 40 steps on the first 100 problems (greedy and 64 samples), Pass@K read at
+#     greedy accuracy = the start's + FRONTIER_GAIN on those problems;
+#   matched: GRPO at the lr where its seed-mean distance from the start (train/distance after
+#     the last step) equals THR p = 0's, interpolated in log lr over the GRPO ladder of the
+#     first seed set (drift.matched_lr; 2 significant digits), so the confirmatory set reuses
+#     the lr fixed on the first;
+#   masks: the three mask controls of THR's size (random = the floor, lowest probability,
+#     highest entropy) at the preset lr;
+#   dose: THR at every p of DOSE_P at the preset lr (p = -0.1, 0, +0.1 are the frontier runs).
+STUDY_SEED_SETS = ((0, 1, 2), (3, 4, 5))
+LR_FACTORS = (0.5, 1.0, 2.0)
+FRONTIER_METHODS = ("grpo", "thr_p0", "thr_explore", "thr_exploit")
+FRONTIER = {"frontier_every": 40, "frontier_limit": 100}
+FRONTIER_GAIN = 0.04
+MASK_CONTROLS = ("thr_random_mask", "thr_lowprob_mask", "thr_entropy_mask")
+DOSE_P = (-0.9, -0.5, -0.2, -0.1, 0.0, 0.1, 0.2, 0.5, 0.9)
+MATCHED = "grpo@matched"  # the label of the step-size control in CLAIMS and the tables
+
+
+
+def run_label(cfg, matched_lr: float | None = None) -> str:
+    """The name a study run has in the tables: its METHODS recipe (thrlab.presets.method_of) at
+    the preset's lr, "thr p=+0.2" for a dose run, "<method>@<f>lr" at f times the preset's lr,
+    MATCHED for GRPO at the step-size control's lr. Derived from the config, never stored."""
+    import math
+
+    from .presets import method_of, preset_config
+
+    own = preset_config(cfg.preset).lr
+    at_own = cfg.replace(lr=own, frontier_every=0, frontier_limit=0)
+    m = method_of(at_own)
+    if m == "custom" and cfg.thr_mode == "thr":
+        m = f"thr p={cfg.thr_p:+g}"
+    if math.isclose(cfg.lr, own, rel_tol=1e-9):
+        return m
+    if m == "grpo" and matched_lr is not None and math.isclose(cfg.lr, matched_lr, rel_tol=1e-9):
+        return MATCHED
+    return f"{m}@{cfg.lr / own:g}lr"
+
+
+def study_cells(preset: str, seeds, part: str, matched_lr: float | None = None) -> list:
+    """(label, seed, config) of every run of one part of the controls study ("frontier",
+    "matched", "masks" or "dose"; see STUDY_SEED_SETS), seed-major; "matched" needs the lr
+    (matched_control_lr)."""
+    from .presets import from_preset
+
+    def cell(method, seed, **over):
+        cfg = from_preset(preset, method, seed=seed, threads=1, **over)
+        return (run_label(cfg, matched_lr), seed, cfg)
+
+    own = from_preset(preset).lr
+    cells = []
+    for seed in seeds:
+        if part == "frontier":
+            cells += [cell(m, seed, lr=own * f, **FRONTIER) for m in FRONTIER_METHODS
+                      for f in LR_FACTORS]
+        elif part == "matched":
+            if matched_lr is None:
+                raise ValueError("the matched part needs matched_lr (matched_control_lr)")
+            cells.append(cell("grpo", seed, lr=matched_lr))
+        elif part == "masks":
+            cells += [cell(m, seed) for m in MASK_CONTROLS]
+        elif part == "dose":
+            cells += [cell("thr_p0", seed, thr_p=p) for p in DOSE_P if p not in (-0.1, 0.0, 0.1)]
+        else:
+            raise ValueError(f"part {part!r}: choose frontier, matched, masks or dose")
+    return cells
+
+
+def final_metric(run_dir, key: str) -> float:
+    """The last value of metric `key` in a run's metrics.jsonl (e.g. train/distance)."""
+    import json
+
+    value = float("nan")
+    with open(Path(run_dir) / "metrics.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            if key in row:
+                value = float(row[key])
+    return value
+
+
+def matched_control_lr(runs: pd.DataFrame, method: str = "thr_p0",
+                       key: str = "train/distance") -> dict:
+    """The step-size control's lr: where GRPO's seed-mean `key` after the last step, over its
+    lr ladder (labels grpo, grpo@<f>lr), equals `method`'s seed-mean (drift.matched_lr,
+    interpolated in log lr), rounded to 2 significant digits. runs: study_runs' rows (method,
+    run_dir, lr). Returns {lr, lr_exact, target, ladder: {lr: mean}, key}; raises when the
+    target is outside the ladder."""
+    from .drift import matched_lr
+
+    values = {r.run_dir: final_metric(r.run_dir, key) for r in runs.itertuples()}
+    runs = runs.assign(value=runs.run_dir.map(values))
+    target = float(runs[runs.method == method].value.mean())
+    grpo = runs[runs.method.isin(["grpo"] + [f"grpo@{f:g}lr" for f in LR_FACTORS])]
+    ladder = {float(lr): float(d.value.mean()) for lr, d in grpo.groupby("lr")}
+    lr = matched_lr(list(ladder), list(ladder.values()), target)
+    return {"lr": float(f"{lr:.2g}"), "lr_exact": lr, "target": target, "ladder": ladder,
+            "key": key}
+
+
 # The paper's claims as paired comparisons on the testbed (README "The CPU testbed";
 # benchmarks/testbed.py prints them): (experiment, claim, method, baseline, metric, direction).
 # "THR (p = 0) beats GRPO at THR's step size" against grpo_mass_matched is gone: under AdamW a
 # loss scale is divided out, so that run is plain GRPO (docs/method.md section 4; test_drift).
-# metric: greedy_acc, pass@top (the largest K the runs evaluated) or strategy_entropy (bits, of
+# metric: greedy_acc, pass@top (Pass@K at the largest K with 2K <= the samples per problem: from
+# n = 64 samples, Pass@32, an average over C(64, 32) subsets, where Pass@64 from 64 samples would
+# be a 0/1 indicator per problem; GRPO's Pass@K falls below the start's from K = 32 on), frontier
+# (pass@top at matched greedy accuracy along the runs, the mean over the lr ladder of method
+# minus GRPO at the same lr, paired by seed: frontier_values) or strategy_entropy (bits, of
 # the samples after RL; one number per run); direction: +1 the paper reports method above
 # baseline, -1 below, 0 comparable. "llama:" methods are E6's runs in the Llama architecture.
 CLAIMS = (
@@ -54,6 +165,17 @@ CLAIMS = (
     ("E3", "p = +0.1 raises greedy over p = -0.1", "thr_exploit", "thr_explore", "greedy_acc", 1),
     ("control", "THR's mask beats a random mask of its size", "thr_p0", "thr_random_mask",
      "greedy_acc", 1),
+    ("control", "THR's mask beats the lowest-probability tokens, as many", "thr_p0",
+     "thr_lowprob_mask", "greedy_acc", 1),
+    ("control", "THR's mask beats the highest-entropy tokens, as many", "thr_p0",
+     "thr_entropy_mask", "greedy_acc", 1),
+    ("control", "THR (p = 0) comparable to GRPO at a distance-matched lr, greedy", "thr_p0",
+     MATCHED, "greedy_acc", 0),
+    ("frontier", "p = -0.1 raises Pass@K over GRPO at matched greedy accuracy", "thr_explore",
+     "grpo", "frontier", 1),
+    ("frontier", "p = +0.1 lowers Pass@K below GRPO at matched greedy accuracy", "thr_exploit",
+     "grpo", "frontier", -1),
+    ("frontier", "THR-only (p = 0) on GRPO's frontier", "thr_p0", "grpo", "frontier", 0),
     ("E4", "p = -0.1 raises Pass@K over GRPO", "thr_explore", "grpo", "pass@top", 1),
     ("E4", "p = -0.1 raises Pass@K over p = 0", "thr_explore", "thr_p0", "pass@top", 1),
     ("E4", "p = -0.1 raises Pass@K over a random mask", "thr_explore", "thr_random_mask",
@@ -81,7 +203,7 @@ CLAIMS = (
 # 90% interval inside +-margin) with the margin of its metric stated here: a difference smaller
 # than 2 points of greedy accuracy or 3 points of Pass@K is taken as no difference that matters.
 ALPHA = 0.05
-EQUIVALENCE_MARGINS = {"greedy_acc": 0.02, "pass@top": 0.03}
+EQUIVALENCE_MARGINS = {"greedy_acc": 0.02, "pass@top": 0.03, "frontier": 0.03}
 
 
 def holm(p: list[float]) -> list[float]:
