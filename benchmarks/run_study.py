@@ -45,9 +45,12 @@ def main(argv=None) -> int:
             if part == "dose":
                 seeds = [s for s in seeds if s in first]
             if part == "matched" and matched is None:
-                from testbed import study_runs  # the reader's own selection of study runs
+                from testbed import matched_lr  # the reader's own measurement
 
-                m = study.matched_control_lr(study_runs(args.preset, str(root), first))
+                m = matched_lr(args.preset, str(root))
+                if m is None:
+                    raise SystemExit(f"the matched lr needs the frontier runs of seeds {first}: "
+                                     f"run --parts frontier --seeds {' '.join(map(str, first))}")
                 matched = m["lr"]
                 print(f"matched lr {matched:g} (exact {m['lr_exact']:.4g}): GRPO's distance "
                       f"{m['ladder']} vs THR p = 0's {m['target']:.4f}", flush=True)

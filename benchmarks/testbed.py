@@ -28,12 +28,9 @@ from pathlib import Path
 # A study run has every field its preset sets (presets.PRESETS[preset]) at the preset's value;
 # others (e.g. a design measurement at another schedule or without the probe) are not the study's.
 
-def study_runs(preset: str, runs_root: str, seeds: list[int]):
-    """The finished study runs of `preset` for `seeds` in runs_root: one row per run (method,
-    seed, lr, run_id, run_dir, wall_s, train_s). method is thrlab.study.run_label: the recipe at
-    the preset's lr, "<method>@<f>lr" on the frontier's lr ladder, study.MATCHED for GRPO at the
-    step-size control's lr (measured on the first seed set's ladder, study.matched_control_lr);
-    "llama:" methods are E6's Llama-architecture runs."""
+def _collect(preset: str, runs_root: str, seeds: list[int]):
+    """The finished runs of `preset`'s schedule (every preset field at its value but lr) for
+    `seeds`, labelled by thrlab.study.run_label; "llama:" methods are E6's Llama runs."""
     import pandas as pd
 
     from thrlab import study
@@ -56,22 +53,156 @@ def study_runs(preset: str, runs_root: str, seeds: list[int]):
         rows.append({"method": arch + study.run_label(cfg), "seed": cfg.seed, "lr": cfg.lr,
                      "run_id": d.name, "run_dir": str(d), "wall_s": s["wall_s"],
                      "train_s": s["train_wall_s"]})
-    if not rows:
+    return pd.DataFrame(rows, columns=["method", "seed", "lr", "run_id", "run_dir", "wall_s",
+                                       "train_s"])
+
+
+def study_runs(preset: str, runs_root: str, seeds: list[int]):
+    """The finished study runs of `preset` for `seeds` in runs_root: one row per run (method,
+    seed, lr, run_id, run_dir, wall_s, train_s). method is thrlab.study.run_label: the recipe at
+    the preset's lr, "<method>@<f>lr" on the frontier's lr ladder, study.MATCHED for GRPO at the
+    step-size control's lr, which the first seed set's ladder fixes (study.matched_control_lr)
+    for every seed set; "llama:" methods are E6's Llama-architecture runs."""
+    from thrlab import study
+
+    runs = _collect(preset, runs_root, seeds)
+    if runs.empty:
         raise SystemExit(f"no finished {preset} runs of seeds {seeds} in {runs_root}; "
-                         f"run make reproduce ARGS=\"--preset {preset}\" first")
-    runs = pd.DataFrame(rows)
-    ladder = {f"grpo@{f:g}lr" for f in study.LR_FACTORS} | {"grpo", "thr_p0"}
-    if runs.method.str.fullmatch(r"grpo@[0-9.e+-]+lr").any() and ladder <= set(runs.method):
-        first = runs[runs.seed.isin(study.STUDY_SEED_SETS[0])]
-        if ladder <= set(first.method):
-            lr = study.matched_control_lr(first)["lr"]
-            off = ~runs.method.isin(ladder) & runs.method.str.startswith("grpo@")
-            runs.loc[off & (runs.lr - lr).abs().lt(1e-12), "method"] = study.MATCHED
+                         f"run benchmarks/run_study.py --preset {preset} first")
+    m = matched_lr(preset, runs_root)
+    if m is not None:
+        ladder = {"grpo"} | {f"grpo@{f:g}lr" for f in study.LR_FACTORS}
+        off = ~runs.method.isin(ladder) & runs.method.str.startswith("grpo@")
+        runs.loc[off & (runs.lr - m["lr"]).abs().lt(1e-12), "method"] = study.MATCHED
     dup = runs[runs.duplicated(["method", "seed"], keep=False)]
     if len(dup):
         raise SystemExit(f"two runs of one method and seed: {dup.run_dir.tolist()}; move one out "
                          f"of {runs_root}")
     return runs
+
+
+def matched_lr(preset: str, runs_root: str) -> dict | None:
+    """study.matched_control_lr on the first seed set's finished frontier ladder (GRPO at every
+    lr factor and THR p = 0, every seed of the set); None until it is complete."""
+    from thrlab import study
+
+    first = list(study.STUDY_SEED_SETS[0])
+    runs = _collect(preset, runs_root, first)
+    need = {"grpo", "thr_p0"} | {f"grpo@{f:g}lr" for f in study.LR_FACTORS}
+    have = runs[runs.method.isin(need)]
+    if len(have.groupby(["method", "seed"])) < len(need) * len(first):
+        return None
+    return study.matched_control_lr(have)
+
+
+def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
+    """Print the controls study's tables (thrlab.study.STUDY_SEED_SETS) for `runs` and return
+    them as JSON: each method's mechanism metrics, the step-size control, the frontier at the
+    fixed gain (and at half and 1.5x it, for sensitivity) and the dose-response of p."""
+    from thrlab import study
+    from thrlab.stats import seed_difference
+
+    out = {}
+    mech = study.mechanics_table(runs)
+    for metric in ("greedy_acc", f"pass@{k}"):
+        for m, x in study.problem_scores(runs, metric).items():
+            seeds = sorted(runs[runs.method == m].seed)
+            for s, v in zip(seeds, x.mean(axis=1)):
+                mech.loc[(mech.method == m) & (mech.seed == s), metric] = float(v)
+    means = mech.groupby("method", sort=False).mean(numeric_only=True)
+    print(f"\nmechanism metrics (seed means; distance and KL from the start after the last step, "
+          f"share of tokens a mask keeps, a mask control's overlap with THR's mask):")
+    print("| method | lr | seeds | distance | KL from start | tokens kept | overlap with THR's | "
+          f"greedy | Pass@{k} |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for m, r in means.iterrows():
+        n = int((mech.method == m).sum())
+        cell = lambda v, f: "-" if v != v else format(v, f)  # NaN: not logged by this method
+        print(f"| {m} | {r.lr:.2g} | {n} | {r.distance:.3f} | {cell(r.kl_start, '.4f')} | "
+              f"{cell(r.frac_kept, '.3f')} | {cell(r.control_overlap, '.3f')} | "
+              f"{r.greedy_acc:.3f} | {r[f'pass@{k}']:.3f} |")
+    out["mechanics"] = mech.to_dict("records")
+    m = matched_lr(preset, runs_root)
+    if m is not None:
+        out["matched"] = {"lr": m["lr"], "lr_exact": m["lr_exact"], "target": m["target"],
+                          "ladder": {str(k_): v for k_, v in m["ladder"].items()}}
+        print(f"\nstep-size control: GRPO at lr {m['lr']:g} (exact {m['lr_exact']:.4g}), where "
+              f"GRPO's seed-mean distance over lrs {sorted(m['ladder'])} "
+              f"({', '.join(f'{v:.3f}' for _, v in sorted(m['ladder'].items()))}) reaches THR "
+              f"p = 0's {m['target']:.3f} on seeds {list(study.STUDY_SEED_SETS[0])}")
+        piv = mech.pivot(index="seed", columns="method")
+        for col in ("distance", "kl_start"):
+            for a, b in ((study.MATCHED, "thr_p0"), (study.MATCHED, "grpo")):
+                if (col, a) in piv and (col, b) in piv:
+                    d = piv[[(col, a), (col, b)]].dropna()
+                    if len(d) > 1:
+                        r = seed_difference(d[(col, b)], d[(col, a)])
+                        out["matched"][f"{col}_{a}_minus_{b}"] = r
+                        print(f"  {col}: {a} minus {b} {r['mean']:+.3f} [{r['ci_low']:+.3f}, "
+                              f"{r['ci_high']:+.3f}] over {len(d)} seeds")
+    front = study.frontier_claims(runs, k)
+    if not front.empty:
+        out["frontier"] = {}
+        target = float(front.target.iloc[0])
+        print(f"\nfrontier: Pass@{k} at greedy accuracy {target:.3f} (the start's + "
+              f"{study.FRONTIER_GAIN:g}) on the first {int(front.problems.iloc[0])} problems, "
+              "method minus GRPO at the same lr, averaged over the lrs where both reach it, "
+              "paired by seed (95% t-interval over seeds); at half and 1.5x the gain too:")
+        print("| gain | method | difference [95% interval] | seeds | lrs per seed |")
+        print("|---|---|---|---|---|")
+        for gain in (study.FRONTIER_GAIN, study.FRONTIER_GAIN / 2, study.FRONTIER_GAIN * 1.5):
+            t = study.frontier_claims(runs, k, gain=gain)
+            out["frontier"][f"{gain:g}"] = t.to_dict("records")
+            for r in t.itertuples():
+                print(f"| {gain:g} | {r.method} | {100 * r.diff:+.1f} [{100 * r.ci_low:+.1f}, "
+                      f"{100 * r.ci_high:+.1f}] | {r.seeds} | {r.lrs:.1f} |")
+    dose = study.dose_table(runs, ["greedy_acc", f"pass@{k}"])
+    if len(dose) and dose.p.nunique() > 3:
+        out["dose"] = dose.to_dict("records")
+        print(f"\ndose-response of p (THR at the preset's lr minus GRPO, paired by seed and "
+              "problem, 95% intervals):")
+        print("| p | greedy | Pass@" + f"{k} | seeds |")
+        print("|---|---|---|---|")
+        for p_, d in dose.groupby("p"):
+            cells = [f"{100 * r.diff:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+                     for r in d.sort_values("metric").itertuples()]
+            print(f"| {p_:+g} | {' | '.join(cells)} | {int(d.seeds.min())} |")
+    return out
+
+
+def figures(runs, k: int, out_dir: str) -> list[str]:
+    """The study's figures in out_dir: frontier.png (Pass@K against greedy accuracy at each lr
+    of the ladder, and greedy accuracy and Pass@K against the KL from the start at the
+    preset's lr; thrlab.plotting.frontier) and dose_response.png (greedy and Pass@K minus GRPO
+    against p; plotting.dose_response). Only what the runs hold is drawn."""
+    from thrlab import frontier, plotting, study
+
+    paths = []
+    along = runs[[any(Path(d).glob("eval_step*.json")) for d in runs.run_dir]]
+    if not along.empty:
+        pts = frontier.with_kl(frontier.frontier_points(along, k), along)
+        split = {m: frontier.split_label(m) for m in set(pts.method)}
+        pts = pts.assign(base=pts.method.map(lambda m: split[m][0]),
+                         factor=pts.method.map(lambda m: split[m][1]))
+        fig, ax = plotting.figure(ncols=3, nrows=2, width=plotting.DOUBLE, height=2.6)
+        for i, f in enumerate(study.LR_FACTORS):
+            d = pts[pts.factor == f].assign(method=lambda x: x.base)
+            plotting.frontier(ax[i], d, k)
+            ax[i].set_title(f"lr x {f:g}")
+        own = pts[pts.factor == 1.0]
+        plotting.frontier(ax[3], own, k, x="kl_start", y="greedy_acc")
+        plotting.frontier(ax[4], own, k, x="kl_start")
+        ax[3].set_title("preset lr")
+        ax[4].set_title("preset lr")
+        ax[5].axis("off")
+        paths += plotting.save_figure(fig, out_dir, "frontier")
+    dose = study.dose_table(runs, ["greedy_acc", f"pass@{k}"])
+    if len(dose) and dose.p.nunique() > 3:
+        fig, ax = plotting.figure(ncols=2, width=plotting.DOUBLE)
+        plotting.dose_response(ax[0], dose, "greedy_acc")
+        plotting.dose_response(ax[1], dose, f"pass@{k}")
+        paths += plotting.save_figure(fig, out_dir, "dose_response")
+    return [str(p) for p in paths]
 
 
 def _reading(c) -> str:
@@ -99,9 +230,11 @@ def main() -> None:
     ap.add_argument("--preset", default="narrowing")
     ap.add_argument("--runs-root", default="runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="default: the study budget's seeds")
+                    help="default: the first seed set of thrlab.study.STUDY_SEED_SETS")
     ap.add_argument("--replicate", type=int, nargs="+", default=None, metavar="SEED",
                     help="a second seed set of the same study: claims on both and pooled")
+    ap.add_argument("--figures", default=None, metavar="DIR",
+                    help="also draw the study's frontier and dose-response figures into DIR")
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
@@ -109,7 +242,7 @@ def main() -> None:
     from thrlab.runs import read_json
 
     own = paper.preset_config(args.preset)
-    seeds = args.seeds or study.STUDY_BUDGETS[args.preset]["params"]["seeds"]
+    seeds = args.seeds or list(study.STUDY_SEED_SETS[0])
     runs = study_runs(args.preset, args.runs_root, seeds)
     grpo = runs[runs.method == "grpo"]
     print(f"{len(runs)} runs: " + ", ".join(f"{m} x {n}" for m, n in
@@ -123,7 +256,8 @@ def main() -> None:
           .round(4).to_string(index=False))
     out = {"preset": args.preset, "seeds": seeds,
            "grpo_gain": gains.drop(columns=["method"]).to_dict("records")}
-    top = gains[gains.metric == f"pass@{ks[-1]}"].iloc[0]
+    top_k = study.passk_top(ks[-1])  # the claims' Pass@K (thrlab.study.CLAIMS)
+    top = gains[gains.metric == f"pass@{top_k}"].iloc[0]
     greedy = gains[gains.metric == "greedy_acc"].iloc[0]
     out["greedy_rises"] = bool(greedy.ci_low > 0)
     out["passk_narrows"] = bool(top["diff"] <= 0)
@@ -161,6 +295,9 @@ def main() -> None:
         print(f"| {c.experiment} | {c.claim} | " + " | ".join(cells) + f" | "
               f"{_reading(c._asdict())} |")
     out["claims"] = claims.to_dict("records")
+    out.update(controls_report(args.preset, args.runs_root, runs, top_k))
+    if args.figures:
+        out["figures"] = figures(runs, top_k, args.figures)
     cpu_s = float(runs.wall_s.sum())
     per_seed = cpu_s / len(seeds)
     out.update(runs=len(runs), cpu_s=cpu_s, cpu_s_per_seed=per_seed,
@@ -188,7 +325,7 @@ def main() -> None:
               f"{out['replication']['same_verdict']} of {len(rep)} claims keep their verdict; "
               f"{out['replication']['inside']} of {len(rep)} estimates lie inside each other's "
               "interval")
-    print(f"\nnarrowing regime (greedy up; Pass@{ks[-1]} at or below the start, or the "
+    print(f"\nnarrowing regime (greedy up; Pass@{top_k} at or below the start, or the "
           f"strategies collapse): {out['narrowing']}")
     print(f"{len(runs)} runs, {cpu_s / 60:.1f} CPU-minutes at one thread each (mean run "
           f"{out['mean_run_s']:.0f} s, of which training {out['mean_train_s']:.0f} s); one seed of "

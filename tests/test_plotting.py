@@ -128,3 +128,25 @@ def test_frontier_draws_each_methods_seed_mean_trajectory_with_intervals():
     seg = bars[0].lines[2][0].get_segments()[0]  # the first point's horizontal bar
     assert np.allclose([seg[0][0], seg[1][0]], [0.31 - half, 0.31 + half])
     assert ax[0].get_ylabel() == "Pass@4" and "3 seeds" in ax[0].get_xlabel()
+
+
+def test_frontier_against_kl_and_the_dose_response_plot_their_columns():
+    import pandas as pd
+
+    pts = pd.DataFrame([dict(method="grpo", seed=s, step=t, greedy_acc=0.3, kl_start=kl + s,
+                             **{"pass@4": p}) for s in (0, 1)
+                        for t, kl, p in ((0, 0.0, 0.8), (5, 0.2, 0.6))])
+    fig, ax = plotting.figure(ncols=2)
+    plotting.frontier(ax[0], pts, 4, x="kl_start")
+    x, y = ax[0].get_lines()[0].get_data()
+    assert np.allclose(x, [0.5, 0.7]) and np.allclose(y, [0.8, 0.6])
+    assert ax[0].get_xlabel().startswith("KL from the start policy")
+    dose = pd.DataFrame({"p": [0.5, -0.5, 0.0], "metric": "greedy_acc", "diff": [0.02, -0.01, 0.0],
+                         "ci_low": [0.0, -0.03, -0.01], "ci_high": [0.04, 0.01, 0.01],
+                         "seeds": 3})
+    plotting.dose_response(ax[1], dose, "greedy_acc")
+    x, y = ax[1].get_lines()[0].get_data()
+    assert np.allclose(x, [-0.5, 0.0, 0.5]) and np.allclose(y, [-0.01, 0.0, 0.02])  # sorted by p
+    seg = ax[1].containers[0].lines[2][0].get_segments()[2]  # p = 0.5's bar
+    assert np.allclose([seg[0][1], seg[1][1]], [0.0, 0.04])
+    assert ax[1].get_ylabel() == "greedy accuracy minus GRPO" and "3 seeds" in ax[1].get_xlabel()

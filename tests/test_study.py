@@ -141,8 +141,9 @@ def test_claims_table_is_the_paired_table_of_each_claim(tmp_path):
                                       samples=8) for m in methods for s in range(3)])
     t = study.claims_table(runs)
     claims = [c for c in study.CLAIMS if {c[2], c[3]} <= set(methods)
-              and c[4] != "strategy_entropy"]  # no strategy labels on this task
-    assert len(t) == len(claims) and set(t.metric) == {"greedy_acc", "pass@8"}
+              and c[4] not in ("strategy_entropy", "frontier")]  # no labels, no step evals
+    # pass@top is Pass@K at K = samples / 2 (from 8 samples, Pass@4), not a 0/1 Pass@8
+    assert len(t) == len(claims) and set(t.metric) == {"greedy_acc", "pass@4"}
     for row in t.itertuples():
         want = study.paired_table(runs[runs.method.isin([row.method, row.baseline])],
                                   [row.metric], baseline=row.baseline).iloc[0]
@@ -268,3 +269,140 @@ def test_passk_at_matched_greedy_interpolates_each_run_and_pairs_seeds():
     assert t.seeds.tolist() == [1] and t["diff"].iloc[0] == pytest.approx(
         at[("thr_explore", 0)] - at[("grpo", 0)])
     assert np.isnan(t.ci_low.iloc[0])  # one seed: mechanics only
+
+
+def test_passk_top_is_the_largest_power_of_2_at_most_half_the_samples():
+    assert [study.passk_top(n) for n in (2, 4, 8, 64, 100, 128)] == [1, 2, 4, 32, 32, 64]
+
+
+def test_frontier_claims_pair_each_method_with_grpo_by_seed_and_lr(tmp_path):
+    """frontier_claims against a naive recomputation: the target is the start's greedy
+    accuracy + gain; per seed, the mean over the lrs where both runs reach it of the method's
+    interpolated pass@k minus GRPO's at the same lr; a t-interval over seeds."""
+    from thrlab.evaluate import pass_at_k
+
+    rng = np.random.default_rng(5)
+    start = ([1, 0, 1, 0, 0], [2, 1, 3, 0, 1])
+    rows, runs = [], []
+    for method in ("grpo", "thr_explore"):
+        for f in (0.5, 1.0, 2.0):
+            label = method if f == 1 else f"{method}@{f:g}lr"
+            for seed in range(3):
+                traj = {0: start,
+                        2: (rng.integers(0, 2, 5).tolist(), rng.integers(0, 5, 5).tolist()),
+                        4: ([1, 1, 1, 0, 1], rng.integers(0, 5, 5).tolist())}
+                runs.append(_frontier_run(tmp_path / label, label, seed, traj))
+                rows.append((method, f, seed, traj))
+    runs = pd.DataFrame(runs)
+    t = study.frontier_claims(runs, 2, gain=0.2)
+    target = np.mean(start[0][:3]) + 0.2
+
+    def at(traj):  # the first step whose greedy (first 3 problems) reaches target, interpolated
+        g = [np.mean(traj[s][0][:3]) for s in (0, 2, 4)]
+        p = [np.mean([pass_at_k(4, c, 2) for c in traj[s][1][:3]]) for s in (0, 2, 4)]
+        for i in range(3):
+            if g[i] >= target:
+                return p[i] if i == 0 else p[i - 1] + (target - g[i - 1]) / (g[i] - g[i - 1]) * (
+                    p[i] - p[i - 1])
+        return float("nan")
+
+    vals = {(m, f, s): at(tr) for m, f, s, tr in rows}
+    d = []
+    for seed in range(3):
+        pairs = [(vals[("thr_explore", f, seed)], vals[("grpo", f, seed)]) for f in (0.5, 1.0, 2.0)
+                 if not np.isnan(vals[("thr_explore", f, seed)] + vals[("grpo", f, seed)])]
+        if pairs:
+            d.append(np.mean([a - b for a, b in pairs]))
+    row = t[t.method == "thr_explore"].iloc[0]
+    assert len(d) == 3 and row["diff"] == pytest.approx(np.mean(d)) and row.seeds == 3
+    half = scipy_t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d))
+    assert (row.ci_low, row.ci_high) == pytest.approx((np.mean(d) - half, np.mean(d) + half))
+    assert row.target == pytest.approx(target) and row.problems == 3
+
+
+def test_study_cells_and_run_labels_name_each_run_of_the_controls_study():
+    from thrlab.presets import from_preset
+
+    own = from_preset("narrowing").lr
+    front = study.study_cells("narrowing", [0, 1], "frontier")
+    assert len(front) == 2 * len(study.FRONTIER_METHODS) * len(study.LR_FACTORS)
+    labels = {c[0] for c in front}
+    assert labels == {m if f == 1 else f"{m}@{f:g}lr" for m in study.FRONTIER_METHODS
+                      for f in study.LR_FACTORS}
+    for label, seed, cfg in front:
+        assert cfg.frontier_every == study.FRONTIER["frontier_every"] and cfg.threads == 1
+        assert cfg.lr == pytest.approx(own * (1 if "@" not in label else
+                                              float(label.split("@")[1][:-2])))
+    dose = study.study_cells("narrowing", [0], "dose")
+    assert [c[0] for c in dose] == [f"thr p={p:+g}" for p in study.DOSE_P
+                                    if p not in (-0.1, 0.0, 0.1)]
+    assert [c[2].thr_p for c in dose] == [p for p in study.DOSE_P if p not in (-0.1, 0.0, 0.1)]
+    masks = study.study_cells("narrowing", [0], "masks")
+    assert [c[0] for c in masks] == list(study.MASK_CONTROLS)
+    (label, _, cfg), = study.study_cells("narrowing", [3], "matched", matched_lr=4.1e-4)
+    assert label == study.MATCHED and cfg.lr == 4.1e-4 and cfg.seed == 3
+    assert study.run_label(cfg) == "grpo@0.82lr"  # without the matched lr: a ladder-style label
+    with pytest.raises(ValueError, match="matched_lr"):
+        study.study_cells("narrowing", [0], "matched")
+    # every run of one seed is a distinct run
+    cells = [c for part in ("frontier", "masks", "dose") for c in study.study_cells(
+        "narrowing", [0], part)]
+    assert len({c[2].run_id() for c in cells}) == len(cells)
+
+
+def _metrics_run(root, method, seed, lr, rows):
+    d = root / f"{method}-{seed}"
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"method": method, "seed": seed, "lr": lr, "run_dir": str(d)}
+
+
+def test_matched_control_lr_interpolates_grpos_distance_ladder_in_log_lr(tmp_path):
+    """The lr where GRPO's seed-mean final distance equals THR p = 0's, by a naive
+    log-linear interpolation between the two ladder lrs around it; the matched run itself
+    (another GRPO lr) is not part of the ladder."""
+    import math
+
+    ladder = {0.25e-3: [1.0, 1.2], 0.5e-3: [2.0, 2.2], 1e-3: [4.0, 3.8]}
+    runs = []
+    for lr, ds in ladder.items():
+        label = "grpo" if lr == 0.5e-3 else f"grpo@{lr / 0.5e-3:g}lr"
+        for seed, dist in enumerate(ds):
+            runs.append(_metrics_run(tmp_path / label, label, seed, lr,
+                                     [{"step": 1, "train/distance": 0.1},
+                                      {"step": 2, "train/distance": dist}]))
+    for seed, dist in enumerate([1.4, 1.6]):
+        runs.append(_metrics_run(tmp_path / "thr", "thr_p0", seed, 0.5e-3,
+                                 [{"step": 2, "train/distance": dist}]))
+    runs.append(_metrics_run(tmp_path / "m", "grpo@0.9lr", 0, 4.5e-4,
+                             [{"step": 2, "train/distance": 99.0}]))
+    m = study.matched_control_lr(pd.DataFrame(runs))
+    w = (1.5 - 1.1) / (2.1 - 1.1)
+    want = math.exp(math.log(0.25e-3) + w * (math.log(0.5e-3) - math.log(0.25e-3)))
+    assert m["lr_exact"] == pytest.approx(want) and m["lr"] == float(f"{want:.2g}")
+    assert m["target"] == pytest.approx(1.5) and len(m["ladder"]) == 3
+    mech = study.mechanics_table(pd.DataFrame(runs))
+    assert mech.distance.tolist()[:2] == [1.0, 1.2]  # the last value, not the first
+    assert mech.kl_start.isna().all() and mech.frac_kept.isna().all()  # not logged: NaN
+
+
+def test_dose_table_reads_p_from_each_label_and_pairs_with_grpo(tmp_path):
+    rng = np.random.default_rng(4)
+    methods = ("grpo", "thr_explore", "thr_p0", "thr p=+0.5")
+    runs = pd.DataFrame([_records_run(tmp_path, m, s, rng.integers(0, 2, 10).tolist(),
+                                      rng.integers(0, 5, 10).tolist())
+                         for m in methods for s in range(2)])
+    t = study.dose_table(runs, ["greedy_acc"])
+    assert t.p.tolist() == [-0.1, 0.0, 0.5]
+    for r in t.itertuples():
+        want = study.paired_table(runs[runs.method.isin([r.method, "grpo"])], ["greedy_acc"])
+        assert r.diff == pytest.approx(want["diff"].iloc[0])
+
+
+def test_with_kl_reads_each_runs_probe_at_the_evaluated_steps(tmp_path):
+    run = _metrics_run(tmp_path, "grpo", 0, 5e-4, [{"step": 10, "probe/kl_start": 0.1},
+                                                   {"step": 20, "train/loss": 1.0},
+                                                   {"step": 20, "probe/kl_start": 0.3}])
+    pts = pd.DataFrame({"method": "grpo", "seed": 0, "step": [0, 20, 30]})
+    got = frontier.with_kl(pts, pd.DataFrame([run])).kl_start.tolist()
+    assert got[:2] == [0.0, 0.3] and np.isnan(got[2])

@@ -7,6 +7,7 @@ Reads run folders with pandas only (no torch), like thrlab.study.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,24 @@ def frontier_points(runs: pd.DataFrame, k: int, sets: list[str] | None = None) -
     return pd.DataFrame(rows)
 
 
+def with_kl(points: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """frontier_points with a kl_start column: the KL from the start policy at each evaluated
+    step (the run's probe/kl_start metric at that step, probe_every; 0 at step 0; NaN where
+    the run did not probe that step)."""
+    import json
+
+    kl = {}
+    for r in runs.itertuples():
+        with open(Path(r.run_dir) / "metrics.jsonl") as f:
+            for line in f:
+                row = json.loads(line)
+                if "probe/kl_start" in row:
+                    kl[(r.method, r.seed, int(row["step"]))] = float(row["probe/kl_start"])
+    keys = zip(points.method, points.seed, points.step)
+    return points.assign(kl_start=[0.0 if s == 0 else kl.get((m, sd, s), float("nan"))
+                                   for m, sd, s in keys])
+
+
 def passk_at_greedy(points: pd.DataFrame, target: float, k: int) -> pd.DataFrame:
     """Per run (method, seed) of frontier_points: its pass@k where its trajectory first reaches
     greedy accuracy `target`, linear between the two evaluations around the crossing (the start's
@@ -64,22 +83,47 @@ def passk_at_greedy(points: pd.DataFrame, target: float, k: int) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
+def split_label(label: str) -> tuple[str, float]:
+    """(method, lr factor) of a study run's label (thrlab.study.run_label): ("thr_p0", 0.5) of
+    "thr_p0@0.5lr"; (label, 1.0) of a run at the preset's lr."""
+    m = re.fullmatch(r"(.+)@([0-9.e+-]+)lr", label)
+    return (m.group(1), float(m.group(2))) if m else (label, 1.0)
+
+
+def matched_values(points: pd.DataFrame, target: float, k: int,
+                   baseline: str = "grpo") -> pd.DataFrame:
+    """Per method and seed: its pass@k at greedy accuracy `target` (passk_at_greedy) and the
+    baseline's, each the mean over the learning rates (split_label) at which both runs of that
+    seed reach the target: the two are paired by seed and lr. Columns method, seed, value,
+    baseline, lrs (how many lrs the seed's pair averages)."""
+    at = passk_at_greedy(points, target, k).dropna()
+    at[["base", "factor"]] = [split_label(m) for m in at.method]
+    wide = at.pivot_table(index=["seed", "factor"], columns="base", values=f"pass@{k}")
+    if baseline not in wide:
+        raise ValueError(f"baseline {baseline!r} never reaches greedy accuracy {target:.3g}")
+    rows = []
+    for method in wide.columns:
+        if method == baseline:
+            continue
+        both = wide[[method, baseline]].dropna()
+        for seed, d in both.groupby(level="seed"):
+            rows.append({"method": method, "seed": seed, "value": float(d[method].mean()),
+                         "baseline": float(d[baseline].mean()), "lrs": len(d)})
+    return pd.DataFrame(rows, columns=["method", "seed", "value", "baseline", "lrs"])
+
+
 def matched_frontier(points: pd.DataFrame, target: float, k: int,
                      baseline: str = "grpo") -> pd.DataFrame:
-    """Each method's pass@k at greedy accuracy `target` (passk_at_greedy) minus the baseline's,
-    paired by seed over the seeds where both reach the target, with the t-interval over those
-    seeds (seeds_difference's rows: diff, ci_low, ci_high, seeds)."""
-    at = passk_at_greedy(points, target, k).dropna()
-    table = at.rename(columns={f"pass@{k}": "at_target"})
-    if baseline not in set(table.method):
-        raise ValueError(f"baseline {baseline!r} never reaches greedy accuracy {target}")
-    base_seeds = set(table[table.method == baseline].seed)
+    """Each method's pass@k at greedy accuracy `target` minus the baseline's (matched_values:
+    paired by seed and lr, averaged over the lrs where both reach it), with the t-interval over
+    the seeds where both reach it (seed_differences' rows: diff, ci_low, ci_high, se, seeds)
+    and lrs, the mean count of lrs per seed."""
+    vals = matched_values(points, target, k, baseline)
     rows = []
-    for method, d in table.groupby("method", sort=False):
-        both = sorted(base_seeds & set(d.seed))
-        if method == baseline or not both:
-            continue
-        pair = table[table.method.isin([method, baseline]) & table.seed.isin(both)]
+    for method, d in vals.groupby("method", sort=False):
+        pair = pd.concat([d.assign(at_target=d.value),
+                          d.assign(method=baseline, at_target=d.baseline)])
         r = seed_differences(pair, "at_target", baseline=baseline).iloc[0].to_dict()
-        rows.append({**r, "metric": f"pass@{k} at greedy {target:g}", "target": target})
+        rows.append({**r, "metric": f"pass@{k} at greedy {target:.3g}", "target": target,
+                     "lrs": float(d.lrs.mean())})
     return pd.DataFrame(rows)

@@ -134,29 +134,47 @@ def diff_curves(ax, table, ks: list[int], ylabel: str):
     return ax
 
 
-def frontier(ax, points, k: int):
+AXIS_NAMES = {"greedy_acc": "greedy accuracy", "kl_start": "KL from the start policy"}
+
+
+def frontier(ax, points, k: int, x: str = "greedy_acc", y: str | None = None):
     """The greedy-vs-Pass@K frontier (rows of frontier.frontier_points): one curve per method
-    through its seed-mean (greedy accuracy, pass@k) at each evaluated step, start to end, with
-    95% t-intervals over seeds on both axes (none with one seed). A method that explores better
-    lies above another at the same greedy accuracy; one that merely trains less stops short."""
+    through its seed-mean (x, y) at each evaluated step, start to end, with 95% t-intervals
+    over seeds on both axes (none with one seed). Default x greedy accuracy, y pass@k; x
+    "kl_start" (frontier.with_kl) draws either against the KL from the start policy. A method
+    that explores better lies above another at the same greedy accuracy; one that merely
+    trains less stops short."""
     from scipy import stats as st
 
-    col = f"pass@{k}"
+    y = y or f"pass@{k}"
     seeds = int(points.groupby("method").seed.nunique().max())
     for i, (m, d) in enumerate(points.groupby("method", sort=False)):
-        g = d.groupby("step")[["greedy_acc", col]]
-        mean, n = g.mean(), g.count()["greedy_acc"]
+        g = d.groupby("step")[[x, y]]
+        mean, n = g.mean(), g.count()[x]
         half = (g.std(ddof=1).mul(st.t.ppf(0.975, (n - 1).clip(lower=1)), axis=0)
                 .div(np.sqrt(n), axis=0))
-        ax.plot(mean.greedy_acc, mean[col], marker="o", color=color(m, i), label=label(m))
+        ax.plot(mean[x], mean[y], marker="o", color=color(m, i), label=label(m))
         if seeds > 1:
-            ax.errorbar(mean.greedy_acc, mean[col], xerr=half.greedy_acc, yerr=half[col],
+            ax.errorbar(mean[x], mean[y], xerr=half[x], yerr=half[y],
                         fmt="none", ecolor=color(m, i), alpha=0.4, linewidth=0.8)
     ci = "bars: 95% intervals over seeds" if seeds > 1 else "one seed: no interval"
-    ax.set_xlabel(f"greedy accuracy\n{seeds} seeds; each point one evaluation, start to end; {ci}",
-                  fontsize=6)
-    ax.set_ylabel(f"Pass@{k}")
+    ax.set_xlabel(f"{AXIS_NAMES.get(x, x)}\n{seeds} seeds; each point one evaluation, start to "
+                  f"end; {ci}", fontsize=6)
+    ax.set_ylabel(AXIS_NAMES.get(y, y.replace("pass@", "Pass@")))
     ax.legend(fontsize=6)
+    return ax
+
+
+def dose_response(ax, table, metric: str):
+    """One metric of study.dose_table against p: THR at each p minus GRPO with its 95%
+    interval (over seeds and problems), a line at 0 (GRPO)."""
+    d = table[table.metric == metric].sort_values("p")
+    ax.errorbar(d.p, d["diff"], yerr=[d["diff"] - d.ci_low, d.ci_high - d["diff"]], marker="o",
+                capsize=3, color=color("thr", 0))
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    seeds = int(d.seeds.min()) if len(d) else 0
+    ax.set_xlabel(f"p\n{seeds} seeds; bars: 95% intervals over seeds and problems", fontsize=6)
+    ax.set_ylabel(f"{AXIS_NAMES.get(metric, metric.replace('pass@', 'Pass@'))} minus GRPO")
     return ax
 
 

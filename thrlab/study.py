@@ -127,6 +127,55 @@ def final_metric(run_dir, key: str) -> float:
     return value
 
 
+def mean_metric(run_dir, key: str) -> float:
+    """The mean of metric `key` over a run's metrics.jsonl rows that have it (NaN if none)."""
+    import json
+
+    values = []
+    with open(Path(run_dir) / "metrics.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            if key in row:
+                values.append(float(row[key]))
+    return float(np.mean(values)) if values else float("nan")
+
+
+# The per-run mechanism numbers of mechanics_table: (column, metrics.jsonl key, reduction).
+MECHANICS = (("distance", "train/distance", final_metric),
+             ("kl_start", "probe/kl_start", final_metric),
+             ("frac_kept", "thr/frac_kept", mean_metric),
+             ("control_overlap", "thr/control_overlap", mean_metric))
+
+
+def mechanics_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (method, seed, lr) with its mechanism metrics (MECHANICS): the distance
+    from the start adapter and the KL from the start policy after the last step, the mean share
+    of tokens a mask keeps and a mask control's mean overlap with THR's mask (NaN where the run
+    does not log it)."""
+    rows = []
+    for r in runs.itertuples():
+        rows.append({"method": r.method, "seed": r.seed, "lr": r.lr,
+                     **{c: fn(r.run_dir, key) for c, key, fn in MECHANICS}})
+    return pd.DataFrame(rows)
+
+
+def dose_table(runs: pd.DataFrame, metrics: list[str], baseline: str = "grpo") -> pd.DataFrame:
+    """THR at every p the runs hold (labels thr_p0, thr_explore, thr_exploit and "thr p=..." at
+    the preset's lr) minus the baseline, paired by seed and problem (paired_table), with p in a
+    column: the dose-response of p."""
+    from .presets import METHODS
+
+    named = {m: METHODS[m]["thr_p"] for m in ("thr_p0", "thr_explore", "thr_exploit")}
+    p_of = {m: named.get(m, float(m[len("thr p="):]) if m.startswith("thr p=") else None)
+            for m in set(runs.method)}
+    dose = [m for m, p in p_of.items() if p is not None]
+    if not dose or baseline not in set(runs.method):
+        return pd.DataFrame()
+    t = paired_table(runs[runs.method.isin(dose + [baseline])], metrics, baseline=baseline)
+    t.insert(0, "p", t.method.map(p_of))
+    return t.sort_values(["metric", "p"]).reset_index(drop=True)
+
+
 def matched_control_lr(runs: pd.DataFrame, method: str = "thr_p0",
                        key: str = "train/distance") -> dict:
     """The step-size control's lr: where GRPO's seed-mean `key` after the last step, over its
@@ -270,18 +319,26 @@ def claims_table(runs: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
 
     have = set(runs.method)
     recs = read_json(Path(runs.run_dir.iloc[0]) / "eval_after.json")["problems"]
-    top = next(iter(recs.values()))["samples"]  # pass@k runs up to k = the samples per problem
+    top = passk_top(next(iter(recs.values()))["samples"])
+    front = None
     rows = []
     for exp, claim, method, base, metric, direction in claims:
         if not {method, base} <= have:
             continue
+        if metric == "frontier":
+            front = frontier_claims(runs, top) if front is None else front
+            if front.empty or method not in set(front.method):
+                continue  # no frontier runs (frontier_every), or the method never got there
         pair = runs[runs.method.isin([method, base])]
         margin = EQUIVALENCE_MARGINS.get(metric) if direction == 0 else None
         if direction == 0 and margin is None:
             raise ValueError(f"comparable claim {claim!r}: no equivalence margin for {metric!r} "
                              f"in EQUIVALENCE_MARGINS")
         metric = f"pass@{top}" if metric == "pass@top" else metric
-        if metric == "strategy_entropy":
+        if metric == "frontier":
+            r = front[front.method == method].iloc[0].to_dict()
+            metric = r["metric"]
+        elif metric == "strategy_entropy":
             first = read_json(Path(pair.run_dir.iloc[0]) / "eval_after.json")["sets"]
             if not any("strategy_entropy" in v for v in first.values()):
                 continue  # a task without strategy labels
@@ -311,6 +368,44 @@ def claims_table(runs: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
                             ci90=(c.ci90_low, c.ci90_high), margin=c.margin)
                     for c in t.itertuples()]
     t["bound"] = [bound(c.direction, c.ci_low, c.ci_high) for c in t.itertuples()]
+    return t
+
+
+def passk_top(samples: int) -> int:
+    """The K of a claim's pass@top: the largest power of 2 with 2K <= the samples per problem
+    (from 64 samples, Pass@32; see CLAIMS)."""
+    k = 1
+    while 4 * k <= samples:
+        k *= 2
+    return k
+
+
+def frontier_claims(runs: pd.DataFrame, k: int, gain: float = FRONTIER_GAIN,
+                    baseline: str = "grpo") -> pd.DataFrame:
+    """frontier.matched_frontier of the runs evaluated along their training (eval_step files)
+    at greedy accuracy = the start's (the mean of their step-0 points) + gain, with the MDE
+    of the seed-level design: one row per method (diff, ci_low, ci_high, se, df, mde, seeds,
+    problems, metric, target, lrs); empty without such runs."""
+    from . import frontier
+    from .stats import minimum_detectable_effect
+
+    along = runs[[any(Path(d).glob("eval_step*.json")) for d in runs.run_dir]]
+    if along.empty or baseline not in set(along.method):
+        return pd.DataFrame()
+    pts = frontier.frontier_points(along, k)
+    target = float(pts[pts.step == 0].greedy_acc.mean()) + gain
+    t = frontier.matched_frontier(pts, target, k, baseline)
+    if t.empty:
+        return t
+    vals = frontier.matched_values(pts, target, k, baseline)
+    mde = {}
+    for m, d in vals.groupby("method"):
+        var = float((d.value - d.baseline).var(ddof=1)) if len(d) > 1 else float("nan")
+        mde[m] = (minimum_detectable_effect({"seed": var, "problem": 0.0, "resid": 0.0}, len(d), 1)
+                  if len(d) > 1 else float("nan"))
+    t["mde"] = t.method.map(mde)
+    step = next(Path(along.run_dir.iloc[0]).glob("eval_step*.json"))
+    t["problems"] = sum(len(v["greedy"]) for v in read_json(step)["problems"].values())
     return t
 
 
