@@ -6,6 +6,7 @@ them.
 
     python benchmarks/run_study.py --preset narrowing                    # everything, in order
     python benchmarks/run_study.py --preset narrowing --parts frontier matched --seeds 0 1 2
+    python benchmarks/run_study.py --preset tiny --only grpo thr_p0 --set steps=2   # a smoke run
 
 The order is the budget's (issue 25): frontier and matched control on every seed set first,
 then the masks, then the dose-response (first seed set only). The matched lr is measured on the
@@ -35,7 +36,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="default: every seed set of thrlab.study.STUDY_SEED_SETS")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
+                    help="train only the runs with these labels (thrlab.study.run_label)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every run (e.g. a smoke test's budget)")
     args = ap.parse_args(argv)
+    from thrlab.config import parse_overrides
+
+    overrides = parse_overrides(args.set)
     first = list(study.STUDY_SEED_SETS[0])
     sets = [args.seeds] if args.seeds else [list(s) for s in study.STUDY_SEED_SETS]
     root = Path(args.runs_root)
@@ -54,7 +62,8 @@ def main(argv=None) -> int:
                 matched = m["lr"]
                 print(f"matched lr {matched:g} (exact {m['lr_exact']:.4g}): GRPO's distance "
                       f"{m['ladder']} vs THR p = 0's {m['target']:.4f}", flush=True)
-            cells = study.study_cells(args.preset, seeds, part, matched)
+            cells = [c for c in study.study_cells(args.preset, seeds, part, matched, overrides)
+                     if args.only is None or c[0] in args.only or part == "matched"]
             todo = [(label, seed, cfg, root / cfg.run_id()) for label, seed, cfg in cells
                     if not RunDir(root / cfg.run_id()).complete]
             print(f"{part}, seeds {seeds}: {len(cells)} runs, {len(todo)} to train", flush=True)

@@ -63,6 +63,8 @@ def study_runs(preset: str, runs_root: str, seeds: list[int]):
     the preset's lr, "<method>@<f>lr" on the frontier's lr ladder, study.MATCHED for GRPO at the
     step-size control's lr, which the first seed set's ladder fixes (study.matched_control_lr)
     for every seed set; "llama:" methods are E6's Llama-architecture runs."""
+    import pandas as pd
+
     from thrlab import study
 
     runs = _collect(preset, runs_root, seeds)
@@ -71,9 +73,12 @@ def study_runs(preset: str, runs_root: str, seeds: list[int]):
                          f"run benchmarks/run_study.py --preset {preset} first")
     m = matched_lr(preset, runs_root)
     if m is not None:
-        ladder = {"grpo"} | {f"grpo@{f:g}lr" for f in study.LR_FACTORS}
-        off = ~runs.method.isin(ladder) & runs.method.str.startswith("grpo@")
-        runs.loc[off & (runs.lr - m["lr"]).abs().lt(1e-12), "method"] = study.MATCHED
+        at = (runs.lr - m["lr"]).abs().lt(1e-12)
+        ladder = runs.method.isin(study.ladder_labels())
+        runs.loc[at & ~ladder & runs.method.str.startswith("grpo@"), "method"] = study.MATCHED
+        if (at & ladder).any():  # the matched lr is on the ladder: that GRPO run is the control
+            runs = pd.concat([runs, runs[at & ladder].assign(method=study.MATCHED)],
+                             ignore_index=True)
     dup = runs[runs.duplicated(["method", "seed"], keep=False)]
     if len(dup):
         raise SystemExit(f"two runs of one method and seed: {dup.run_dir.tolist()}; move one out "
@@ -88,7 +93,7 @@ def matched_lr(preset: str, runs_root: str) -> dict | None:
 
     first = list(study.STUDY_SEED_SETS[0])
     runs = _collect(preset, runs_root, first)
-    need = {"grpo", "thr_p0"} | {f"grpo@{f:g}lr" for f in study.LR_FACTORS}
+    need = {"thr_p0", *study.ladder_labels()}
     have = runs[runs.method.isin(need)]
     if len(have.groupby(["method", "seed"])) < len(need) * len(first):
         return None
@@ -178,7 +183,8 @@ def figures(runs, k: int, out_dir: str) -> list[str]:
     from thrlab import frontier, plotting, study
 
     paths = []
-    along = runs[[any(Path(d).glob("eval_step*.json")) for d in runs.run_dir]]
+    along = runs.drop_duplicates("run_dir")  # the control's copy of a ladder run: drawn once
+    along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
     if not along.empty:
         pts = frontier.with_kl(frontier.frontier_points(along, k), along)
         split = {m: frontier.split_label(m) for m in set(pts.method)}
@@ -195,6 +201,10 @@ def figures(runs, k: int, out_dir: str) -> list[str]:
         ax[3].set_title("preset lr")
         ax[4].set_title("preset lr")
         ax[5].axis("off")
+        note = ax[0].get_xlabel().split("\n", 1)[1]  # the seeds and intervals, said once
+        for a in ax[:5]:
+            a.set_xlabel(a.get_xlabel().split("\n", 1)[0])
+        fig.suptitle(note, fontsize=7)
         paths += plotting.save_figure(fig, out_dir, "frontier")
     dose = study.dose_table(runs, ["greedy_acc", f"pass@{k}"])
     if len(dose) and dose.p.nunique() > 3:
@@ -298,11 +308,12 @@ def main() -> None:
     out.update(controls_report(args.preset, args.runs_root, runs, top_k))
     if args.figures:
         out["figures"] = figures(runs, top_k, args.figures)
-    cpu_s = float(runs.wall_s.sum())
+    own_runs = runs.drop_duplicates("run_dir")  # a ladder run that is also the control counts once
+    cpu_s = float(own_runs.wall_s.sum())
     per_seed = cpu_s / len(seeds)
-    out.update(runs=len(runs), cpu_s=cpu_s, cpu_s_per_seed=per_seed,
-               seeds_per_cpu_hour=3600 / per_seed, mean_run_s=float(runs.wall_s.mean()),
-               mean_train_s=float(runs.train_s.mean()))
+    out.update(runs=len(own_runs), cpu_s=cpu_s, cpu_s_per_seed=per_seed,
+               seeds_per_cpu_hour=3600 / per_seed, mean_run_s=float(own_runs.wall_s.mean()),
+               mean_train_s=float(own_runs.train_s.mean()))
     if args.replicate:
         again = study.claims_table(study_runs(args.preset, args.runs_root, args.replicate))
         pooled = study.claims_table(study_runs(args.preset, args.runs_root,
@@ -327,7 +338,7 @@ def main() -> None:
               "interval")
     print(f"\nnarrowing regime (greedy up; Pass@{top_k} at or below the start, or the "
           f"strategies collapse): {out['narrowing']}")
-    print(f"{len(runs)} runs, {cpu_s / 60:.1f} CPU-minutes at one thread each (mean run "
+    print(f"{len(own_runs)} runs, {cpu_s / 60:.1f} CPU-minutes at one thread each (mean run "
           f"{out['mean_run_s']:.0f} s, of which training {out['mean_train_s']:.0f} s); one seed of "
           f"the grid costs {per_seed / 60:.1f} CPU-minutes: {out['seeds_per_cpu_hour']:.2f} seeds "
           "per CPU-hour")

@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from thrlab.runs import STEP_PHASES
@@ -148,3 +149,34 @@ def test_mechanics_script_separates_a_loss_scale_from_a_smaller_lr():
     assert runs["grpo@lr/4"]["update_norm_first"] == pytest.approx(grpo / 4, rel=1e-3)
     assert 0 <= runs["thr_entropy_mask"]["control_overlap"] <= 1
     assert runs["grpo"]["control_overlap"] is None and runs["grpo"]["kl_start"] > 0
+
+
+def test_run_study_and_testbed_read_back_the_controls_study(tmp_path):
+    """The controls study end to end at a smoke budget: the frontier ladder of GRPO and THR
+    p = 0 on the first seed set, the step-size control at the lr measured from it, and
+    testbed.py reading them back: the matched run is labelled as the control, its distance is
+    THR's (the control matches THR's step) and the mechanism metrics are each run's own."""
+    smoke = ["--set", "steps=2", "frontier_every=1", "frontier_limit=4", "eval_limit=8",
+             "eval_passk_limit=4", "eval_samples=4"]
+    out = limits.run([sys.executable, str(ROOT / "benchmarks" / "run_study.py"), "--preset",
+                      "tiny", "--runs-root", str(tmp_path), "--parts", "frontier", "matched",
+                      "--seeds", "0", "1", "2", "--only", "grpo", "grpo@0.5lr", "grpo@2lr",
+                      "thr_p0", *smoke], capture_output=True, text=True, cwd=ROOT,
+                     env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "matched lr" in out.stdout
+    res = run_script("testbed.py", "--preset", "tiny", "--runs-root", str(tmp_path),
+                     "--seeds", "0", "1", "2", "--figures", str(tmp_path / "figs"))
+    from thrlab import study
+
+    mech = {(r["method"], r["seed"]): r for r in res["mechanics"]}
+    assert {m for m, _ in mech} == {"thr_p0", study.MATCHED, *study.ladder_labels()}
+    ladder = res["matched"]["ladder"]
+    assert len(ladder) == 3 and res["matched"]["target"] == pytest.approx(
+        np.mean([mech[("thr_p0", s)]["distance"] for s in range(3)]))
+    lr = res["matched"]["lr"]
+    assert all(mech[(study.MATCHED, s)]["lr"] == lr for s in range(3))
+    d = res["matched"]["distance_grpo@matched_minus_thr_p0"]
+    assert abs(d["mean"]) < 0.1 * res["matched"]["target"]  # the control travels THR's distance
+    assert all(0 < mech[("thr_p0", s)]["frac_kept"] < 1 for s in range(3))  # THR keeps a part
+    assert {Path(p).name for p in res["figures"]} == {"frontier.png", "frontier.pdf"}

@@ -85,14 +85,15 @@ def run_label(cfg, matched_lr: float | None = None) -> str:
     return f"{m}@{cfg.lr / own:g}lr"
 
 
-def study_cells(preset: str, seeds, part: str, matched_lr: float | None = None) -> list:
+def study_cells(preset: str, seeds, part: str, matched_lr: float | None = None,
+                overrides: dict | None = None) -> list:
     """(label, seed, config) of every run of one part of the controls study ("frontier",
     "matched", "masks" or "dose"; see STUDY_SEED_SETS), seed-major; "matched" needs the lr
-    (matched_control_lr)."""
+    (matched_control_lr). overrides (e.g. a smoke test's tiny budget) apply to every run."""
     from .presets import from_preset
 
     def cell(method, seed, **over):
-        cfg = from_preset(preset, method, seed=seed, threads=1, **over)
+        cfg = from_preset(preset, method, seed=seed, threads=1, **{**over, **(overrides or {})})
         return (run_label(cfg, matched_lr), seed, cfg)
 
     own = from_preset(preset).lr
@@ -112,6 +113,11 @@ def study_cells(preset: str, seeds, part: str, matched_lr: float | None = None) 
         else:
             raise ValueError(f"part {part!r}: choose frontier, matched, masks or dose")
     return cells
+
+
+def ladder_labels(method: str = "grpo") -> list[str]:
+    """The labels of `method`'s runs on the frontier's lr ladder (LR_FACTORS; run_label)."""
+    return [method if f == 1 else f"{method}@{f:g}lr" for f in LR_FACTORS]
 
 
 def final_metric(run_dir, key: str) -> float:
@@ -188,7 +194,7 @@ def matched_control_lr(runs: pd.DataFrame, method: str = "thr_p0",
     values = {r.run_dir: final_metric(r.run_dir, key) for r in runs.itertuples()}
     runs = runs.assign(value=runs.run_dir.map(values))
     target = float(runs[runs.method == method].value.mean())
-    grpo = runs[runs.method.isin(["grpo"] + [f"grpo@{f:g}lr" for f in LR_FACTORS])]
+    grpo = runs[runs.method.isin(ladder_labels("grpo"))]
     ladder = {float(lr): float(d.value.mean()) for lr, d in grpo.groupby("lr")}
     lr = matched_lr(list(ladder), list(ladder.values()), target)
     return {"lr": float(f"{lr:.2g}"), "lr_exact": lr, "target": target, "ladder": ladder,
@@ -389,7 +395,8 @@ def frontier_claims(runs: pd.DataFrame, k: int, gain: float = FRONTIER_GAIN,
     from . import frontier
     from .stats import minimum_detectable_effect
 
-    along = runs[[any(Path(d).glob("eval_step*.json")) for d in runs.run_dir]]
+    along = runs.drop_duplicates("run_dir")  # a run under two labels counts under its first
+    along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
     if along.empty or baseline not in set(along.method):
         return pd.DataFrame()
     pts = frontier.frontier_points(along, k)
