@@ -53,7 +53,7 @@ $(LAB_STAMP): $(STAMP)
 # Re-run every paper notebook (papermill) and regenerate paper_figures/; finished work is reused.
 # e.g. make reproduce ARGS="--seeds 3" or ARGS="--preset qwen2.5-math-1.5b 03_exploitation"
 reproduce: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m thrlab.reproduce $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m thrlab.paper.reproduce $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache

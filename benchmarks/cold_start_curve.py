@@ -4,7 +4,7 @@
     python benchmarks/cold_start_curve.py --op mul_add --steps 1500 --every 300
     python benchmarks/cold_start_curve.py --op mul_chain --steps 1500 --every 100 --samples 16
 
-Trains exactly like `thrlab.tiny.cold_start` (fp32, all weights, target tokens only; the
+Trains exactly like `thrlab.train.tiny.cold_start` (fp32, all weights, target tokens only; the
 strategies task's targets are chains of a strategy drawn per example) and evaluates greedy
 accuracy, units-digit accuracy and pass@1/pass@n (--samples samples, T=0.6, top-p 0.95) on 500
 held-out problems every --every steps; on the strategies task also the entropy (bits) of the
@@ -31,14 +31,14 @@ def main() -> None:
     ap.add_argument("--arch", default="qwen2", choices=("qwen2", "llama"))
     args = ap.parse_args()
 
-    from thrlab.chains import strategy_entropy, strategy_of
-    from thrlab.presets import from_preset
-    from thrlab.evaluate import summarise
-    from thrlab.rewards import extract_answer
-    from thrlab.rollout import generate
-    from thrlab.arithmetic import arithmetic_problems
-    from thrlab.tasks import format_prompt
-    from thrlab.tiny import build_model, build_tokenizer, sft_loop
+    from thrlab.tasks.chains import strategy_entropy, strategy_of
+    from thrlab.train.presets import from_preset
+    from thrlab.train.evaluate import summarise
+    from thrlab.tasks.rewards import extract_answer
+    from thrlab.train.rollout import generate
+    from thrlab.tasks.arithmetic import arithmetic_problems
+    from thrlab.tasks.benchmarks import format_prompt
+    from thrlab.train.tiny import build_model, build_tokenizer, sft_loop
 
     chain = args.op == "mul_chain"
     style, new_tokens, n = ("chain", 28, args.samples) if chain else ("plain", 8, args.samples)

@@ -21,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from thrlab.presets import METHODS, from_preset
-from thrlab.experiment import run_experiment
+from thrlab.train.presets import METHODS, from_preset, run_id
+from thrlab.train.experiment import run_experiment
 
 # Small but every stage runs: 2 mini-batches where a schedule is off-policy, micro-batches of
 # whole groups, evaluation with samples, token records and the probe on the last step.
@@ -135,7 +135,7 @@ def main() -> int:
         cfg = from_preset(preset, method, threads=args.threads,
                           **{**_PRESET_SMALL[preset], **over})
         run_experiment(cfg, runs_root=root, progress=False)
-        got[name] = fingerprint(root / cfg.run_id())
+        got[name] = fingerprint(root / run_id(cfg))
         print(f"{name:<44} {got[name]['all'][:16]}", flush=True)
     bad = []
     if args.compare:

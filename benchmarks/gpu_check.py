@@ -32,12 +32,12 @@ import time
 
 import torch
 
-from thrlab.experiment import build_trainer
-from thrlab.model_cards import CARDS
-from thrlab.profiling import PHASES, phase_row, summarise
-from thrlab.runs import environment_info
+from thrlab.train.experiment import build_trainer
+from thrlab.train.model_cards import CARDS
+from thrlab.plan.profiling import PHASES, phase_row, summarise
+from thrlab.train.runs import environment_info
 
-_QWEN = CARDS["Qwen/Qwen2.5-Math-1.5B"]  # Qwen2.5-1.5B's architecture (thrlab.model_cards)
+_QWEN = CARDS["Qwen/Qwen2.5-Math-1.5B"]  # Qwen2.5-1.5B's architecture (thrlab.train.model_cards)
 SHAPES = {
     "qwen2.5-1.5b": dict(hidden_size=_QWEN.hidden_size, intermediate_size=_QWEN.intermediate_size,
                          num_hidden_layers=_QWEN.num_hidden_layers,
@@ -63,7 +63,7 @@ class RandomGrade:
         self.rng = random.Random(seed)
 
     def __call__(self, texts, golds):
-        from thrlab.rewards import GradeResult
+        from thrlab.tasks.rewards import GradeResult
 
         return GradeResult.from_status(
             ["correct" if self.rng.random() < 0.5 else "wrong" for _ in texts])
@@ -73,7 +73,7 @@ def build_model(shape: str, folder: str, device: torch.device) -> str:
     """Save a random model of the shape (bf16 on CUDA) and the character tokenizer to folder."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from thrlab.tiny import build_tokenizer
+    from thrlab.train.tiny import build_tokenizer
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def build_model(shape: str, folder: str, device: torch.device) -> str:
 
 def make_problems(n: int, prompt_len: int, seed: int = 0) -> list:
     """Problems whose plain-template prompt is about prompt_len characters (= tokens)."""
-    from thrlab.tasks import Problem
+    from thrlab.tasks.benchmarks import Problem
 
     rng = random.Random(seed)
     body = max(1, prompt_len - len("Q: =? A:"))
@@ -129,8 +129,8 @@ def card_bandwidth(name: str | None, override: float | None) -> float | None:
 
 def generation_before_after(tr, n_prompts: int, new_tokens: int) -> dict:
     """One generate() call by the shared-prefill path and one by transformers' generate()."""
-    from thrlab import rollout
-    from thrlab.tasks import format_prompt
+    from thrlab.train import rollout
+    from thrlab.tasks.benchmarks import format_prompt
 
     cfg = tr.cfg
     prompts = [format_prompt(p.question, cfg.template) for p in tr.problems[:n_prompts]]
@@ -178,8 +178,8 @@ def main() -> None:
     ap.add_argument("--trl-rounds", type=int, default=2, help="rounds (the first is warm-up)")
     args = ap.parse_args()
 
-    from thrlab.presets import from_preset
-    from thrlab.model import resolve_device
+    from thrlab.train.presets import from_preset
+    from thrlab.train.model import resolve_device
 
     cuda = torch.cuda.is_available()
     cfg = from_preset(

@@ -6,16 +6,16 @@ from the start adapter, KL from the start policy, and the mask controls' overlap
     python benchmarks/mechanics.py --preset tiny --steps 2 --methods grpo grpo_mass_matched
     python benchmarks/mechanics.py --seeds 0 1 --methods thr_p0 --match thr_p0 thr_explore
 
-Every method of `--methods` (a thrlab.presets.METHODS recipe, or `grpo@lr/N`: GRPO at the
+Every method of `--methods` (a thrlab.train.presets.METHODS recipe, or `grpo@lr/N`: GRPO at the
 preset's lr divided by N, the step-size reference) trains `--steps` GRPO steps from the preset's
 cold start with each seed: the same LoRA initialisation and the same first batch for every
-method of a seed. Per run, from its metrics rows (thrlab.drift): the median pre-clip gradient
+method of a seed. Per run, from its metrics rows (thrlab.train.drift): the median pre-clip gradient
 norm, the first step's update norm (the mean of its optimizer steps) and the sum over all
 optimizer steps, the distance from the start adapter at the end, the mean `thr/control_overlap`
 of a mask control, and at the end the KL from the start policy on the first `--probe-prompts`
 held-out prompts (G samples each from the final policy). `--match METHOD ...` adds GRPO at
 lr x 2 and lr / 1, 2, 4, 8 and prints the lr at which GRPO's seed-mean distance and KL equal
-each METHOD's: the learning rate of a step-size control (thrlab.drift.matched_lr). No
+each METHOD's: the learning rate of a step-size control (thrlab.core.stats.matched_lr). No
 evaluation: this is mechanics, and one or two seeds show mechanics, never a result. One torch
 thread. Prints a table, then JSON.
 """
@@ -32,7 +32,7 @@ import torch
 
 
 def _config(preset: str, method: str, seed: int, steps: int):
-    from thrlab.presets import from_preset
+    from thrlab.train.presets import from_preset
 
     if method.startswith("grpo@lr/"):
         base = from_preset(preset, "grpo", seed=seed, steps=steps, threads=1)
@@ -42,8 +42,8 @@ def _config(preset: str, method: str, seed: int, steps: int):
 
 def measure(cfg, inputs, probe_prompts: int) -> dict:
     """Train cfg's steps in a throwaway folder; the mechanism numbers of the run."""
-    from thrlab.drift import kl_probe
-    from thrlab.experiment import _seed_phase, build_trainer
+    from thrlab.train.drift import kl_probe
+    from thrlab.train.experiment import _seed_phase, build_trainer
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -66,9 +66,9 @@ def measure(cfg, inputs, probe_prompts: int) -> dict:
 
 def _matched(results: list[dict], preset: str, ladder: list[str], methods: list[str]) -> dict:
     """{method: {distance|kl_start: {target, lr} or {target, error}}}: the lr at which GRPO's
-    seed-mean of each quantity equals the method's seed-mean (drift.matched_lr)."""
-    from thrlab.drift import matched_lr
-    from thrlab.presets import from_preset
+    seed-mean of each quantity equals the method's seed-mean (stats.matched_lr)."""
+    from thrlab.core.stats import matched_lr
+    from thrlab.train.presets import from_preset
 
     def mean(method, key):
         return statistics.mean(r[key] for r in results if r["method"] == method)
@@ -101,13 +101,13 @@ def main(argv=None) -> int:
     ap.add_argument("--match", nargs="+", default=[], metavar="METHOD",
                     help="also run GRPO at lr x 2, / 1, 2, 4, 8 and report, for each METHOD, the "
                          "lr at which GRPO's mean distance and mean KL from the start equal "
-                         "METHOD's (the step-size control, drift.matched_lr)")
+                         "METHOD's (the step-size control, stats.matched_lr)")
     args = ap.parse_args(argv)
     ladder = (["grpo@lr/0.5", "grpo", "grpo@lr/2", "grpo@lr/4", "grpo@lr/8"] if args.match
               else [])
     args.methods = list(dict.fromkeys(args.methods + args.match + ladder))
-    from thrlab.experiment import check_inputs
-    from thrlab.runs import environment_info
+    from thrlab.train.experiment import check_inputs
+    from thrlab.train.runs import environment_info
 
     torch.set_num_threads(1)
     results = []

@@ -1,6 +1,6 @@
 """Rehearse a paper preset on CPU at real width: two GRPO steps with THR and a small evaluation
 through the preset's own code path, on its model's architecture with random weights and a few
-layers (thrlab.rehearsal says what differs from a real run and why).
+layers (thrlab.plan.rehearsal says what differs from a real run and why).
 
     python benchmarks/rehearse.py --preset qwen2.5-math-1.5b            # 2 layers, 2 prompts x G
     python benchmarks/rehearse.py --preset qwen2.5-math-7b --layers 1 --new-tokens 32 --json
@@ -11,10 +11,10 @@ layers (thrlab.rehearsal says what differs from a real run and why).
 Prints, for the second step (the optimizer's state exists by then, as in every later step),
 per-phase seconds, the phase's peak tracked tensor bytes (torch.profiler's memory trace
 over step.Timers' phases, plus the tensors live before: weights, quantisation state) beside
-thrlab.memory's plan at the same shapes (the plan's error), the process's peak RSS per stage
+thrlab.train.memory's plan at the same shapes (the plan's error), the process's peak RSS per stage
 (load, step, evaluation), and the plan of the preset's real run (full depth and batch, on CUDA) as
 `estimate_gb`. The last line is JSON with at least preset, completed, vocab_size, hidden_size,
-phases, estimate_gb. The architecture comes from thrlab.model_cards (the model's config.json at
+phases, estimate_gb. The architecture comes from thrlab.train.model_cards (the model's config.json at
 the revision the card names); MATH rows from --data-dir (default $THRLAB_DATA_DIR, else
 ../shared/data of a development checkout).
 """
@@ -28,9 +28,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from thrlab.presets import PRESETS
-from thrlab.rehearsal import PAPER_PRESETS, rehearse
-from thrlab.runs import environment_info
+from thrlab.train.presets import PRESETS
+from thrlab.plan.rehearsal import PAPER_PRESETS, rehearse
+from thrlab.train.runs import environment_info
 
 
 def default_data_dir() -> str:

@@ -1,4 +1,4 @@
-"""Train the controls study of a testbed preset (thrlab.study.STUDY_SEED_SETS): the frontier
+"""Train the controls study of a testbed preset (thrlab.paper.study.STUDY_SEED_SETS): the frontier
 (GRPO and each THR variant at three learning rates, evaluated along the run), the step-size
 control (GRPO at the lr that matches THR p = 0's distance from the start), the token-choice
 mask controls and the dose-response of p. Finished runs are reused; benchmarks/testbed.py reads
@@ -24,24 +24,25 @@ PARTS = ("frontier", "matched", "masks", "dose")
 
 
 def main(argv=None) -> int:
-    from thrlab import study
-    from thrlab.paper import _run_parallel
-    from thrlab.experiment import resolve_model_path
-    from thrlab.runs import RunDir
+    from thrlab.paper import study
+    from thrlab.paper.grid import _run_parallel
+    from thrlab.train.experiment import resolve_model_path
+    from thrlab.train.presets import run_id
+    from thrlab.train.runs import RunDir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="narrowing")
     ap.add_argument("--runs-root", default="runs")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="default: every seed set of thrlab.study.STUDY_SEED_SETS")
+                    help="default: every seed set of thrlab.paper.study.STUDY_SEED_SETS")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
-                    help="train only the runs with these labels (thrlab.study.run_label)")
+                    help="train only the runs with these labels (thrlab.paper.study.run_label)")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="config overrides for every run (e.g. a smoke test's budget)")
     args = ap.parse_args(argv)
-    from thrlab.config import parse_overrides
+    from thrlab.train.config import parse_overrides
 
     overrides = parse_overrides(args.set)
     first = list(study.STUDY_SEED_SETS[0])
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
                       f"{m['ladder']} vs THR p = 0's {m['target']:.4f}", flush=True)
             cells = [c for c in study.study_cells(args.preset, seeds, part, matched, overrides)
                      if args.only is None or c[0] in args.only or part == "matched"]
-            todo = [(label, seed, cfg, root / cfg.run_id()) for label, seed, cfg in cells
-                    if not RunDir(root / cfg.run_id()).complete]
+            todo = [(label, seed, cfg, root / run_id(cfg)) for label, seed, cfg in cells
+                    if not RunDir(root / run_id(cfg)).complete]
             print(f"{part}, seeds {seeds}: {len(cells)} runs, {len(todo)} to train", flush=True)
             if todo:
                 resolve_model_path(todo[0][2], progress=False)  # the cold start, once

@@ -1,4 +1,4 @@
-"""Coverage of thrlab.stats.paired_difference at the testbed's design, by simulation.
+"""Coverage of thrlab.core.stats.paired_difference at the testbed's design, by simulation.
 
     python benchmarks/stats_coverage.py [--sims 1000] [--seeds 5] [--problems 500]
 
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--effect", type=float, default=0.1, help="logit shift of method B")
     args = ap.parse_args()
 
-    from thrlab.stats import minimum_detectable_effect, paired_difference, variance_components
+    from thrlab.core.stats import minimum_detectable_effect, paired_difference, variance_components
 
     S, N, rows = args.seeds, args.problems, []
     rng = np.random.default_rng(0)

@@ -45,10 +45,10 @@ import time
 
 import torch
 
-from thrlab.experiment import build_trainer
-from thrlab.profiling import PHASES, peak_rss_mb, phase_row, summarise
-from thrlab.runs import environment_info
-from thrlab.tiny import save_random_model
+from thrlab.train.experiment import build_trainer
+from thrlab.plan.profiling import PHASES, peak_rss_mb, phase_row, summarise
+from thrlab.train.runs import environment_info
+from thrlab.train.tiny import save_random_model
 
 
 def run(cfg, model_path: str, steps: int, warmup: int) -> dict:
@@ -66,7 +66,7 @@ def run(cfg, model_path: str, steps: int, warmup: int) -> dict:
 def plain_completion_forward(model, ids, att, lp: int, temperature: float,
                              need_entropy: bool = True) -> dict:
     """completion_forward as it was: one unshared pass, (B, T, V) logits (the 'before')."""
-    from thrlab.model import lm_parts
+    from thrlab.train.model import lm_parts
 
     backbone, lm_head = lm_parts(model)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
@@ -83,10 +83,10 @@ def plain_completion_forward(model, ids, att, lp: int, temperature: float,
 
 def ablation(cfg, model_path: str, reps: int) -> dict:
     """Before/after timings of the generation and forward-pass changes (module docstring)."""
-    from thrlab import rollout
-    from thrlab.experiment import train_problems
-    from thrlab.model import completion_forward, load_policy, reference_policy, resolve_device
-    from thrlab.tasks import format_prompt
+    from thrlab.train import rollout
+    from thrlab.train.experiment import train_problems
+    from thrlab.train.model import completion_forward, load_policy, reference_policy, resolve_device
+    from thrlab.tasks.benchmarks import format_prompt
 
     model, tok = load_policy(cfg, model_path, resolve_device(cfg))
     prompts = [format_prompt(p.question, cfg.template, tok)
@@ -164,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--method", default="thr_exploit",
-                    help="a thrlab.presets.METHODS recipe (default: THR on, p = +0.1)")
+                    help="a thrlab.train.presets.METHODS recipe (default: THR on, p = +0.1)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, repeatable (e.g. --set mini_batches=2)")
     ap.add_argument("--steps", type=int, default=10, help="measured steps")
@@ -179,9 +179,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
-    from thrlab.config import parse_overrides
-    from thrlab.presets import from_preset
-    from thrlab.experiment import resolve_model_path
+    from thrlab.train.config import parse_overrides
+    from thrlab.train.presets import from_preset
+    from thrlab.train.experiment import resolve_model_path
 
     over = dict(sft_control=False, thr_save_every=0, save_every=10**6, seed=0)
     if args.quick:

@@ -6,7 +6,7 @@ narrowing regime, what did the study cost, how many seeds per CPU-hour.
     python benchmarks/testbed.py --preset narrowing --replicate 5 6 7 8 9   # a second seed set
 
 Reads the finished runs of the preset in the runs root (what `make reproduce ARGS="--preset
-NAME"` made with the study budget of thrlab.study.STUDY_BUDGETS; nothing is trained here), for
+NAME"` made with the study budget of thrlab.paper.study.STUDY_BUDGETS; nothing is trained here), for
 the study's seeds: for GRPO, the change from the start model
 of greedy accuracy and Pass@K at every K (paired by seed and problem, 95% intervals), and on the
 strategies task the strategy entropy before and after; then the CPU seconds of every run (its own
@@ -15,7 +15,7 @@ of the whole grid: every method once). `--replicate SEEDS` also reads a second s
 same study (`make reproduce ARGS="--preset NAME -p seeds=[5,6,7,8,9]"`) and prints every claim on
 the first set, the second and both pooled, with whether the two sets' verdicts agree, whether
 each set's estimate lies inside the other's interval, and whether the second (confirmatory) set
-confirms it. Verdicts follow thrlab.study.verdict: directional claims Holm-adjusted over the
+confirms it. Verdicts follow thrlab.paper.study.verdict: directional claims Holm-adjusted over the
 study's family, comparable claims by equivalence within a stated margin, "not resolved" with the
 interval's bound. Prints tables and, on its last line, JSON.
 """
@@ -30,13 +30,13 @@ from pathlib import Path
 
 def _collect(preset: str, runs_root: str, seeds: list[int]):
     """The finished runs of `preset`'s schedule (every preset field at its value but lr) for
-    `seeds`, labelled by thrlab.study.run_label; "llama:" methods are E6's Llama runs."""
+    `seeds`, labelled by thrlab.paper.study.run_label; "llama:" methods are E6's Llama runs."""
     import pandas as pd
 
-    from thrlab import study
-    from thrlab.config import Config
-    from thrlab.presets import PRESETS, preset_config
-    from thrlab.runs import RunDir, read_json
+    from thrlab.paper import study
+    from thrlab.train.config import Config
+    from thrlab.train.presets import PRESETS, preset_config
+    from thrlab.train.runs import RunDir, read_json
 
     own = preset_config(preset)
     rows = []
@@ -59,13 +59,13 @@ def _collect(preset: str, runs_root: str, seeds: list[int]):
 
 def study_runs(preset: str, runs_root: str, seeds: list[int]):
     """The finished study runs of `preset` for `seeds` in runs_root: one row per run (method,
-    seed, lr, run_id, run_dir, wall_s, train_s). method is thrlab.study.run_label: the recipe at
+    seed, lr, run_id, run_dir, wall_s, train_s). method is thrlab.paper.study.run_label: the recipe at
     the preset's lr, "<method>@<f>lr" on the frontier's lr ladder, study.MATCHED for GRPO at the
     step-size control's lr, which the first seed set's ladder fixes (study.matched_control_lr)
     for every seed set; "llama:" methods are E6's Llama-architecture runs."""
     import pandas as pd
 
-    from thrlab import study
+    from thrlab.paper import study
 
     runs = _collect(preset, runs_root, seeds)
     if runs.empty:
@@ -89,7 +89,7 @@ def study_runs(preset: str, runs_root: str, seeds: list[int]):
 def matched_lr(preset: str, runs_root: str) -> dict | None:
     """study.matched_control_lr on the first seed set's finished frontier ladder (GRPO at every
     lr factor and THR p = 0, every seed of the set); None until it is complete."""
-    from thrlab import study
+    from thrlab.paper import study
 
     first = list(study.STUDY_SEED_SETS[0])
     runs = _collect(preset, runs_root, first)
@@ -106,11 +106,11 @@ EXPLORATORY_GAIN = 0.10
 
 
 def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
-    """Print the controls study's tables (thrlab.study.STUDY_SEED_SETS) for `runs` and return
+    """Print the controls study's tables (thrlab.paper.study.STUDY_SEED_SETS) for `runs` and return
     them as JSON: each method's mechanism metrics, the step-size control, the frontier at the
     fixed gain (and at half and 1.5x it, for sensitivity) and the dose-response of p."""
-    from thrlab import study
-    from thrlab.stats import seed_difference
+    from thrlab.paper import study
+    from thrlab.core.stats import seed_difference
 
     out = {}
     mech = study.mechanics_table(runs)
@@ -168,7 +168,7 @@ def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
             for r in t.itertuples():
                 print(f"| {name} | {r.method} | {100 * r.diff:+.1f} [{100 * r.ci_low:+.1f}, "
                       f"{100 * r.ci_high:+.1f}] | {r.seeds} | {r.lrs:.1f} |")
-        from thrlab import frontier
+        from thrlab.paper import frontier
 
         along = runs.drop_duplicates("run_dir")
         along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
@@ -197,9 +197,11 @@ def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
 def figures(runs, k: int, out_dir: str) -> list[str]:
     """The study's figures in out_dir: frontier.png (Pass@K against greedy accuracy at each lr
     of the ladder, and greedy accuracy and Pass@K against the KL from the start at the
-    preset's lr; thrlab.plotting.frontier) and dose_response.png (greedy and Pass@K minus GRPO
+    preset's lr; thrlab.paper.plotting.frontier) and dose_response.png (greedy and Pass@K minus GRPO
     against p; plotting.dose_response). Only what the runs hold is drawn."""
-    from thrlab import frontier, plotting, study
+    from thrlab.paper import frontier
+    from thrlab.paper import plotting
+    from thrlab.paper import study
 
     paths = []
     along = runs.drop_duplicates("run_dir")  # the control's copy of a ladder run: drawn once
@@ -259,7 +261,7 @@ def main() -> None:
     ap.add_argument("--preset", default="narrowing")
     ap.add_argument("--runs-root", default="runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="default: the first seed set of thrlab.study.STUDY_SEED_SETS")
+                    help="default: the first seed set of thrlab.paper.study.STUDY_SEED_SETS")
     ap.add_argument("--replicate", type=int, nargs="+", default=None, metavar="SEED",
                     help="a second seed set of the same study: claims on both and pooled")
     ap.add_argument("--figures", default=None, metavar="DIR",
@@ -267,8 +269,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
-    from thrlab import paper, study
-    from thrlab.runs import read_json
+    from thrlab.paper import grid as paper
+    from thrlab.paper import study
+    from thrlab.train.runs import read_json
 
     own = paper.preset_config(args.preset)
     seeds = args.seeds or list(study.STUDY_SEED_SETS[0])
@@ -285,14 +288,14 @@ def main() -> None:
           .round(4).to_string(index=False))
     out = {"preset": args.preset, "seeds": seeds,
            "grpo_gain": gains.drop(columns=["method"]).to_dict("records")}
-    top_k = study.passk_top(ks[-1])  # the claims' Pass@K (thrlab.study.CLAIMS)
+    top_k = study.passk_top(ks[-1])  # the claims' Pass@K (thrlab.paper.study.CLAIMS)
     top = gains[gains.metric == f"pass@{top_k}"].iloc[0]
     greedy = gains[gains.metric == "greedy_acc"].iloc[0]
     out["greedy_rises"] = bool(greedy.ci_low > 0)
     out["passk_narrows"] = bool(top["diff"] <= 0)
     narrows = out["passk_narrows"]
     if own.arith_op == "mul_chain":
-        from thrlab.stats import seed_difference
+        from thrlab.core.stats import seed_difference
 
         div = paper.strategy_table(grpo)
         r = seed_difference(div.entropy_before, div.entropy_after)

@@ -35,7 +35,7 @@ import torch
 # memory estimate and measuring worker, so both benchmarks time the same thing
 import thr_speed
 from thr_speed import make_case, mem_available, naive_peak_bytes
-from thrlab.runs import environment_info
+from thrlab.train.runs import environment_info
 
 ROUTES = ("naive", "factorised", "gram")
 
@@ -52,7 +52,7 @@ def measure(name, inp, tmp, impl, method, chunk_size, in_process: bool):
 
 def logits_given(inp: str, est_row: dict, chunk: int, tmp: str, V: int, T: int) -> list[dict]:
     """Time THR with the (G, T, V) logits given (in this process; time only)."""
-    from thrlab.thr import route_flops, token_hidden_reward
+    from thrlab.core.thr import route_flops, token_hidden_reward
 
     case = torch.load(inp)
     logits = case["hidden"] @ case["W"].T  # (G, T, V), what the update pass already holds
@@ -76,7 +76,7 @@ def run_point(V: int, H: int, G: int, T: int, correct: int, seed: int, chunk: in
               naive_mem_frac: float, tmp: str, in_process: bool = False,
               with_logits: bool = False) -> list[dict]:
     """Measure every route on one synthetic group; one row per route."""
-    from thrlab.thr import route_flops
+    from thrlab.core.thr import route_flops
 
     case = make_case(V, H, G, T, correct, seed)
     n, n_c = int(case["mask"].sum()), int(case["mask"][case["rewards"] == 1].sum())

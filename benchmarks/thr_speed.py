@@ -45,8 +45,8 @@ from pathlib import Path
 
 import torch
 
-from thrlab.model import available_memory as mem_available
-from thrlab.runs import environment_info
+from thrlab.train.model import available_memory as mem_available
+from thrlab.train.runs import environment_info
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def make_case(V: int, H: int, G: int, T: int, n_correct: int, seed: int) -> dict
 
 
 def case_sizes(case: dict) -> dict:
-    from thrlab.thr import route_flops
+    from thrlab.core.thr import route_flops
 
     m = case["mask"]
     n, n_c = int(m.sum()), int(m[case["rewards"] == 1].sum())
@@ -116,7 +116,7 @@ def _status_kb(key: str) -> int:
 
 
 def worker(spec: dict) -> dict:
-    from thrlab.thr import token_hidden_reward
+    from thrlab.core.thr import token_hidden_reward
 
     case = torch.load(spec["inputs"])
     torch.softmax(torch.randn(64, 64) @ torch.randn(64, 64), -1)  # warm up the kernels
@@ -170,8 +170,8 @@ def agreement(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def approx_error(approx, exact, mask, rewards) -> dict:
-    from thrlab.predictor import spearman
-    from thrlab.reweight import thr_threshold
+    from thrlab.paper.predictor import spearman
+    from thrlab.core.reweight import thr_threshold
 
     m = mask.bool()
     a, e = approx[m].double(), exact[m].double()  # real tokens only
@@ -193,20 +193,20 @@ class ParityGrade:
     """Reward = even number of characters: about half right for a random model (mixed groups)."""
 
     def __call__(self, texts, golds):
-        from thrlab.rewards import GradeResult
+        from thrlab.tasks.rewards import GradeResult
 
         rewards = [float(len(t) % 2 == 0) for t in texts]
         return GradeResult(rewards=rewards, status=["correct" if r else "wrong" for r in rewards])
 
 
 def tiny_step_share(steps: int, reps: int) -> dict:
-    from thrlab.presets import from_preset
-    from thrlab.model import load_policy
-    from thrlab.runs import RunDir
-    from thrlab.arithmetic import arithmetic_problems
-    from thrlab.thr import thr_for_batch
-    from thrlab.tiny import save_random_model
-    from thrlab.trainer import GRPOTrainer
+    from thrlab.train.presets import from_preset
+    from thrlab.train.model import load_policy
+    from thrlab.train.runs import RunDir
+    from thrlab.tasks.arithmetic import arithmetic_problems
+    from thrlab.core.thr import thr_for_batch
+    from thrlab.train.tiny import save_random_model
+    from thrlab.train.trainer import GRPOTrainer
 
     cfg = from_preset("tiny", steps=steps, thr_mode="thr", thr_p=0.1, sft_control=False,
                       thr_save_every=0, save_every=10**6, device="cpu")

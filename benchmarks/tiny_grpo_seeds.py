@@ -11,9 +11,9 @@ import argparse
 import json
 import statistics
 
-from thrlab.config import parse_overrides
-from thrlab.presets import from_preset
-from thrlab.experiment import run_experiment
+from thrlab.train.config import parse_overrides
+from thrlab.train.presets import from_preset, run_id
+from thrlab.train.experiment import run_experiment
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
         for seed in args.seeds:
             cfg = from_preset("tiny", lr=lr, seed=seed, **parse_overrides(args.set))
             s = run_experiment(cfg, runs_root=args.runs_root, progress=False)
-            rows.append({"lr": lr, "seed": seed, "run_id": cfg.run_id(), "wall_s": s["wall_s"],
+            rows.append({"lr": lr, "seed": seed, "run_id": run_id(cfg), "wall_s": s["wall_s"],
                          **{f"{ph}/{k}": s[f"eval_{ph}"][k]
                             for ph in ("before", "after", "sft_control")
                             for k in ("greedy_acc", "pass@1", "pass@8")}})

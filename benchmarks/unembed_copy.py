@@ -1,4 +1,4 @@
-"""lm_head over a slice of longer sequences: F.linear's bmm path against thrlab.unembed.unembed
+"""lm_head over a slice of longer sequences: F.linear's bmm path against thrlab.core.unembed.unembed
 (one GEMM per row into one output), side by side.
 
     python benchmarks/unembed_copy.py                       # 8 rows x 48 tokens, Qwen2.5-0.5B's H, V
@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from thrlab.unembed import unembed
-from thrlab.profiling import phase_peaks
+from thrlab.core.unembed import unembed
+from thrlab.plan.profiling import phase_peaks
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
     python benchmarks/vs_trl.py --quick --json         # smoke run: random tiny model, 2 prompts x G=4
 
 Contestants (each owns its own copy of the model, loaded the same way):
-  thrlab       thrlab.trainer.GRPOTrainer, plain GRPO (thr_mode=off)
+  thrlab       thrlab.train.trainer.GRPOTrainer, plain GRPO (thr_mode=off)
   thrlab_thr   the same with THR reweighting on (thr_mode=thr, p=+0.1, exact full vocabulary)
   trl          trl.GRPOTrainer (the `bench` extra) configured to the same algorithm: G, prompts per
                step, max new tokens, temperature 1 / top-p 1 / top-k off, clip eps 0.2, beta = kl_coef
@@ -13,7 +13,7 @@ Contestants (each owns its own copy of the model, loaded the same way):
                sum over tokens / tokens in the batch), num_iterations = epochs, mini_batches
                optimizer steps per rollout batch (micro-batches as gradient accumulation), AdamW with thrlab's lr / betas / weight decay, grad-norm clip
                1, constant lr, no vLLM, thrlab's gradient checkpointing setting, no autocast (the
-               4-bit layers compute in cfg's dtype); the same 4-bit NF4 base (thrlab.model.
+               4-bit layers compute in cfg's dtype); the same 4-bit NF4 base (thrlab.train.model.
                load_base, CPU gradient guard applied) and LoRA r / alpha / dropout / all-linear.
                TRL casts a quantised model's LoRA weights to bf16; they are cast back to fp32 so both
                train the same fp32 adapters. The reward is thrlab's grader, called by both.
@@ -44,10 +44,10 @@ import warnings
 
 import torch
 
-from thrlab.experiment import build_trainer
-from thrlab.profiling import peak_rss_mb, phase_row
-from thrlab.runs import environment_info
-from thrlab.tiny import save_random_model
+from thrlab.train.experiment import build_trainer
+from thrlab.plan.profiling import peak_rss_mb, phase_row
+from thrlab.train.runs import environment_info
+from thrlab.train.tiny import save_random_model
 
 DIFFERENCES = [
     "advantage std: TRL divides by the sample std (Bessel) + 1e-4, thrlab by the population std "
@@ -99,9 +99,9 @@ def build_trl(cfg, model_path: str, out_dir: str, max_steps: int, timer: PhaseTi
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    from thrlab.experiment import make_grade_fn, train_problems
-    from thrlab.model import guard_cpu_4bit, load_base, load_tokenizer, resolve_device
-    from thrlab.tasks import format_prompt
+    from thrlab.train.experiment import make_grade_fn, train_problems
+    from thrlab.train.model import guard_cpu_4bit, load_base, load_tokenizer, resolve_device
+    from thrlab.tasks.benchmarks import format_prompt
 
     tok = load_tokenizer(model_path)
     base = load_base(cfg, model_path, resolve_device(cfg))
@@ -286,9 +286,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
-    from thrlab.config import parse_overrides
-    from thrlab.presets import from_preset
-    from thrlab.experiment import resolve_model_path
+    from thrlab.train.config import parse_overrides
+    from thrlab.train.presets import from_preset
+    from thrlab.train.experiment import resolve_model_path
 
     over = dict(sft_control=False, thr_save_every=0, save_every=10**6, seed=0, device="cpu")
     if args.quick:

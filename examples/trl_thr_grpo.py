@@ -42,8 +42,8 @@ def dataset(cfg, tok):
     """Training prompts (thrlab's template) and gold answers as a datasets.Dataset."""
     from datasets import Dataset
 
-    from thrlab.experiment import train_problems
-    from thrlab.tasks import SYSTEM_BOXED, format_prompt
+    from thrlab.train.experiment import train_problems
+    from thrlab.tasks.benchmarks import SYSTEM_BOXED, format_prompt
 
     probs = train_problems(cfg)
     if cfg.template == "chat":  # conversational: TRL renders the template (one BOS, not two)
@@ -57,7 +57,7 @@ def dataset(cfg, tok):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--method", default="thr_exploit", help="a THR recipe of thrlab.presets.METHODS")
+    ap.add_argument("--method", default="thr_exploit", help="a THR recipe of thrlab.train.presets.METHODS")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--trl", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--output-dir", default="runs/trl")
@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     from accelerate import PartialState
 
-    from thrlab.checkpoint import save_adapter
-    from thrlab.config import parse_overrides
-    from thrlab.presets import from_preset
-    from thrlab.experiment import make_grade_fn, resolve_model_path
+    from thrlab.train.checkpoint import save_adapter
+    from thrlab.train.config import parse_overrides
+    from thrlab.train.presets import from_preset
+    from thrlab.train.experiment import make_grade_fn, resolve_model_path
     from thrlab.integrations.trl import THRGRPOTrainer, grpo_config
-    from thrlab.model import load_policy, resolve_device
+    from thrlab.train.model import load_policy, resolve_device
 
     cfg = from_preset(args.preset, args.method, **parse_overrides(args.set))
     trl_kwargs = dict(dict(report_to="none", logging_steps=1, save_strategy="no"),

@@ -2,12 +2,12 @@
 
     python examples/trl_thr_overhead.py [--hidden 128 --layers 4] [--steps 6] [--out FILE.json]
 
-Builds a random Qwen2-shaped model (thrlab.tiny, char tokenizer) of the given width, loads it
-4-bit NF4 + LoRA with thrlab.model.load_policy, and runs `steps` steps of each trainer with TRL's
+Builds a random Qwen2-shaped model (thrlab.train.tiny, char tokenizer) of the given width, loads it
+4-bit NF4 + LoRA with thrlab.train.model.load_policy, and runs `steps` steps of each trainer with TRL's
 own sampling and a reward a random model hits half the time (even completion length). Reports the
 TRL step_time per generation batch of each (first one dropped: warm-up) and THR's two parts
 (medians): time/thr_backbone
-(the extra no-grad backbone pass) and time/thr (thrlab.thr on whole groups). One process: the
+(the extra no-grad backbone pass) and time/thr (thrlab.core.thr on whole groups). One process: the
 data-parallel exchange adds nothing when each rank holds whole groups (see README).
 """
 from __future__ import annotations
@@ -36,9 +36,9 @@ def run(cls, cfg, model_dir: str, out_dir: str) -> list[dict]:
     from datasets import Dataset
 
     from thrlab.integrations.trl import THRGRPOTrainer, grpo_config
-    from thrlab.model import load_policy
-    from thrlab.arithmetic import arithmetic_problems
-    from thrlab.tasks import format_prompt
+    from thrlab.train.model import load_policy
+    from thrlab.tasks.arithmetic import arithmetic_problems
+    from thrlab.tasks.benchmarks import format_prompt
 
     torch.manual_seed(cfg.seed)
     model, tok = load_policy(cfg, model_dir, torch.device("cpu"))
@@ -69,9 +69,9 @@ def main(argv=None) -> dict:
 
     from trl import GRPOTrainer
 
-    from thrlab.presets import from_preset
+    from thrlab.train.presets import from_preset
     from thrlab.integrations.trl import THRGRPOTrainer
-    from thrlab.tiny import save_random_model
+    from thrlab.train.tiny import save_random_model
 
     cfg = from_preset("tiny", "thr_exploit", tiny_hidden=a.hidden, tiny_layers=a.layers,
                       tiny_ffn=4 * a.hidden, steps=a.steps, prompts_per_step=a.prompts,

@@ -1,4 +1,4 @@
-"""thrlab.anatomy's readers and measures (E1, E7) against naive references written here: sets for
+"""thrlab.paper.anatomy's readers and measures (E1, E7) against naive references written here: sets for
 the top-fraction overlap, a loop for the mass share, hand-made token records."""
 import random
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thrlab import anatomy
+from thrlab.paper import anatomy
+from thrlab.train import records
 
 
 def _naive_top(scores, n):
@@ -47,7 +48,7 @@ def _record():
 
 
 def test_token_rows_and_example_group():
-    df = pd.DataFrame(anatomy.token_rows(_record(), "thr_p0", 1))
+    df = pd.DataFrame(records.token_rows(_record(), "thr_p0", 1))
     assert len(df) == 5 and df.mixed.tolist() == [True, True, True, False, False]
     assert (df.step == 10).all() and df.pos.tolist() == [0, 1, 0, 0, 1]
     group = anatomy.example_group(df)
@@ -55,7 +56,7 @@ def test_token_rows_and_example_group():
 
 
 def test_overlap_curve_uses_mixed_groups_per_batch():
-    df = pd.DataFrame(anatomy.token_rows(_record(), "thr_p0", 0))
+    df = pd.DataFrame(records.token_rows(_record(), "thr_p0", 0))
     curve = anatomy.overlap_curve(df, [1 / 3, 1.0])
     # mixed tokens: |thr| = 0.5, 0.1, 0.9; entropy 0.2, 0.1, 1.0 -> the top-1 is the same token
     assert curve.overlap.tolist() == [1.0, 1.0] and curve.n.tolist() == [1, 1]

@@ -7,9 +7,9 @@ import statistics
 import pytest
 import torch
 
-from thrlab.config import LossConfig
-from thrlab.presets import METHODS, from_preset
-from thrlab.loss import (clip_cov_tokens, group_advantages, passk_advantages,
+from thrlab.train.config import LossConfig
+from thrlab.train.presets import METHODS, from_preset
+from thrlab.core.loss import (clip_cov_tokens, group_advantages, passk_advantages,
                          passk_mixed_advantages, policy_loss, selection_count, token_covariance,
                          top_tokens)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thrlab.runs import STEP_PHASES
+from thrlab.train.runs import STEP_PHASES
 from tests.fixtures import limits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_unembed_copy_script_reports_what_the_kernels_do(onednn):
 
 
 def test_mechanics_script_separates_a_loss_scale_from_a_smaller_lr():
-    from thrlab.presets import from_preset
+    from thrlab.train.presets import from_preset
 
     res = run_script("mechanics.py", "--preset", "tiny", "--steps", "2", "--probe-prompts", "4",
                      "--methods", "grpo_mass_matched", "thr_entropy_mask", "--match", "grpo@lr/4")
@@ -167,7 +167,7 @@ def test_run_study_and_testbed_read_back_the_controls_study(tmp_path):
     assert "matched lr" in out.stdout
     res = run_script("testbed.py", "--preset", "tiny", "--runs-root", str(tmp_path),
                      "--seeds", "0", "1", "2", "--figures", str(tmp_path / "figs"))
-    from thrlab import study
+    from thrlab.paper import study
 
     mech = {(r["method"], r["seed"]): r for r in res["mechanics"]}
     assert {m for m, _ in mech} == {"thr_p0", study.MATCHED, *study.ladder_labels()}

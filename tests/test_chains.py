@@ -1,13 +1,13 @@
-"""The strategies task (thrlab.chains): every chain computes its product, labels read the strategy
+"""The strategies task (thrlab.tasks.chains): every chain computes its product, labels read the strategy
 back, the reward reads the final number, and the entropy is Shannon's."""
 import math
 import random
 
 import pytest
 
-from thrlab.chains import STRATEGIES, chain, sft_target, strategy_entropy, strategy_of
-from thrlab.rewards import extract_answer, grade
-from thrlab.arithmetic import arithmetic_problems
+from thrlab.tasks.chains import STRATEGIES, chain, sft_target, strategy_entropy, strategy_of
+from thrlab.tasks.rewards import extract_answer, grade
+from thrlab.tasks.arithmetic import arithmetic_problems
 
 
 def _eval_chain(text: str) -> int:

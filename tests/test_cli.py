@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from thrlab import cli
-from thrlab.config import Config, field_docs
-from thrlab.presets import METHODS, PRESETS, preset_config
-from thrlab.errors import DataError
+from thrlab.train.config import Config, field_docs
+from thrlab.train.presets import METHODS, PRESETS, preset_config
+from thrlab.core.errors import DataError
 from tests.fixtures import limits
 
 

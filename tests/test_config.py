@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from thrlab.config import Config, field_docs, parse_overrides
-from thrlab.presets import METHODS, PRESETS, from_preset
-from thrlab.errors import ConfigError
+from thrlab.train.config import Config, field_docs, parse_overrides
+from thrlab.train.presets import METHODS, PRESETS, from_preset, run_id
+from thrlab.core.errors import ConfigError
 
 
 def test_json_round_trip_every_preset():
@@ -62,21 +62,21 @@ def test_wrong_types_rejected_and_strings_coerced():
 
 def test_hash_changes_with_results_not_with_threads():
     c = from_preset("tiny")
-    assert c.replace(lr=c.lr * 2).run_id() != c.run_id()
-    assert c.replace(threads=1).run_id() == c.run_id()
+    assert run_id(c.replace(lr=c.lr * 2)) != run_id(c)
+    assert run_id(c.replace(threads=1)) == run_id(c)
     # a tracker mirrors the run; it never changes what the run computes
     for tracker in ("tensorboard", "wandb"):
-        assert c.replace(report_to=tracker).run_id() == c.run_id()
+        assert run_id(c.replace(report_to=tracker)) == run_id(c)
     with pytest.raises(ValueError, match="report_to='mlflow'; choose one of"):
         c.replace(report_to="mlflow")
-    assert c.run_id() == f"tiny-grpo-{c.config_hash()}"
+    assert run_id(c) == f"tiny-grpo-{c.config_hash()}"
 
 
 def test_run_id_shows_the_method_derived_from_the_config():
-    from thrlab.presets import method_of
+    from thrlab.train.presets import method_of
 
     c = from_preset("tiny", "thr_explore", steps=5)  # fields outside every recipe do not matter
-    assert method_of(c) == "thr_explore" and c.run_id() == f"tiny-thr_explore-{c.config_hash()}"
+    assert method_of(c) == "thr_explore" and run_id(c) == f"tiny-thr_explore-{c.config_hash()}"
     # derived from the values, not from the name a caller passed
     assert method_of(from_preset("tiny", thr_mode="thr", thr_p=-0.1)) == "thr_explore"
     assert method_of(from_preset("tiny", "thr_explore", thr_p=0.3)) == "custom"
@@ -100,10 +100,10 @@ def test_every_field_is_documented():
 
 
 def test_hash_is_stable_across_processes():
-    code = "from thrlab.presets import from_preset; print(from_preset('tiny').run_id())"
+    code = "from thrlab.train.presets import from_preset, run_id; print(run_id(from_preset('tiny')))"
     out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PYTHONHASHSEED": s, "PATH": ""}, cwd=".").stdout for s in "12"}
-    assert len(out) == 1 and out.pop().strip() == from_preset("tiny").run_id()
+    assert len(out) == 1 and out.pop().strip() == run_id(from_preset("tiny"))
 
 
 def test_paper_presets_are_explicit():

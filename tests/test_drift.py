@@ -1,4 +1,4 @@
-"""thrlab.drift: the mechanism metrics against naive recomputation (norms of differences of saved
+"""thrlab.train.drift: the mechanism metrics against naive recomputation (norms of differences of saved
 adapters, the KL by a loop over prefixes and vocabulary), and the control they exist for: a loss
 scale, which AdamW divides out, is recognised as plain GRPO, while a smaller lr is not."""
 import math
@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from thrlab.checkpoint import adapter_state
-from thrlab.drift import kl_from_start
-from thrlab import rollout
+from thrlab.train.checkpoint import adapter_state
+from thrlab.train.drift import kl_from_start
+from thrlab.train import rollout
 
 from test_trainer import _trainer
 
@@ -107,7 +107,7 @@ def test_kl_from_start_is_the_naive_kl_and_zero_at_the_start(tiny_model_dir, tmp
 
 
 def test_matched_lr_inverts_a_measured_ladder():
-    from thrlab.drift import matched_lr
+    from thrlab.core.stats import matched_lr
 
     lrs = [5e-4 / d for d in (8, 4, 2, 1)]
     dist = [2.0 * lr ** 0.5 for lr in lrs]  # any growing curve; exact at the measured points

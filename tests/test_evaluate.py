@@ -4,7 +4,7 @@ from math import comb
 
 import pytest
 
-from thrlab.evaluate import ks_for, pass_at_k, summarise
+from thrlab.core.passk import ks_for, pass_at_k, summarise
 
 
 @pytest.mark.parametrize("n,c", [(5, 0), (5, 1), (5, 3), (6, 6), (8, 2), (7, 4)])

@@ -9,11 +9,11 @@ import warnings
 import pytest
 import torch
 
-from thrlab import rollout
-from thrlab.presets import from_preset
-from thrlab import model as thrmodel
-from thrlab.model import completion_forward, dequantized_4bit_cpu, lm_parts, load_policy
-from thrlab.unembed import _RowwiseLinear, unembed
+from thrlab.train import rollout
+from thrlab.train.presets import from_preset
+from thrlab.train import model as thrmodel
+from thrlab.train.model import completion_forward, dequantized_4bit_cpu, lm_parts, load_policy
+from thrlab.core.unembed import _RowwiseLinear, unembed
 
 CASES = {"sample": dict(do_sample=True, temperature=1.0, top_p=1.0),  # training rollouts
          "eval": dict(do_sample=True, temperature=0.6, top_p=0.95),  # pass@k sampling
@@ -176,7 +176,7 @@ def test_completion_forward_of_an_empty_batch_is_empty(policy):
 
 
 def _peak_bytes(fn) -> float:
-    from thrlab.profiling import phase_peaks
+    from thrlab.plan.profiling import phase_peaks
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as prof:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from thrlab import cli
-from thrlab.presets import from_preset
-from thrlab.errors import RunFolderError
-from thrlab.experiment import format_summary, run_experiment
-from thrlab.runs import RunDir
+from thrlab.train.presets import from_preset, run_id
+from thrlab.core.errors import RunFolderError
+from thrlab.train.experiment import format_summary, run_experiment
+from thrlab.train.runs import RunDir
 from tests.fixtures import limits
 
 # Budgets shrunk so the whole pipeline runs in seconds; the model learns little at this size.
@@ -31,7 +31,7 @@ def cache(tmp_path, monkeypatch):
 def test_run_folder_complete_and_reused(tmp_path, cache):
     cfg = from_preset("tiny", **SMOKE)
     s = run_experiment(cfg, runs_root=tmp_path / "runs", progress=False)
-    run = RunDir(tmp_path / "runs" / cfg.run_id())
+    run = RunDir(tmp_path / "runs" / run_id(cfg))
     for f in ("config.json", "env.json", "metrics.jsonl", "eval_before.json", "eval_after.json",
               "eval_sft_control.json", "summary.json", "COMPLETE",
               "adapter/adapter_model.safetensors", "checkpoint/COMPLETE"):
@@ -101,7 +101,7 @@ def finished(tmp_path_factory):
     (root / "mul.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MUL))
     cfg = from_preset("tiny", **FINISHED, eval_sets=("arithmetic", str(root / "mul.jsonl")))
     summary = run_experiment(cfg, runs_root=root / "runs", progress=False)
-    return {"cfg": cfg, "run": RunDir(root / "runs" / cfg.run_id()), "summary": summary}
+    return {"cfg": cfg, "run": RunDir(root / "runs" / run_id(cfg)), "summary": summary}
 
 
 def _main(argv, capsys):
@@ -145,7 +145,7 @@ def test_summary_prints_each_set_their_mean_and_grading_failures(finished):
         assert total == sum(after["grading_by_set"][n][k] for n in names)
     lines = format_summary(s).splitlines()
     assert lines[0].split() == ["metric", "set", "before", "after", "grpo"]
-    from thrlab.stats import problem_difference  # the run's own greedy gain, paired per problem
+    from thrlab.core.stats import problem_difference  # the run's own greedy gain, paired per problem
 
     recs = [json.loads((run / f"eval_{p}.json").read_text())["problems"] for p in ("before", "after")]
     gain = problem_difference(*([x for n in names for x in r[n]["greedy"]] for r in recs))
@@ -201,7 +201,7 @@ def test_a_steps_0_run_evaluates_before_and_after_identically(tmp_path):
     same before and after, greedy and sampled (common random numbers)."""
     cfg = from_preset("tiny", **dict(SHIPPED, steps=0, sft_control=False, threads=1))
     s = run_experiment(cfg, runs_root=tmp_path / "runs", progress=False)
-    run = RunDir(tmp_path / "runs" / cfg.run_id())
+    run = RunDir(tmp_path / "runs" / run_id(cfg))
     before, after = (json.loads((run / f"eval_{p}.json").read_text()) for p in ("before", "after"))
     before.pop("wall_s"), after.pop("wall_s")
     assert before == after and 0 < before["mean"]["pass@4"] < 1
@@ -251,7 +251,7 @@ def test_cli_train_and_errors(tmp_path, cache):
 def test_cli_evaluate_loads_a_run_adapter(tmp_path, cache):
     cfg = from_preset("tiny", **SMOKE, sft_control=False)
     run_experiment(cfg, runs_root=tmp_path / "runs", progress=False)
-    adapter = tmp_path / "runs" / cfg.run_id() / "adapter"
+    adapter = tmp_path / "runs" / run_id(cfg) / "adapter"
     args = [f"--set={k}={v}" for k, v in SMOKE.items()]
     out = limits.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
                       "--adapter", str(adapter), "--out", str(tmp_path / "e.json")],
@@ -259,7 +259,7 @@ def test_cli_evaluate_loads_a_run_adapter(tmp_path, cache):
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads((tmp_path / "e.json").read_text())
     # greedy decoding is deterministic: the CLI with the adapter reproduces the run's eval_after
-    after = json.loads((tmp_path / "runs" / cfg.run_id() / "eval_after.json").read_text())
+    after = json.loads((tmp_path / "runs" / run_id(cfg) / "eval_after.json").read_text())
     assert res["mean"]["greedy_acc"] == after["mean"]["greedy_acc"]
     bad = limits.run([sys.executable, "-m", "thrlab", "evaluate", "--quiet", *args,
                       "--adapter", str(tmp_path)], capture_output=True, text=True)
@@ -271,7 +271,7 @@ def test_thr_run_end_to_end(tmp_path, cache):
     the last step although the run is shorter than thr_save_every (10)."""
     cfg = from_preset("tiny", "thr_explore", **dict(SMOKE, sft_control=False))
     s = run_experiment(cfg, runs_root=tmp_path / "runs", progress=False)
-    run = RunDir(tmp_path / "runs" / cfg.run_id())
+    run = RunDir(tmp_path / "runs" / run_id(cfg))
     rows = run.metrics()
     assert all("thr/tau" in r or r["train/skipped"] for r in rows)
     assert s["method"] == "thr_explore" and "after thr_explore" in format_summary(s)
@@ -282,7 +282,7 @@ def test_thr_run_end_to_end(tmp_path, cache):
 def test_a_grid_in_parallel_processes_equals_the_grid_in_one(tmp_path, cache):
     """run_grid(workers=2) trains the cells in two `thrlab train --config` processes; results do
     not depend on it (same eval files and metrics as one process, threads 1 in both)."""
-    from thrlab import paper
+    from thrlab.paper import grid as paper
 
     over = dict(SMOKE, threads=1, sft_control=False)
     seq = paper.run_grid("tiny", ["grpo", "thr_p0"], [0], over, tmp_path / "seq")

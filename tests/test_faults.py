@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from thrlab.faults import FAILPOINTS
-from thrlab.runs import RunDir
+from thrlab.train.faults import FAILPOINTS
+from thrlab.train.runs import RunDir
 from tests.fixtures import limits
 
 # -- kill and resume -----------------------------------------------------------------------------
@@ -85,8 +85,8 @@ class _Payload:
 
 
 def test_a_checkpoint_state_carrying_code_is_refused_without_running_it(tiny_model_dir, tmp_path):
-    from thrlab.checkpoint import load_checkpoint
-    from thrlab.errors import RunFolderError
+    from thrlab.train.checkpoint import load_checkpoint
+    from thrlab.core.errors import RunFolderError
     from tests.test_trainer import _trainer
 
     tr = _trainer(tiny_model_dir, tmp_path, steps=1)
@@ -102,7 +102,7 @@ def test_a_checkpoint_state_carrying_code_is_refused_without_running_it(tiny_mod
 
 
 def test_failpoint_counts_hits_and_ignores_other_names(monkeypatch):
-    from thrlab import faults
+    from thrlab.train import faults
 
     monkeypatch.setenv("THRLAB_FAILPOINT", "update@3")
     monkeypatch.setattr(faults, "_hits", {})
@@ -131,7 +131,7 @@ def _same(a, b):
 
 def _poison_lm_head(tr, when):
     """Make the unembedding's output NaN whenever when() says so (an overflow in the logits)."""
-    from thrlab.model import lm_parts
+    from thrlab.train.model import lm_parts
 
     return lm_parts(tr.model)[1].register_forward_hook(
         lambda mod, inp, out: out * float("nan") if when() else None)
@@ -158,7 +158,7 @@ def test_nonfinite_step_is_skipped_counted_and_leaves_state_untouched(tiny_model
 
 
 def test_too_many_nonfinite_steps_stop_the_run_with_checkpoint_intact(tiny_model_dir, tmp_path):
-    from thrlab.checkpoint import load_checkpoint
+    from thrlab.train.checkpoint import load_checkpoint
     from tests.test_trainer import _trainer
 
     tr = _trainer(tiny_model_dir, tmp_path, steps=4, max_nonfinite_steps=1)
@@ -174,7 +174,7 @@ def test_too_many_nonfinite_steps_stop_the_run_with_checkpoint_intact(tiny_model
 
 def test_oom_in_update_halves_micro_batch_and_matches_a_smaller_micro_batch(tiny_model_dir,
                                                                            tmp_path):
-    from thrlab.model import lm_parts
+    from thrlab.train.model import lm_parts
     from tests.test_trainer import _split_params, _trainer
 
     def oom_over_4(mod, inp, out):  # on the embedding: its input is the micro-batch's rows
@@ -204,7 +204,7 @@ def test_oom_in_update_halves_micro_batch_and_matches_a_smaller_micro_batch(tiny
 
 
 def test_oom_in_generation_names_the_knobs(tiny_model_dir, tmp_path):
-    from thrlab.model import lm_parts
+    from thrlab.train.model import lm_parts
     from tests.test_trainer import _trainer
 
     def oom(mod, inp, out):
@@ -229,9 +229,9 @@ def test_completions_at_the_length_limit_train_finitely(tiny_model_dir, tmp_path
 
 
 def test_empty_completion_rows_contribute_nothing_and_stay_finite():
-    from thrlab.config import LossConfig
-    from thrlab.loss import aggregate, group_advantages, policy_loss
-    from thrlab.thr import thr_for_batch
+    from thrlab.train.config import LossConfig
+    from thrlab.core.loss import aggregate, group_advantages, policy_loss
+    from thrlab.core.thr import thr_for_batch
 
     g = torch.Generator().manual_seed(0)
     B, T, H, V = 4, 5, 8, 11
@@ -255,7 +255,7 @@ def test_empty_completion_rows_contribute_nothing_and_stay_finite():
 # -- verifier faults reach the metrics and training goes on -------------------------------------
 def test_verifier_timeouts_and_errors_are_counted_per_step_and_training_continues(
         tiny_model_dir, tmp_path):
-    from thrlab.rewards import GradeResult
+    from thrlab.tasks.rewards import GradeResult
     from tests.test_trainer import ParityGrade, _trainer
 
     def flaky(texts, golds):  # the pool's statuses for a verifier that hangs / raises on some items

@@ -7,7 +7,7 @@ show, and every shape a reader accepts is tried.
 import datasets
 import pytest
 
-from thrlab import tasks
+from thrlab.tasks import benchmarks as tasks
 
 S = datasets.Value("string")
 I64 = datasets.Value("int64")

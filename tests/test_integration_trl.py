@@ -20,13 +20,13 @@ import torch
 pytest.importorskip("trl")
 
 from tests.fixtures import trl_data  # noqa: E402
-from thrlab.config import THRConfig  # noqa: E402
-from thrlab.presets import from_preset  # noqa: E402
+from thrlab.train.config import THRConfig  # noqa: E402
+from thrlab.train.presets import from_preset  # noqa: E402
 from thrlab.integrations import groups  # noqa: E402
 from thrlab.integrations.trl import (LOSS_TYPES, THRGRPOTrainer, check_trl_version,  # noqa: E402
                                      grpo_config)
-from thrlab.model import load_policy  # noqa: E402
-from thrlab.reweight import thr_stats  # noqa: E402
+from thrlab.train.model import load_policy  # noqa: E402
+from thrlab.core.reweight import thr_stats  # noqa: E402
 from tests.fixtures import limits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,10 +164,10 @@ def test_merge_thr_stats_equals_one_process():
     dict(thr_mode="nthr", thr_advantage_weighted=True),             # NTHR, A_j-weighted THR
 ])
 def test_thr_matches_thrlab_trainer(tiny_model_dir, tmp_path, one_thread, over):
-    from thrlab.old_policy import frozen_pass
-    from thrlab.rollout import Rollout
-    from thrlab.runs import RunDir
-    from thrlab.trainer import GRPOTrainer
+    from thrlab.train.old_policy import frozen_pass
+    from thrlab.train.rollout import Rollout
+    from thrlab.train.runs import RunDir
+    from thrlab.train.trainer import GRPOTrainer
 
     cfg = _cfg(**over)
     model, tok = _policy(cfg, tiny_model_dir)
@@ -203,7 +203,7 @@ def test_thr_pass_reuses_trl_old_policy_pass(tiny_model_dir, tmp_path, one_threa
     """THR adds one backbone pass only when TRL runs no old-policy pass of its own."""
     from trl import GRPOTrainer
 
-    from thrlab.model import lm_parts
+    from thrlab.train.model import lm_parts
 
     thr = {}
     for mini_batches in (1, 2):  # 2 optimizer steps per generation: TRL scores the old policy
@@ -282,8 +282,8 @@ def test_thrlab_loss_and_gradients_equal_trls(tiny_model_dir, tmp_path, one_thre
     largest)."""
     from trl import GRPOTrainer
 
-    from thrlab.loss import aggregate, policy_loss
-    from thrlab.model import completion_forward, reference_policy
+    from thrlab.core.loss import aggregate, policy_loss
+    from thrlab.train.model import completion_forward, reference_policy
 
     # a KL term large enough to matter; 16-bit base weights, since TRL 1.16 casts the adapters
     # of a quantized model to bf16 (grpo_trainer.py, after QLoRA) where thrlab keeps fp32 on CPU

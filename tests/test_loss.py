@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from thrlab.config import SECTIONS, LossConfig, THRConfig
-from thrlab.loss import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, COV_PENALTIES, RATIOS, aggregate,
-                         clipped_surrogate, group_advantages, gspo_token_ratio, k3_kl, policy_loss)
+from thrlab.core.loss import (aggregate, clipped_surrogate, group_advantages, gspo_token_ratio, k3_kl,
+                              policy_loss)
+from thrlab.core.variants import FAMILIES, THR_MODES
+from thrlab.train.config import SECTIONS, Config, LossConfig, THRConfig, field_docs
 
 
 def naive_advantages(rewards, G, eps=1e-6, std_norm=True):
@@ -133,7 +134,7 @@ def test_policy_loss_on_policy_gradient_is_reinforce():
 def test_gspo_token_recipes_are_the_gspo_objective():
     """GSPO's J = mean over responses of each response's token mean of min(s A, clip(s) A), with
     the GSPO paper's clip and no KL; the paper's GSPO-token + THR result takes p < 0."""
-    from thrlab.presets import from_preset
+    from thrlab.train.presets import from_preset
 
     gspo = from_preset("tiny", "gspo_token")
     assert (gspo.loss_agg, gspo.clip_eps_low, gspo.clip_eps_high, gspo.kl_coef) == \
@@ -157,23 +158,27 @@ def test_gspo_token_recipes_are_the_gspo_objective():
     assert float(got) == pytest.approx(want / 3, rel=1e-5)
 
 
-def test_every_config_choice_has_its_registry_entry_and_back():
-    """A variant is one function and one registry line; the config's list of names (what a user
-    may choose, checked at construction without torch) must name exactly the registry's keys."""
-    from thrlab.reweight import THRESHOLDS, TOKEN_ADVANTAGES
-
-    def choices(field: str) -> set:
+def test_every_variant_name_is_written_once_and_read_everywhere():
+    """thrlab.core.variants is the one list of names: each resolves to a callable of thrlab.core,
+    the config accepts exactly those names (checked at construction without torch), --help lists
+    them, and an unknown name is refused with the choices."""
+    docs = field_docs()
+    for family in FAMILIES:
+        cls = LossConfig if family.field in LossConfig.names() else THRConfig
         with pytest.raises(ValueError) as err:
-            cls = LossConfig if field in LossConfig.names() else THRConfig
-            cls(**{field: "?"})
-        return set(eval(str(err.value).split("choose one of ")[1]))
-
-    assert choices("adv_estimator") == set(ADVANTAGE_ESTIMATORS)
-    assert choices("objective") == set(RATIOS)
-    assert choices("cov_mode") == set(COV_PENALTIES)
-    assert choices("loss_agg") == set(AGGREGATIONS)
-    assert choices("thr_mode") == set(TOKEN_ADVANTAGES) | {"off"}
-    assert choices("thr_tau_mode") == set(THRESHOLDS)
+            cls(**{family.field: "?"})
+        assert set(eval(str(err.value).split("choose one of ")[1])) == set(family.names())
+        assert docs[family.field].endswith(" | ".join(family.names()))
+        for name, (impl, what) in family.variants.items():
+            assert what
+            if impl:  # "" only for thr_mode=off, which computes no THR
+                assert callable(family.function(name))
+        with pytest.raises(ValueError, match="choose"):
+            family.function("?")
+    assert [n for n, (impl, _) in THR_MODES.variants.items() if not impl] == ["off"]
+    # a control of THR's mask (described "control: ...") is refused away from p = 0
+    with pytest.raises(ValueError, match="control of THR's mask"):
+        Config(thr_mode="random_mask", thr_p=0.1)
     # every Config field belongs to exactly one section
     names = [n for sec in SECTIONS for n in sec.names()]
     assert len(names) == len(set(names))

@@ -1,6 +1,6 @@
-"""The memory plan (thrlab.memory) term by term against the real objects it predicts: bitsandbytes'
+"""The memory plan (thrlab.train.memory) term by term against the real objects it predicts: bitsandbytes'
 NF4 storage, a real KV cache, peft's adapters, a loaded 4-bit model; and, slow, the whole plan
-against the tracked tensor bytes of a rehearsal (thrlab.rehearsal) at reduced width."""
+against the tracked tensor bytes of a rehearsal (thrlab.plan.rehearsal) at reduced width."""
 import dataclasses
 import inspect
 from pathlib import Path
@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from thrlab import memory, model as thrmodel, thr
-from thrlab.model_cards import CARDS
-from thrlab.presets import from_preset
-from thrlab.rehearsal import build_model, live_tensor_bytes
+from thrlab.train import memory
+from thrlab.train import model as thrmodel
+from thrlab.core import thr
+from thrlab.train.model_cards import CARDS
+from thrlab.train.presets import from_preset
+from thrlab.plan.rehearsal import build_model, live_tensor_bytes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL = dataclasses.replace(CARDS["Qwen/Qwen2.5-0.5B-Instruct"], vocab_size=512, hidden_size=128,
@@ -94,7 +96,7 @@ def test_over_names_the_knob_and_check_is_silent_off_cuda(small_model):
 @pytest.mark.skipif(not (DATA / "math_train.jsonl").exists(),
                     reason="needs ../shared/data (MATH rows) of a development checkout")
 def test_rehearsal_at_reduced_width_completes_within_the_plan(tmp_path):
-    from thrlab.rehearsal import rehearse
+    from thrlab.plan.rehearsal import rehearse
 
     narrow = dataclasses.replace(CARDS["Qwen/Qwen2.5-0.5B-Instruct"], hidden_size=128,
                                  intermediate_size=256, num_attention_heads=2,

@@ -3,9 +3,9 @@ one forward pass that yields log-probs, entropy and hidden states."""
 import pytest
 import torch
 
-from thrlab.presets import from_preset
-from thrlab.model import completion_forward, load_base, load_policy, reference_policy
-from thrlab.rollout import generate
+from thrlab.train.presets import from_preset
+from thrlab.train.model import completion_forward, load_base, load_policy, reference_policy
+from thrlab.train.rollout import generate
 
 CPU = torch.device("cpu")
 
@@ -39,7 +39,7 @@ def _lora_grads(model, tok):
 def _fp32_twin(cfg, path, qmodel):
     """fp32 model holding exactly the dequantised 4-bit weights, with the same LoRA weights."""
     import bitsandbytes as bnb
-    from thrlab.model import add_lora
+    from thrlab.train.model import add_lora
 
     twin = load_base(cfg.replace(load_in_4bit=False), path, CPU)
     qmods = dict(qmodel.get_base_model().named_modules())

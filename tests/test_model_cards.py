@@ -1,13 +1,13 @@
-"""The model cards (thrlab.model_cards) against the presets and transformers' own classes: every
+"""The model cards (thrlab.train.model_cards) against the presets and transformers' own classes: every
 paper preset's model has one, its config builds the architecture it describes (module shapes
 read off a meta-device model at full depth), and its tokenizer facts fit its template."""
 import pytest
 import torch
 
-from thrlab import memory
-from thrlab.model_cards import CARDS, card_of
-from thrlab.presets import PRESETS
-from thrlab.rehearsal import PAPER_PRESETS
+from thrlab.train import memory
+from thrlab.train.model_cards import CARDS, card_of
+from thrlab.train.presets import PRESETS
+from thrlab.plan.rehearsal import PAPER_PRESETS
 
 
 def _meta_model(card, layers=None):

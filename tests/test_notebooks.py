@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from thrlab import reproduce
+from thrlab.paper import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

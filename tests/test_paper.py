@@ -1,4 +1,4 @@
-"""thrlab.paper: the readers behind the paper notebooks, on hand-made run folders, against naive
+"""thrlab.paper.grid: the readers behind the paper notebooks, on hand-made run folders, against naive
 references written here (sets, loops, sorting)."""
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thrlab import paper
-from thrlab.presets import from_preset
-from thrlab.runs import write_json
+from thrlab.paper import grid as paper
+from thrlab.train.presets import from_preset
+from thrlab.train.runs import write_json
 
 
 def test_grid_config_is_preset_then_method_then_overrides():
@@ -21,7 +21,7 @@ def test_grid_config_is_preset_then_method_then_overrides():
 
 def test_e4_passk_average_is_table_2s_sets_on_paper_presets():
     """The paper's Table 2 averages Pass@K over AIME24, AIME25 and AMC23 only."""
-    from thrlab.presets import PRESETS
+    from thrlab.train.presets import PRESETS
 
     for preset in set(PRESETS) - {"tiny", "narrowing", "strategies"}:
         sets = paper.exploration_sets(preset, [])

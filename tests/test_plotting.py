@@ -1,17 +1,17 @@
-"""thrlab.plotting: no torch, byte-stable files, and plots that show the numbers they are given."""
+"""thrlab.paper.plotting: no torch, byte-stable files, and plots that show the numbers they are given."""
 import sys
 
 import matplotlib
 import numpy as np
 import pytest
 
-from thrlab import plotting
+from thrlab.paper import plotting
 from tests.fixtures import limits
 
 matplotlib.use("Agg")
 
 
-@pytest.mark.parametrize("module", ["thrlab.plotting", "thrlab.paper", "thrlab.reproduce"])
+@pytest.mark.parametrize("module", ["thrlab.paper.plotting", "thrlab.paper.grid", "thrlab.paper.reproduce"])
 def test_figure_modules_do_not_import_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
     out = limits.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""thrlab.predictor against independent references: a materialised unembedding step, finite
+"""thrlab.paper.predictor against independent references: a materialised unembedding step, finite
 differences of THR's first-order identity, a hand-written SGD step through the plain HF forward,
 naive rank statistics, and the LLD loop replaying run_experiment's GRPO phase exactly."""
 import itertools
@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from thrlab import predictor
-from thrlab.presets import from_preset
-from thrlab.loss import group_advantages
-from thrlab.thr import thr_for_batch
+from thrlab.paper import predictor
+from thrlab.train import probes
+from thrlab.train.presets import from_preset
+from thrlab.core.loss import group_advantages
+from thrlab.core.thr import thr_for_batch
 from tests.fixtures import limits
 
 
@@ -112,9 +113,9 @@ def test_bottom_k_overlap_against_sets():
 
 @pytest.fixture(scope="module")
 def policy(tiny_model_dir):
-    from thrlab.model import load_policy
-    from thrlab.rollout import generate
-    from thrlab.tasks import format_prompt
+    from thrlab.train.model import load_policy
+    from thrlab.train.rollout import generate
+    from thrlab.tasks.benchmarks import format_prompt
 
     torch.manual_seed(0)
     cfg = from_preset("tiny", group_size=4)
@@ -172,7 +173,7 @@ def test_lora_step_effects_match_a_hand_step_and_restore_the_model(policy):
 
 def test_probe_set_keeps_one_correct_response_per_problem(policy, monkeypatch):
     model, tok, _ = policy
-    from thrlab.tasks import Problem
+    from thrlab.tasks.benchmarks import Problem
 
     cfg = from_preset("tiny", group_size=4, max_new_tokens=3)
     problems = [Problem("p0", "1*1=?", "1", "test"), Problem("p1", "2*2=?", "4", "test")]
@@ -182,9 +183,9 @@ def test_probe_set_keeps_one_correct_response_per_problem(policy, monkeypatch):
             rewards = [1.0 if i in (1, 3) else 0.0 for i in range(len(texts))]
         return R()
 
-    probe = predictor.probe_set(model, tok, cfg, problems, grade)
+    probe = probes.probe_set(model, tok, cfg, problems, grade)
     assert len(probe.tokens) == 1 and probe.problem_index == [0]
-    assert predictor.probe_loglik(model, probe, 1.0) < 0
+    assert probes.probe_loglik(model, probe, 1.0) < 0
 
 
 # The shipped cold start (cached in $THRLAB_CACHE, shared with the notebook tests): the probe
@@ -196,8 +197,8 @@ SMOKE = dict(steps=3, prompts_per_step=2, group_size=4, eval_limit=8, eval_sampl
 def test_the_likelihood_probe_leaves_the_run_unchanged_and_survives_a_resume(tmp_path):
     """probe_every logs probe/loglik without touching the run's random state: the metrics equal a
     run without the probe; a resumed run probes the same responses from the same start."""
-    from thrlab.experiment import run_experiment
-    from thrlab.runs import RunDir
+    from thrlab.train.experiment import run_experiment
+    from thrlab.train.runs import RunDir
 
     cfg = from_preset("tiny", "thr_explore", **SMOKE)
     run_experiment(cfg, tmp_path / "plain", progress=False)

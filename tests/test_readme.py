@@ -3,8 +3,8 @@ presets.METHODS): a recipe or preset changed in one place and not the other fail
 import re
 from pathlib import Path
 
-from thrlab.config import Config, _coerce
-from thrlab.presets import METHODS, PRESETS, preset_config
+from thrlab.train.config import Config, _coerce
+from thrlab.train.presets import METHODS, PRESETS, preset_config
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from thrlab import reproduce
+from thrlab.paper import reproduce
 from tests.fixtures import limits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ x = 1
 overrides = {}
 runs_root = "runs"
 out_dir = "out"'''
-OK = '''from thrlab import paper, plotting
+OK = '''from thrlab.paper import grid as paper; from thrlab.paper import plotting
 fig, ax = plotting.figure()
 ax[0].plot(seeds, [x] * len(seeds))
 plotting.save_figure(fig, out_dir, "toy_fig")
@@ -49,7 +49,7 @@ def books(tmp_path):
 
 
 def _run(tmp_path, books, *args):
-    cmd = [sys.executable, "-m", "thrlab.reproduce", "--notebooks-dir", str(books),
+    cmd = [sys.executable, "-m", "thrlab.paper.reproduce", "--notebooks-dir", str(books),
            "--runs-root", str(tmp_path / "runs"), "--figures-dir", str(tmp_path / "figs"), *args]
     return limits.run(cmd, capture_output=True, text=True, cwd=tmp_path)
 
@@ -146,7 +146,7 @@ def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategie
     """--preset narrowing gives every notebook the study's seeds, overrides and workers (the
     user's --seeds / -p still win); a notebook declaring needs_strategies runs only on presets
     whose task labels strategies."""
-    from thrlab.study import STUDY_BUDGETS
+    from thrlab.paper.study import STUDY_BUDGETS
 
     d = tmp_path / "nbs"
     d.mkdir()
@@ -167,7 +167,7 @@ def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategie
 
 
 def test_a_study_budget_narrows_a_notebook_or_skips_it(tmp_path):
-    from thrlab import study
+    from thrlab.paper import study
 
     d = tmp_path / "nbs"
     d.mkdir()
@@ -185,8 +185,8 @@ def test_the_study_keeps_every_run_on_its_presets_schedule(preset):
     """Planned at a testbed preset, no repo notebook passes a config field that differs from the
     preset's own (e.g. notebook 09's tiny probe cadence), so every notebook's runs are the
     study's grid and are shared: a notebook that did would silently train a second grid."""
-    from thrlab import paper
-    from thrlab.presets import preset_config
+    from thrlab.paper import grid as paper
+    from thrlab.train.presets import preset_config
 
     own = preset_config(preset)
     nbs = reproduce.find_notebooks(ROOT / "notebooks", [])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import slow_verify
-from thrlab.rewards import (GradeResult, MathVerifyPool, extract_answer, extract_boxed,
+from thrlab.tasks.rewards import (GradeResult, MathVerifyPool, extract_answer, extract_boxed,
                             extract_gsm8k, grade)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -148,7 +148,7 @@ def test_math_verify_gsm8k_style(pool):
 
 
 def test_real_golds_grade_themselves(pool):
-    from thrlab.tasks import BENCHMARKS, load_benchmark
+    from thrlab.tasks.benchmarks import BENCHMARKS, load_benchmark
 
     if not DATA.is_dir():
         pytest.skip(f"{DATA} is absent (the shared data sits beside the repo on dev machines only)")
@@ -180,7 +180,7 @@ def test_hung_items_are_killed_and_counted(tmp_path, caplog):
     golds = ["1", hang, "3", stubborn, "5", "6", "7", "9"]
     with MathVerifyPool(2, verify_fn=slow_verify.misbehaving_verify) as p:
         t0 = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="thrlab.rewards"):
+        with caplog.at_level(logging.WARNING, logger="thrlab.tasks.rewards"):
             res = p.grade(comps, golds, timeout_s=1.0)
         # Both hangs sleep 30 s; the batch comes back after ~2 s on a quiet machine (1 s limit,
         # +1 s for SIGKILL escalation, worker restarts). Well under 30 s shows the workers were
@@ -200,7 +200,7 @@ def test_hung_items_are_killed_and_counted(tmp_path, caplog):
 def test_raising_and_dying_verifiers_count_as_errors(caplog):
     comps = ["\\boxed{RAISE}", "\\boxed{DIE}", "\\boxed{3}", "\\boxed{NONE}"]
     with MathVerifyPool(1, verify_fn=slow_verify.misbehaving_verify) as p:
-        with caplog.at_level(logging.WARNING, logger="thrlab.rewards"):
+        with caplog.at_level(logging.WARNING, logger="thrlab.tasks.rewards"):
             res = p.grade(comps, ["1", "1", "3", "1"], timeout_s=5.0)
         assert res.status == ["error", "error", "correct", "error"]
         assert res.errors == 3 and res.rewards == [0.0, 0.0, 1.0, 0.0]
@@ -208,7 +208,7 @@ def test_raising_and_dying_verifiers_count_as_errors(caplog):
         assert "returned None" in caplog.text  # a verifier that returns nothing is an error
         assert "failure burst" in caplog.text  # 3 of 4 > max_failure_frac 0.5
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="thrlab.rewards"):
+        with caplog.at_level(logging.WARNING, logger="thrlab.tasks.rewards"):
             ok = p.grade(["\\boxed{RAISE}", "\\boxed{3}", "\\boxed{4}"], ["1", "3", "4"])
         assert ok.errors == 1 and "failure burst" not in caplog.text
 

@@ -4,9 +4,9 @@ import logging
 import pytest
 import torch
 
-from thrlab.presets import from_preset
-from thrlab.model import load_policy
-from thrlab.rollout import Rollout, cat_rollouts, completion_mask, generate, stop_token_ids
+from thrlab.train.presets import from_preset
+from thrlab.train.model import load_policy
+from thrlab.train.rollout import Rollout, cat_rollouts, completion_mask, generate, stop_token_ids
 
 
 def test_completion_mask_against_loop():
@@ -77,7 +77,7 @@ def test_checkpoint_generation_config_does_not_change_sampling(tiny_model_dir, e
     for k, v in PENALISED.items():
         setattr(lm.generation_config, k, v)
     prompts = ["Q: 12*7+35=? A:", "Q: 1*2=? A:", "Q: 99*9+99=? A:"]
-    with caplog.at_level(logging.WARNING, logger="thrlab.rollout"):
+    with caplog.at_level(logging.WARNING, logger="thrlab.train.rollout"):
         r = generate(model, tok, prompts, n=1, do_sample=False, temperature=1.0, top_p=1.0,
                      max_new_tokens=6, engine=engine)
         generate(model, tok, prompts[:1], n=2, do_sample=True, temperature=1.0, top_p=1.0,

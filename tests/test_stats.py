@@ -1,4 +1,4 @@
-"""thrlab.stats: variance components against explicit loops, and the interval's coverage and the
+"""thrlab.core.stats: variance components against explicit loops, and the interval's coverage and the
 minimum detectable effect's power checked by simulating the crossed (seeds x problems) design,
 with and without seed-to-seed variation, on Gaussian and on 0/1 scores."""
 import doctest
@@ -6,8 +6,8 @@ import doctest
 import numpy as np
 import pytest
 
-from thrlab import stats
-from thrlab.stats import minimum_detectable_effect, paired_difference, variance_components
+from thrlab.core import stats
+from thrlab.core.stats import minimum_detectable_effect, paired_difference, variance_components
 
 
 def test_doctests():
@@ -127,7 +127,7 @@ def test_minimum_detectable_effect_has_its_power():
 def test_seed_and_problem_intervals_are_t_intervals():
     from scipy import stats as st
 
-    from thrlab.stats import problem_difference, seed_difference
+    from thrlab.core.stats import problem_difference, seed_difference
 
     a, b = np.array([0.3, 0.5, 0.4, 0.6]), np.array([0.4, 0.55, 0.5, 0.62])
     d = b - a

@@ -1,5 +1,5 @@
-"""thrlab.study: paired tables, claims and verdicts on hand-made run folders with per-problem
-records, against thrlab.stats applied by hand and naive references written here."""
+"""thrlab.paper.study: paired tables, claims and verdicts on hand-made run folders with per-problem
+records, against thrlab.core.stats applied by hand and naive references written here."""
 import json
 from pathlib import Path
 
@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from scipy.stats import t as scipy_t
 
-from thrlab import frontier, study
-from thrlab.runs import write_json
+from thrlab.paper import frontier
+from thrlab.paper import study
+from thrlab.train.runs import write_json
 
 
 def _records_run(root, method, seed, greedy, correct, samples=4, phase="eval_after", ids=None):
@@ -23,8 +24,8 @@ def _records_run(root, method, seed, greedy, correct, samples=4, phase="eval_aft
 
 
 def test_paired_table_is_paired_difference_of_the_per_problem_scores(tmp_path):
-    from thrlab.evaluate import pass_at_k
-    from thrlab.stats import minimum_detectable_effect, paired_difference
+    from thrlab.core.passk import pass_at_k
+    from thrlab.core.stats import minimum_detectable_effect, paired_difference
 
     rng = np.random.default_rng(0)
     g = {m: rng.integers(0, 2, size=(3, 12)) for m in ("grpo", "thr_p0")}
@@ -56,7 +57,7 @@ def test_paired_table_refuses_runs_on_other_problems_and_one_seed_has_no_interva
 
 
 def test_gain_table_pairs_each_run_with_its_start(tmp_path):
-    from thrlab.stats import paired_difference
+    from thrlab.core.stats import paired_difference
 
     rng = np.random.default_rng(1)
     before, after = rng.integers(0, 2, (2, 10)), rng.integers(0, 2, (2, 10))
@@ -70,7 +71,7 @@ def test_gain_table_pairs_each_run_with_its_start(tmp_path):
 
 
 def test_seed_differences_are_paired_by_seed():
-    from thrlab.stats import seed_difference
+    from thrlab.core.stats import seed_difference
 
     table = pd.DataFrame({"method": ["grpo"] * 3 + ["thr_explore"] * 3, "seed": [0, 1, 2] * 2,
                           "entropy_after": [1.0, 0.8, 0.9, 1.2, 0.7, 1.3], "problems": 200})
@@ -166,7 +167,7 @@ def test_claims_table_is_the_paired_table_of_each_claim(tmp_path):
 
 
 def test_claims_table_reads_strategy_diversity_per_seed(tmp_path):
-    from thrlab.stats import seed_difference
+    from thrlab.core.stats import seed_difference
 
     after = {"grpo": [0.2, 0.5, 0.3], "thr_explore": [0.9, 1.1, 1.0]}
     rows = []
@@ -191,7 +192,7 @@ def test_claims_table_reads_strategy_diversity_per_seed(tmp_path):
 
 
 def test_paired_table_pairs_only_the_seeds_both_methods_have(tmp_path):
-    from thrlab.stats import paired_difference
+    from thrlab.core.stats import paired_difference
 
     rng = np.random.default_rng(4)
     g = {m: rng.integers(0, 2, size=(4, 10)) for m in ("grpo", "thr_p0")}
@@ -238,7 +239,7 @@ def _frontier_run(root, method, seed, trajectory, steps=4, samples=4):
 
 
 def test_frontier_points_read_every_evaluation_on_the_step_evaluations_problems(tmp_path):
-    from thrlab.evaluate import pass_at_k
+    from thrlab.core.passk import pass_at_k
 
     traj = {0: ([0, 0, 1, 1, 1], [1, 2, 3, 0, 0]), 2: ([1, 0, 1], [2, 2, 4]),
             4: ([1, 1, 1, 0, 0], [4, 4, 4, 4, 4])}
@@ -279,7 +280,7 @@ def test_frontier_claims_pair_each_method_with_grpo_by_seed_and_lr(tmp_path):
     """frontier_claims against a naive recomputation: the target is the start's greedy
     accuracy + gain; per seed, the mean over the lrs where both runs reach it of the method's
     interpolated pass@k minus GRPO's at the same lr; a t-interval over seeds."""
-    from thrlab.evaluate import pass_at_k
+    from thrlab.core.passk import pass_at_k
 
     rng = np.random.default_rng(5)
     start = ([1, 0, 1, 0, 0], [2, 1, 3, 0, 1])
@@ -321,7 +322,7 @@ def test_frontier_claims_pair_each_method_with_grpo_by_seed_and_lr(tmp_path):
 
 
 def test_study_cells_and_run_labels_name_each_run_of_the_controls_study():
-    from thrlab.presets import from_preset
+    from thrlab.train.presets import from_preset, run_id
 
     own = from_preset("narrowing").lr
     front = study.study_cells("narrowing", [0, 1], "frontier")
@@ -347,7 +348,7 @@ def test_study_cells_and_run_labels_name_each_run_of_the_controls_study():
     # every run of one seed is a distinct run
     cells = [c for part in ("frontier", "masks", "dose") for c in study.study_cells(
         "narrowing", [0], part)]
-    assert len({c[2].run_id() for c in cells}) == len(cells)
+    assert len({run_id(c[2]) for c in cells}) == len(cells)
 
 
 def _metrics_run(root, method, seed, lr, rows):

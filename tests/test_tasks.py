@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from thrlab.errors import DataError
-from thrlab.arithmetic import arithmetic_problems
-from thrlab.tasks import BENCHMARKS, SYSTEM_BOXED, TEMPLATES, format_prompt, load_benchmark
+from thrlab.core.errors import DataError
+from thrlab.tasks.arithmetic import arithmetic_problems
+from thrlab.tasks.benchmarks import BENCHMARKS, SYSTEM_BOXED, TEMPLATES, format_prompt, load_benchmark
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

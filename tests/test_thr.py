@@ -1,14 +1,14 @@
-"""THR (thrlab.thr) against a naive pairwise loop written here, the first-order identity of
+"""THR (thrlab.core.thr) against a naive pairwise loop written here, the first-order identity of
 docs/method.md section 6 (one SGD step on the unembedding of a real tiny model) checked by finite
-differences, and the token advantages THR drives (thrlab.reweight) against loops."""
+differences, and the token advantages THR drives (thrlab.core.reweight) against loops."""
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from thrlab.reweight import nthr_advantages, reweight_advantages, thr_stats, thr_threshold
-from thrlab.thr import route_flops, thr_for_batch, token_hidden_reward
+from thrlab.core.reweight import nthr_advantages, reweight_advantages, thr_stats, thr_threshold
+from thrlab.core.thr import route_flops, thr_for_batch, token_hidden_reward
 
 G, T, H, V = 4, 5, 8, 11  # small enough for the O((G T)^2 V) python loop below
 
@@ -85,9 +85,9 @@ def test_matches_naive_pairwise_definition(route, pattern, opts):
 def test_advantage_weighted_thr_uses_the_advantages_the_run_trains_with():
     """advantage_weighted weights response j by the run's own A_j (Pass@K, Dr. GRPO, ...), not
     by GRPO's std-normalised advantage recomputed from the rewards."""
-    from thrlab.presets import from_preset
-    from thrlab.loss import group_advantages, passk_advantages
-    from thrlab.reweight import thr_token_advantages
+    from thrlab.train.presets import from_preset
+    from thrlab.core.loss import group_advantages, passk_advantages
+    from thrlab.core.reweight import thr_token_advantages
 
     hidden, W, tokens, mask = make_group()
     r = torch.tensor([0., 1., 1., 0.])
@@ -236,7 +236,7 @@ def tiny_group(tiny_model_dir):
     """Hidden states (held fixed) and lm_head weight of the real tiny model on one group."""
     from transformers import AutoModelForCausalLM
 
-    from thrlab.model import completion_forward, load_tokenizer
+    from thrlab.train.model import completion_forward, load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
@@ -304,7 +304,7 @@ def test_single_token_steps_on_tiny_model(tiny_group):
 
 
 def test_quantile_threshold_against_sorting():
-    from thrlab.reweight import thr_quantile_threshold
+    from thrlab.core.reweight import thr_quantile_threshold
 
     torch.manual_seed(3)
     thr = torch.randn(4, 6)
@@ -322,16 +322,16 @@ def test_quantile_threshold_against_sorting():
 def test_docstring_example_runs():
     import doctest
 
-    import thrlab.thr
+    import thrlab.core.thr
 
-    res = doctest.testmod(thrlab.thr)
+    res = doctest.testmod(thrlab.core.thr)
     assert res.attempted >= 8 and res.failed == 0
     doc = token_hidden_reward.__doc__
     assert "hidden_states[-1][:, prompt_len - 1:-1]" in doc and "thr_for_batch" in doc
 
 
 def test_shapes_and_values_are_checked_with_messages_that_name_them():
-    from thrlab.guards import NonFiniteError
+    from thrlab.core.guards import NonFiniteError
 
     hidden, W, tokens, mask = make_group()
     r = torch.tensor(REWARDS["two"])
@@ -363,7 +363,7 @@ def test_shapes_and_values_are_checked_with_messages_that_name_them():
 
 
 def test_random_mask_keeps_the_same_count_per_response_uniformly():
-    from thrlab.reweight import random_mask_like
+    from thrlab.core.reweight import random_mask_like
 
     gen = torch.Generator().manual_seed(0)
     mask = torch.ones(3, 6, dtype=torch.bool)
@@ -386,9 +386,9 @@ def test_random_mask_keeps_the_same_count_per_response_uniformly():
 def test_controls_keep_thrs_advantage_mass_without_its_choice():
     """random_mask: THR p = 0's count per response (so its mass), other tokens; mass_matched:
     every token, GRPO's weights scaled to the mass THR's mask keeps."""
-    from thrlab.config import THRConfig
-    from thrlab.loss import group_advantages
-    from thrlab.reweight import thr_token_advantages
+    from thrlab.train.config import THRConfig
+    from thrlab.core.loss import group_advantages
+    from thrlab.core.reweight import thr_token_advantages
 
     hidden, W, tokens, mask = make_group()
     r = torch.tensor([0., 1., 1., 0.])
@@ -414,7 +414,7 @@ def test_controls_keep_thrs_advantage_mass_without_its_choice():
 def test_random_mask_draws_what_it_drew_before_the_token_choice_controls():
     """random_mask_like now ranks through count_mask_like: the same draws, the same tokens as
     its earlier inline ranking (the reference below), so earlier random-mask runs still hold."""
-    from thrlab.reweight import random_mask_like
+    from thrlab.core.reweight import random_mask_like
 
     gen = torch.Generator().manual_seed(3)
     mask = torch.rand(8, 11, generator=gen) > 0.3
@@ -428,7 +428,7 @@ def test_random_mask_draws_what_it_drew_before_the_token_choice_controls():
 
 
 def test_token_signals_are_log_softmax_and_entropy_per_token():
-    from thrlab.reweight import token_signals
+    from thrlab.core.reweight import token_signals
 
     hidden, W, tokens, mask = make_group()
     streamed = token_signals(hidden, tokens, lm_head_weight=W, temperature=0.7)
@@ -449,9 +449,9 @@ def test_token_choice_controls_keep_thrs_count_chosen_by_their_signal(mode, sign
     """Per response: THR p = 0's count of tokens, the lowest-probability sampled tokens /
     highest-entropy positions (a naive sort per row), weights unchanged; the overlap stat is
     the share of THR's kept tokens they keep."""
-    from thrlab.config import THRConfig
-    from thrlab.loss import group_advantages
-    from thrlab.reweight import thr_token_advantages, token_signals
+    from thrlab.train.config import THRConfig
+    from thrlab.core.loss import group_advantages
+    from thrlab.core.reweight import thr_token_advantages, token_signals
 
     hidden, W, tokens, mask = make_group()
     r = torch.tensor([0., 1., 1., 0.])
@@ -474,7 +474,7 @@ def test_token_choice_controls_keep_thrs_count_chosen_by_their_signal(mode, sign
 
 
 def test_controls_are_p0_with_the_mask():
-    from thrlab.presets import from_preset
+    from thrlab.train.presets import from_preset
 
     assert from_preset("tiny", "thr_random_mask").thr_mode == "random_mask"
     for m in ("thr_lowprob_mask", "thr_entropy_mask"):

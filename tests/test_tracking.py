@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from thrlab.anatomy import load_token_records
-from thrlab.arithmetic import arithmetic_problems
-from thrlab.errors import SetupError
-from thrlab.model import load_policy
-from thrlab.presets import from_preset
-from thrlab.runs import RunDir
-from thrlab.trainer import GRPOTrainer
+from thrlab.train.records import load_token_records
+from thrlab.tasks.arithmetic import arithmetic_problems
+from thrlab.core.errors import SetupError
+from thrlab.train.model import load_policy
+from thrlab.train.presets import from_preset
+from thrlab.train.runs import RunDir
+from thrlab.train.trainer import GRPOTrainer
 
 from test_trainer import ParityGrade
 from tests.fixtures import limits
@@ -189,7 +189,7 @@ def test_wandb_offline_mirrors_metrics_and_token_tables_and_resumes(tiny_model_d
 @pytest.mark.parametrize("report_to, extra", [("wandb", "wandb"), ("tensorboard", "track")])
 def test_missing_tracker_package_fails_before_training_naming_the_extra(
         tiny_model_dir, tmp_path, monkeypatch, report_to, extra):
-    from thrlab.experiment import check_inputs
+    from thrlab.train.experiment import check_inputs
 
     monkeypatch.setitem(sys.modules, report_to, None)  # the package is not installed
     cfg = from_preset("tiny", report_to=report_to)

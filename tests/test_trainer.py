@@ -4,12 +4,12 @@ import json
 import pytest
 import torch
 
-from thrlab.presets import from_preset
-from thrlab.model import load_policy
-from thrlab.runs import STEP_PHASES, RunDir
-from thrlab.arithmetic import arithmetic_problems
-from thrlab.step import UpdateMetrics
-from thrlab.trainer import GRPOTrainer
+from thrlab.train.presets import from_preset
+from thrlab.train.model import load_policy
+from thrlab.train.runs import STEP_PHASES, RunDir
+from thrlab.tasks.arithmetic import arithmetic_problems
+from thrlab.train.step import UpdateMetrics
+from thrlab.train.trainer import GRPOTrainer
 
 
 class ParityGrade:
@@ -17,7 +17,7 @@ class ParityGrade:
     model hits about half the time, so groups have mixed rewards from step one."""
 
     def __call__(self, texts, golds):
-        from thrlab.rewards import GradeResult
+        from thrlab.tasks.rewards import GradeResult
 
         rewards = [float(len(t) % 2 == 0) for t in texts]
         return GradeResult(rewards=rewards, status=["correct" if r else "wrong" for r in rewards])
@@ -128,8 +128,8 @@ def test_thr_on_policy_uses_the_update_forward_only(tiny_model_dir, tmp_path):
 def test_both_old_policy_views_train_the_same(tiny_model_dir, tmp_path, over):
     """On-policy without dropout the update pass is the old policy (old_policy.UpdatePass); a
     separate frozen pass (FrozenPass) must give the same update: same THR, same LoRA weights."""
-    from thrlab.anatomy import load_token_records
-    from thrlab.old_policy import FrozenPass, UpdatePass
+    from thrlab.train.records import load_token_records
+    from thrlab.train.old_policy import FrozenPass, UpdatePass
 
     out = {}
     for name in ("update", "frozen"):
@@ -158,8 +158,8 @@ def test_both_old_policy_views_train_the_same(tiny_model_dir, tmp_path, over):
 def test_on_policy_thr_from_the_update_logits_equals_streamed_thr(tiny_model_dir, tmp_path):
     """On-policy, THR reads the update pass's own logits; the result equals THR that streams
     the probabilities from the unembedding (thr_token_advantages' other source)."""
-    from thrlab.model import lm_parts
-    from thrlab.reweight import thr_token_advantages
+    from thrlab.train.model import lm_parts
+    from thrlab.core.reweight import thr_token_advantages
 
     tr = _trainer(tiny_model_dir, tmp_path, thr_mode="thr", thr_p=0.1, steps=1)
     seen, inner = [], tr.old_policy.token_advantages
@@ -189,7 +189,7 @@ def test_thr_needs_whole_groups_per_micro_batch():
 
 
 def test_thr_token_records_saved_and_bounded(tiny_model_dir, tmp_path):
-    from thrlab.anatomy import load_token_records
+    from thrlab.train.records import load_token_records
 
     tr = _trainer(tiny_model_dir, tmp_path, thr_mode="thr", thr_p=0.1, thr_save_every=1,
                   thr_save_rows=8, thr_save_tokens=3)
@@ -206,7 +206,7 @@ def test_thr_token_records_saved_and_bounded(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_thr_token_records_at_the_last_step_carry_each_rows_question(tiny_model_dir, tmp_path,
                                                                      dynamic):
-    from thrlab.anatomy import load_token_records
+    from thrlab.train.records import load_token_records
 
     over = dict(thr_mode="thr", thr_p=0.1, thr_save_every=5, thr_save_rows=8,
                 dynamic_sampling=dynamic)
@@ -251,7 +251,7 @@ def test_prompt_order_is_one_seeded_shuffle_per_pass_and_resumes_from_the_cursor
 
 # -- the update runs exactly the algorithm its config names ---------------------------------------
 def test_mini_batch_rows_partition_every_row():
-    from thrlab.trainer import mini_batch_rows
+    from thrlab.train.trainer import mini_batch_rows
 
     for B in range(1, 30):
         perm = torch.randperm(B)
@@ -264,8 +264,8 @@ def test_mini_batch_rows_partition_every_row():
 
 def test_update_never_drops_rows_dynamic_sampling_returned(tiny_model_dir, tmp_path):
     """Dynamic sampling can keep 3 of 4 groups (12 rows) for mini_batches=8: all 12 rows train."""
-    from thrlab.rollout import generate
-    from thrlab.tasks import format_prompt
+    from thrlab.train.rollout import generate
+    from thrlab.tasks.benchmarks import format_prompt
 
     tr = _trainer(tiny_model_dir, tmp_path, mini_batches=8, kl_coef=0.0)
     probs = tr.next_prompts(3)
@@ -283,7 +283,7 @@ def test_dynamic_sampling_keeps_groups_with_a_nonzero_advantage(tiny_model_dir, 
     G, K = 4, 2
 
     def grade(texts, golds):  # per group of G: 1 wrong (even gold) or 2 wrong (odd gold)
-        from thrlab.rewards import GradeResult
+        from thrlab.tasks.rewards import GradeResult
 
         rew = []
         for g in range(0, len(golds), G):
@@ -327,9 +327,9 @@ def test_forking_tokens_do_not_depend_on_the_micro_batch(tiny_model_dir, tmp_pat
 def test_lora_dropout_never_reaches_the_old_policy_or_thr(tiny_model_dir, tmp_path):
     """With lora_dropout > 0 the old-policy log-probs and THR's hidden states come from a pass
     without dropout (eval mode), not from the noisy update pass."""
-    from thrlab.model import completion_forward, lm_parts
-    from thrlab.old_policy import frozen_pass
-    from thrlab.reweight import thr_token_advantages
+    from thrlab.train.model import completion_forward, lm_parts
+    from thrlab.train.old_policy import frozen_pass
+    from thrlab.core.reweight import thr_token_advantages
 
     torch.manual_seed(0)
     tr = _trainer(tiny_model_dir, tmp_path, steps=1, lora_dropout=0.5, thr_mode="thr",

@@ -1,4 +1,4 @@
-"""Command line: `python -m thrlab train|evaluate|presets`, thin wrappers over thrlab.experiment.
+"""Command line: `python -m thrlab train|evaluate|presets`, thin wrappers over thrlab.train.experiment.
 
     python -m thrlab train --preset tiny [--method thr_explore] --set steps=40 [--run-dir DIR]
     python -m thrlab train --config runs/<id>/config.json [--run-dir DIR]  (a saved config)
@@ -19,15 +19,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+from thrlab.core.errors import ConfigError, ThrlabError
+from thrlab.train.config import Config, field_docs, parse_overrides
+from thrlab.train.presets import METHODS, PRESETS, from_preset, preset_config, run_id
+from thrlab.train.runs import RunDir, write_json
+
 
 def _config(args):
-    from .config import Config, parse_overrides
-    from .presets import from_preset
-
     overrides = parse_overrides(args.set or [])
     if getattr(args, "config", None):
-        from .errors import ConfigError
-
         if args.preset or args.method:
             raise ConfigError("--config is a whole config; drop --preset/--method (--set still "
                               "overrides fields)")
@@ -43,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None,
                    help="named preset (default tiny; see `python -m thrlab presets`)")
     p.add_argument("--method", default=None,
-                   help="objective recipe from thrlab.presets.METHODS (default grpo; e.g. "
+                   help="objective recipe from thrlab.train.presets.METHODS (default grpo; e.g. "
                         "thr_explore, kl_cov)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field; repeatable (unknown keys are rejected)")
@@ -51,11 +51,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> int:
-    from .experiment import format_summary, run_experiment
-    from .runs import RunDir
+    # imported per command: `thrlab --help` and typos answer without loading torch
+    from thrlab.train.experiment import format_summary, run_experiment
 
     cfg = _config(args)
-    run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / cfg.run_id()
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / run_id(cfg)
     finished = RunDir(run_dir).complete  # run_experiment refuses it if it holds another config
     summary = run_experiment(cfg, run_dir, progress=not args.quiet)
     print(format_summary(summary))
@@ -69,10 +69,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .config import parse_overrides
-    from .errors import ConfigError
-    from .experiment import check_inputs, evaluate_run, load_run_policy, run_config
-    from .runs import write_json
+    # imported per command: `thrlab --help` and typos answer without loading torch
+    from thrlab.train.experiment import check_inputs, evaluate_run, load_run_policy, run_config
 
     if args.run_dir:
         if args.preset or args.method or args.adapter:
@@ -83,7 +81,8 @@ def cmd_evaluate(args) -> int:
     else:
         cfg, adapter = _config(args), args.adapter
     if adapter:
-        from .checkpoint import check_adapter
+        # imported per command: `thrlab --help` and typos answer without loading torch
+        from thrlab.train.checkpoint import check_adapter
 
         check_adapter(adapter, cfg)  # before the eval sets and the model
     sets = check_inputs(cfg, progress=not args.quiet, train=False).sets
@@ -103,9 +102,6 @@ def _value(v) -> str:
 
 
 def cmd_presets(args) -> int:
-    from .config import Config
-    from .presets import METHODS, PRESETS, preset_config
-
     default = Config()
     print("presets (--preset NAME), with every field that differs from the Config defaults:")
     for name in PRESETS:
@@ -123,7 +119,8 @@ def cmd_presets(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from . import memory
+    # imported per command: `thrlab --help` and typos answer without loading torch
+    from thrlab.train import memory
 
     cfg = _config(args)
     p = memory.plan(cfg, memory.architecture_of(cfg.model), args.prompt_tokens)
@@ -136,8 +133,6 @@ def cmd_plan(args) -> int:
 
 
 def _fields_help() -> str:
-    from .config import field_docs
-
     return "config fields (use with --set KEY=VALUE):\n" + "\n".join(
         f"  {k:<24} {v}" for k, v in field_docs().items())
 
@@ -181,8 +176,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .errors import ThrlabError
-
     args = _parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -7,7 +7,7 @@ W-1 groups straddle two or more ranks (when b >= G; every group when b < G). THR
 its group's correct responses (the anchors, through M = sum_i w_i sum_k g h^T), tau needs every
 correct response's mean THR, and the quantile tau, NTHR's success rate and advantage-weighted THR
 need the whole group. So the ranks exchange the rows (hidden states, tokens, mask) of the
-straddling groups only; each rank then calls `thrlab.reweight.thr_token_advantages` on whole groups,
+straddling groups only; each rank then calls `thrlab.core.reweight.thr_token_advantages` on whole groups,
 which keeps THR exact and defined in one place. Per step, each rank receives at most
 (W-1)*G*T*H hidden values when b >= G. Probabilities are never sent: every rank recomputes them
 from h and the replicated unembedding W.
@@ -97,7 +97,7 @@ def assemble(layout: GroupLayout, groups: list[int], local: tuple, remote: dict,
 def merge_thr_stats(parts: list[tuple[float, float, dict]]) -> dict:
     """Combine per-rank (real tokens, rows, thr_stats dict) into one process's thr/* values.
 
-    thrlab.reweight.thr_stats averages over real tokens, except thr/tau (a mean over rows, i.e. over
+    thrlab.core.reweight.thr_stats averages over real tokens, except thr/tau (a mean over rows, i.e. over
     groups) and the thr/adv_mass_* sums; ranks that own no group contribute weight 0.
     """
     keys = sorted({k for _, _, s in parts for k in s})

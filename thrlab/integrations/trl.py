@@ -8,7 +8,7 @@ lets TRL generate, grade and compute its per-response advantages A_j (B,), then
    num_iterations > 1, or vLLM with its importance-sampling correction), else from one extra
    no-grad backbone pass called exactly as TRL's forward calls it (TRL keeps no hidden states;
    its fused LM head returns only log-probs). Cost of that pass: README, "Beyond one GPU";
-2. calls `thrlab.reweight.thr_token_advantages` (the function thrlab's trainer calls) on whole groups,
+2. calls `thrlab.core.reweight.thr_token_advantages` (the function thrlab's trainer calls) on whole groups,
    with probabilities softmax(h W^T / temperature) streamed from the unembedding, the same
    temperature TRL samples and scores with;
 3. hands TRL per-token advantages A'_{j,k} (B, T), which TRL 1.16's loss accepts as they are
@@ -52,9 +52,11 @@ check_trl_version()
 
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402  (after the version check, on purpose)
 
-from ..config import Config, THRConfig  # noqa: E402
-from ..model import lm_parts  # noqa: E402
-from ..reweight import thr_token_advantages  # noqa: E402
+from thrlab.core.reweight import thr_token_advantages  # noqa: E402
+from thrlab.train.config import Config, THRConfig  # noqa: E402
+from thrlab.train.model import lm_parts  # noqa: E402
+from thrlab.train.model import resolve_device, resolve_dtype
+
 from .groups import GroupLayout, assemble, exchange_shared_rows, merge_thr_stats  # noqa: E402
 
 # thrlab loss_agg -> TRL loss_type with the same normaliser: token_mean divides by the tokens
@@ -117,7 +119,7 @@ def grpo_config(cfg: Config, output_dir: str, *, world_size: int | None = None,
     top_p; max_new_tokens -> max_completion_length; clip_eps_low / _high -> epsilon /
     epsilon_high; kl_coef -> beta (k3; for a model passed in already wrapped, TRL 1.16's reference
     is a frozen copy of its adapter, the base model itself when the adapter is fresh, B = 0, as
-    thrlab.model.load_policy makes it: thrlab's adapters-disabled reference); loss_agg ->
+    thrlab.train.model.load_policy makes it: thrlab's adapters-disabled reference); loss_agg ->
     loss_type (LOSS_TYPES); adv_std_norm -> scale_rewards "group" / "none"; lr, adam_beta1/2,
     weight_decay, max_grad_norm, seed; gradient_checkpointing -> activation_checkpointing
     (non-reentrant); lora_dropout == 0 -> disable_dropout; the resolved compute dtype -> bf16 /
@@ -131,7 +133,6 @@ def grpo_config(cfg: Config, output_dir: str, *, world_size: int | None = None,
     """
     from accelerate.utils import get_int_from_env
 
-    from ..model import resolve_device, resolve_dtype
 
     _expressible(cfg)
     # The launchers' variables, read before TrainingArguments builds accelerate's state
