@@ -55,7 +55,7 @@ def test_wrong_types_rejected_and_strings_coerced():
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["lr"])
     # a scalar for a tuple field is a 1-tuple
-    math = dict(task="math_train", sft_control=False)
+    math = dict(task="math_train", eval_sets="math500")
     assert from_preset("tiny", **math, train_levels=3).train_levels == (3,)
     assert from_preset("tiny", eval_sets="math500").eval_sets == ("math500",)
 

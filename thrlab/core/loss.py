@@ -168,9 +168,6 @@ def seq_mean_token_sum_norm(loss_tok, m, n_tokens, n_seqs, max_len):
     return (loss_tok * m).sum() / (max(n_seqs, 1.0) * max_len)  # Dr. GRPO: a constant divisor
 
 
-
-
-
 def aggregate(loss_tok: torch.Tensor, mask: torch.Tensor, mode: str, *, n_tokens: float,
               n_seqs: float, max_len: int) -> torch.Tensor:
     """Reduce per-token losses (B, T) of one micro-batch to its share of the mini-batch loss.
@@ -183,8 +180,6 @@ def aggregate(loss_tok: torch.Tensor, mask: torch.Tensor, mode: str, *, n_tokens
 
 def token_ratio(logp, old_logp, mask):
     return ppo_ratio(logp, old_logp)
-
-
 
 
 def no_cov(loss_tok, clipped, ratio, logp, old_logp, adv_tok, mask, c, generator):
@@ -203,8 +198,6 @@ def clip_cov(loss_tok, clipped, ratio, logp, old_logp, adv_tok, mask, c, generat
     sel = clip_cov_tokens(token_covariance(adv_tok, logp, mask), mask, c.cov_ratio,
                           c.cov_clip_lb, c.cov_clip_ub, generator=generator, clipped=clipped)
     return loss_tok * ~sel, clipped, sel
-
-
 
 
 def policy_loss(logp, old_logp, adv_tok, mask, loss, *, ref_logp=None,
@@ -241,8 +234,6 @@ def passk_estimator(rewards, group_size, c):
 
 def passk_mixed_estimator(rewards, group_size, c):
     return passk_mixed_advantages(rewards, group_size, c.passk_k, c.passk_chi, c.adv_eps)
-
-
 
 
 def response_advantages(rewards: torch.Tensor, group_size: int, loss) -> torch.Tensor:

@@ -74,7 +74,7 @@ def nthr_advantages(adv, thr, mask, rewards, *, tau=0.0, group_size: int | None 
 
 
 def thr_stats(thr, mask, tau, adv, adv_tok) -> dict:
-    """Return THR diagnostics as floats (thr/* keys, formulas in the README glossary)."""
+    """Return THR diagnostics as floats (thr/* keys, formulas in docs/metrics.md)."""
     m = mask.bool()
     n = max(int(m.sum()), 1)
     t = thr[m]  # (N,)

@@ -4,7 +4,7 @@ A Family is one Config field that picks a variant by name (adv_estimator, object
 loss_agg, thr_mode, thr_tau_mode). Each entry maps the name a user writes to the function that
 implements it, as "module:function" inside thrlab.core, and one line saying what it is (a line
 starting "control:" marks a control of THR's mask, run at p = 0). Config
-validation, `thrlab train --help` and the README's table read the names from here; thrlab.core.loss
+validation, `thrlab train --help` and docs/methods.md's table read the names from here; thrlab.core.loss
 and thrlab.core.reweight look their functions up here. Functions are named rather than imported so
 that the config, and every reader of run folders, loads without torch.
 """

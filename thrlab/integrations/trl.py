@@ -7,7 +7,7 @@ lets TRL generate, grade and compute its per-response advantages A_j (B,), then
    TRL's own no-grad old-policy pass when it runs one (several optimizer steps per generation,
    num_iterations > 1, or vLLM with its importance-sampling correction), else from one extra
    no-grad backbone pass called exactly as TRL's forward calls it (TRL keeps no hidden states;
-   its fused LM head returns only log-probs). Cost of that pass: README, "Beyond one GPU";
+   its fused LM head returns only log-probs). Cost of that pass: docs/trl.md;
 2. calls `thrlab.core.reweight.thr_token_advantages` (the function thrlab's trainer calls) on whole groups,
    with probabilities softmax(h W^T / temperature) streamed from the unembedding, the same
    temperature TRL samples and scores with;

@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from thrlab.tasks.task import task_of
 from thrlab.train.presets import preset_config
 from thrlab.train.runs import RunDir, git_sha, read_json, write_json
 
@@ -174,10 +175,8 @@ def study_budget(preset: str | None) -> dict:
 
 
 def has_strategies(preset: str) -> bool:
-    """Whether the preset's task labels each completion's strategy (the strategies task)."""
-
-    cfg = preset_config(preset)
-    return cfg.task == "arithmetic" and cfg.arith_op == "mul_chain"
+    """Whether the preset's Task labels each completion's strategy (the strategies task)."""
+    return task_of(preset_config(preset)).label is not None
 
 
 def _source(nb: Path) -> str:

@@ -20,7 +20,7 @@ from thrlab.train.runs import read_json
 
 from .grid import seed_differences, strategy_table
 
-# The study of each CPU testbed preset (README, "The CPU testbed"): what
+# The study of each CPU testbed preset (docs/testbed.md): what
 # `python -m thrlab.paper.reproduce --preset NAME` gives every notebook that declares these parameters.
 # The preset itself carries the schedule and evaluation sizes (presets.PRESETS); here: the seeds,
 # one torch thread per run with two runs at once (2 cores), Pass@K from the runs' own 64 samples
@@ -43,7 +43,7 @@ STUDY_BUDGETS = {
 }
 
 
-# The controls study of a testbed preset (issue 25; README "The CPU testbed"), fixed before its
+# The controls study of a testbed preset (issue 25; docs/testbed.md), fixed before its
 # runs: `benchmarks/run_study.py` trains it, `benchmarks/testbed.py` reads it. Two seed sets of 3
 # (the second confirmatory); the frontier and the step-size control on both, then the
 # token-choice masks on both, then the dose-response of p on the first set only (the budget's
@@ -66,7 +66,6 @@ FRONTIER_GAIN = 0.04
 MASK_CONTROLS = ("thr_random_mask", "thr_lowprob_mask", "thr_entropy_mask")
 DOSE_P = (-0.9, -0.5, -0.2, -0.1, 0.0, 0.1, 0.2, 0.5, 0.9)
 MATCHED = "grpo@matched"  # the label of the step-size control in CLAIMS and the tables
-
 
 
 def run_label(cfg, matched_lr: float | None = None) -> str:
@@ -201,7 +200,7 @@ def matched_control_lr(runs: pd.DataFrame, method: str = "thr_p0",
             "key": key}
 
 
-# The paper's claims as paired comparisons on the testbed (README "The CPU testbed";
+# The paper's claims as paired comparisons on the testbed (docs/testbed.md;
 # benchmarks/testbed.py prints them): (experiment, claim, method, baseline, metric, direction).
 # "THR (p = 0) beats GRPO at THR's step size" against grpo_mass_matched is gone: under AdamW a
 # loss scale is divided out, so that run is plain GRPO (docs/method.md section 4; test_drift).

@@ -336,7 +336,8 @@ def load_benchmark(name_or_path: str, *, data_dir: str | None = None, limit: int
         problems = [p for p in problems if p.level in keep]
         if not problems:
             raise DataError(f"no problem in {name_or_path} has a level in {tuple(levels)}; only "
-                             "MATH-style sets carry levels, so drop `levels` for this one")
+                             "MATH-style sets carry levels: drop the level filter for this one (--set "
+                            "train_levels= , i.e. empty)")
     if limit is not None:
         if limit < 1:
             raise DataError(f"limit must be >= 1 or None, got {limit}")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 from thrlab.core.errors import ConfigError, ConfigTypeError
 from thrlab.core.variants import (ADV_ESTIMATORS, AGGREGATIONS, COV_MODES, FAMILIES, OBJECTIVES,
                                   THR_MODES, THR_TAU_MODES)
+from thrlab.tasks.arithmetic import ARITH_OPS
+from thrlab.tasks.rewards import GRADERS, STYLES
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -82,8 +84,7 @@ class DataConfig(_Section):
     data_dir: str = ""  # local folder holding benchmark JSONL files ("" = hub or $THRLAB_DATA_DIR)
 
     def check(self) -> None:
-        _choose(self, answer_style=("plain", "boxed", "gsm8k", "chain"),
-                grader=("exact_int", "math_verify"), arith_op=("mul", "mul_add", "mul_chain"))
+        _choose(self, answer_style=STYLES, grader=GRADERS, arith_op=tuple(ARITH_OPS))
         _need(self.grader_timeout_s > 0, "grader_timeout_s must be > 0")
         _need(all(1 <= lv <= 5 for lv in self.train_levels), "train_levels must be MATH levels 1..5")
         _need(not (self.train_levels and self.task == "arithmetic"),
@@ -331,7 +332,6 @@ class Config(SystemConfig, TinyConfig, EvalConfig, THRConfig, LossConfig, OptimC
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-
 def _reject_unknown(d: dict) -> None:
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(d) - known)
@@ -397,9 +397,13 @@ def _check_across_sections(c: Config) -> None:
     _need(c.prompts_per_step * c.group_size % c.mini_batches == 0,
           f"prompts_per_step*group_size={c.prompts_per_step * c.group_size} is not divisible by "
           f"mini_batches={c.mini_batches}")
+    _need(c.task == "arithmetic" or c.eval_sets != ("arithmetic",),
+          f"task={c.task!r} trains on other data, but eval_sets is the default ('arithmetic',): "
+          f"evaluation would score the embedded arithmetic set. Set eval_sets={c.task} (its "
+          "held-out split) or name the sets to evaluate on (e.g. --set eval_sets=math500)")
     _need(not c.sft_control or c.task == "arithmetic",
           "sft_control is defined for the embedded arithmetic task only; set sft_control=false")
-    _need(c.adv_estimator == "grpo" or 1 <= c.passk_k < c.group_size,
+    _need(not c.adv_estimator.startswith("passk") or 1 <= c.passk_k < c.group_size,  # Pass@K's
           f"passk_k={c.passk_k} must be in [1, group_size={c.group_size}): Pass@K draws K of the "
           "group's G responses, and at K = G the draw is the whole group, so every advantage is 0")
     _need(c.cov_mode != "kl_cov" or not c.on_policy,

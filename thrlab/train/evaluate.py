@@ -9,7 +9,8 @@ import numpy as np
 
 from thrlab.core.passk import summarise
 from thrlab.tasks.benchmarks import format_prompt
-from thrlab.tasks.chains import strategy_entropy, strategy_of
+from thrlab.tasks.chains import strategy_entropy
+from thrlab.tasks.task import eval_task
 
 from .memory import check
 from .rollout import generate
@@ -25,12 +26,11 @@ def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool
     record}, "wall_s"}; counts cover the greedy and the sampled completions
     (rewards.GradeResult.as_metrics without the mean). A per-problem record holds the problem
     ids, greedy correctness (0/1) per problem and the number correct of the `samples` samples
-    per sampled problem: what paired comparisons (thrlab.core.stats) need. On the strategies task
-    (arith_op="mul_chain") each set also reports the strategies its samples take
-    (`strategy_counts`, and `strategy_entropy` in bits, thrlab.tasks.chains).
+    per sampled problem: what paired comparisons (thrlab.core.stats) need. A set whose Task labels
+    its completions (the strategies task) also reports the labels its samples take
+    (`strategy_counts`, and `strategy_entropy` in bits).
     """
     from tqdm.auto import tqdm
-
 
     check(cfg, model, tok, [p for ps in problems_by_set.values() for p in ps],
           phases=("evaluate",))  # on CUDA: the plan, and a warning when it does not fit
@@ -53,8 +53,9 @@ def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool
         sets[name]["mean_completion_len"] = float(sampled.lengths.float().mean())
         records[name] = {"ids": [p.id for p in problems], "greedy": [int(x) for x in g.rewards],
                          "correct": [int(sum(c)) for c in per_problem], "samples": n}
-        if getattr(cfg, "arith_op", "") == "mul_chain" and name == "arithmetic":
-            labels = [strategy_of(problems[i // n].question, t) for i, t in enumerate(sampled.texts)]
+        labels = eval_task(name, cfg).labels_of([problems[i // n].question
+                                                 for i in range(len(sampled.texts))], sampled.texts)
+        if labels is not None:  # e.g. the strategies task
             sets[name]["strategy_entropy"] = strategy_entropy(labels)
             sets[name]["strategy_counts"] = dict(sorted(Counter(labels).items()))
         counts = by_set[name] = {}

@@ -17,12 +17,11 @@ from typing import NamedTuple
 
 import torch
 
-from thrlab.core.errors import RunFolderError, SetupError
+from thrlab.core.errors import DataError, RunFolderError, SetupError
 from thrlab.core.seeds import draw_seed, stage_seed
 from thrlab.core.stats import problem_difference
-from thrlab.tasks.arithmetic import arithmetic_problems
-from thrlab.tasks.benchmarks import format_prompt, load_benchmark
-from thrlab.tasks.rewards import grade
+from thrlab.tasks.benchmarks import format_prompt
+from thrlab.tasks.task import eval_task, task_of
 
 from .checkpoint import check_adapter, load_adapter_weights, save_adapter
 from .config import Config, LossConfig, OptimConfig, RolloutConfig, THRConfig, config_diff
@@ -34,10 +33,6 @@ from .runs import RunDir, environment_info, read_json, write_json
 from .tiny import cache_root, ensure_tiny_model, sft_loop
 from .tracking import check_tracker
 from .trainer import GRPOTrainer, make_optimizer
-
-# Held-out arithmetic problems are drawn with this seed, independent of the run's seed, so runs
-# with different seeds are scored on the same problems.
-EVAL_SEED = 0
 
 
 def eval_seed(cfg: Config) -> int:
@@ -93,27 +88,18 @@ def resolve_model_path(cfg: Config, progress: bool = True) -> str:
 
 
 def train_problems(cfg: Config) -> list:
-    if cfg.task == "arithmetic":
-        return arithmetic_problems(None, "train", seed=cfg.seed, op=cfg.arith_op)
-    return load_benchmark(cfg.task, data_dir=cfg.data_dir or None,
-                          levels=tuple(cfg.train_levels) or None)
+    """The training problems of cfg's Task (thrlab.tasks.task)."""
+    return task_of(cfg).train(cfg.seed)
 
 
 def eval_problems(cfg: Config) -> dict:
-    out = {}
-    for name in cfg.eval_sets:
-        if name == "arithmetic":
-            out[name] = arithmetic_problems(cfg.eval_limit or None, "heldout", seed=EVAL_SEED,
-                                            op=cfg.arith_op)
-        else:
-            out[name] = load_benchmark(name, data_dir=cfg.data_dir or None,
-                                       limit=cfg.eval_limit or None)
-    return out
+    """{eval set: its held-out problems (the first eval_limit, 0 = all)}."""
+    return {name: eval_task(name, cfg).heldout(cfg.eval_limit or None) for name in cfg.eval_sets}
 
 
 def make_grade_fn(cfg: Config):
-    return functools.partial(grade, grader=cfg.grader, timeout_s=cfg.grader_timeout_s,
-                             style=cfg.answer_style)
+    """The grader of cfg's Task: its own function, else cfg's grader and answer_style."""
+    return task_of(cfg).grade_fn(cfg)
 
 
 class Inputs(NamedTuple):
@@ -156,7 +142,29 @@ def check_inputs(cfg: Config, progress: bool = True, *, train: bool = True) -> I
                          "Download the model once with network access, or set model= to a "
                          "local folder") from err
     format_prompt((problems or next(iter(sets.values())))[0].question, cfg.template, tok)
+    check_readable(tok, problems[:64], f"task={cfg.task}", cfg)
+    for name, ps in sets.items():
+        check_readable(tok, ps[:64], f"eval set {name}", cfg)
     return Inputs(device, path, problems, sets)
+
+
+def check_readable(tok, problems: list, where: str, cfg: Config) -> None:
+    """Refuse problems whose text the tokenizer cannot represent (it would train and score on
+    <pad>s and report 0.000 everywhere): each question and gold answer must survive encode and
+    decode, whitespace aside."""
+    for p in problems:
+        for text in (p.question, p.answer):
+            back = tok.decode(tok(text, add_special_tokens=False).input_ids,
+                              skip_special_tokens=True)
+            if "".join(back.split()) != "".join(text.split()):
+                lost = sorted(set("".join(text.split())) - set("".join(back.split())))[:8]
+                reads = (" (it reads only digits, spaces and + - * = ? : Q A)"
+                         if cfg.model == "tiny" else "")
+                raise DataError(
+                    f"model={cfg.model!r}'s tokenizer cannot represent {''.join(lost)!r} in "
+                    f"problem {p.id!r} of {where} ({text[:60]!r}){reads}: the run would read "
+                    "<pad>s. Use a model that reads your text (--set model=...; "
+                    "docs/your-own-data.md)")
 
 
 def check_folder(run: RunDir, cfg: Config, own: Path) -> None:
@@ -210,7 +218,8 @@ _TRAINING_ONLY = ({"preset", "task", "train_levels", "gradient_checkpointing"}
                   | (set(OptimConfig.names()) - {"seed", "probe_every", "probe_prompts"}))
 # Modules whose code decides what an evaluation returns: a change to any invalidates the cache.
 _EVAL_CODE = ("train/evaluate.py", "train/rollout.py", "train/model.py", "train/experiment.py",
-              "tasks/rewards.py", "tasks/benchmarks.py", "tasks/chains.py", "core/passk.py")
+              "tasks/rewards.py", "tasks/benchmarks.py", "tasks/chains.py", "tasks/task.py",
+              "core/passk.py")
 
 
 def start_eval_cache(cfg: Config, model_path: str) -> Path:

@@ -11,7 +11,8 @@ micro-batch of whole groups: no extra forward. tests/test_trainer.py checks the 
 
 Both answer `prepare(batch)` (the pass, timed as time/old_logp), `batch_advantages` (THR once per
 batch where it is), `micro_view(...)` -> (old_logp, adv_tok) for one micro-batch, and hold the
-entropy the token records and forking tokens read and the THR parts of the update.
+entropy the token records and forking tokens read, the THR parts of the update and `thr_stats`,
+the thr/* metrics of the batch's THR calls.
 """
 from __future__ import annotations
 
@@ -63,14 +64,13 @@ class FrozenPass:
         self.out = frozen_pass(self.model, batch, self.cfg, self.micro,
                                need_hidden=self.cfg.thr_on)
 
-    def batch_advantages(self, batch, adv, acc) -> None:
+    def batch_advantages(self, batch, adv) -> None:
         """Token advantages (B, T) of the whole batch from the pass, fixed across epochs."""
-        self.adv_tok, stats, thr = self.token_advantages(
+        self.adv_tok, self.thr_stats, thr = self.token_advantages(
             self.out.get("hidden"), batch.tokens, batch.mask, batch.rewards, adv)
-        acc.thr.update(stats)
         self.thr_parts = [thr] if thr is not None else []
 
-    def micro_view(self, batch, adv, idx, out, acc):
+    def micro_view(self, batch, adv, idx, out):
         return self.out["logp"][idx], self.adv_tok[idx]
 
     def fork_entropy(self, rows) -> torch.Tensor:
@@ -94,19 +94,20 @@ class UpdatePass:
         # (so micro-batching cannot change the selection): the old entropy needs its own pass
         self.fork = (frozen_pass(self.model, batch, self.cfg, self.micro)
                      if self.cfg.entropy_top_frac > 0 else None)
-        self.thr_parts, self.entropy_parts = [], []
+        self.thr_parts, self.entropy_parts, self.thr_stats, self.n_thr = [], [], {}, 0
 
-    def batch_advantages(self, batch, adv, acc) -> None:
+    def batch_advantages(self, batch, adv) -> None:
         pass  # per micro-batch, from the update pass (micro_view)
 
-    def micro_view(self, batch, adv, idx, out, acc):
+    def micro_view(self, batch, adv, idx, out):
         if not self.update_needs_states:
             return out["logp"].detach(), adv[idx].unsqueeze(-1) * batch.mask[idx].float()
         # whole groups per micro-batch (config check), so THR needs no extra forward
         adv_tok, stats, thr = self.token_advantages(out["hidden"], batch.tokens[idx],
                                                     batch.mask[idx], batch.rewards[idx],
                                                     adv[idx], out["logits"])
-        acc.merge_thr(stats)
+        self.thr_stats = merge_thr_stats(self.thr_stats, stats, self.n_thr)
+        self.n_thr += 1
         self.thr_parts.append(thr)
         self.entropy_parts.append(out["entropy"])
         return out["logp"].detach(), adv_tok
@@ -116,3 +117,10 @@ class UpdatePass:
 
     def entropy(self) -> torch.Tensor:
         return torch.cat(self.entropy_parts)
+
+
+def merge_thr_stats(total: dict, new: dict, n: int) -> dict:
+    """The thr/* stats of n + 1 equal micro-batches from those of n (`total`) and one more:
+    times and masses add, the rest average."""
+    return {**total, **{k: (total.get(k, 0.0) + v if k.startswith("time/") or "mass" in k
+                            else (total.get(k, 0.0) * n + v) / (n + 1)) for k, v in new.items()}}

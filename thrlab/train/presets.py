@@ -27,7 +27,7 @@ _PAPER_COMMON = dict(
     device="cuda", compute_dtype="bfloat16",
 )
 
-# The CPU testbed (README "The CPU testbed"; the choices measured in benchmarks/RESULTS.md): the
+# The CPU testbed (docs/testbed.md; the choices measured in benchmarks/RESULTS.md): the
 # embedded model trained into the regime where plain GRPO narrows (greedy accuracy rises while
 # Pass@K at large K falls below the start's, or the strategies it uses collapse), within a 75-min
 # study on 2 cores: 8 prompts x 8 samples per step, 160 steps at lr 5e-4, every method at the
@@ -66,7 +66,7 @@ PRESETS: dict[str, dict] = {
 
 
 # -- methods: the objectives the paper compares, as override recipes ------------------------------
-# One source of truth for notebooks, the reproduce command and the README's baseline table. They
+# One source of truth for notebooks, the reproduce command and docs/methods.md's baseline table. They
 # compose with any preset: from_preset("tiny", "kl_cov", seed=1).
 METHODS: dict[str, dict] = {
     "grpo": dict(),
@@ -127,6 +127,8 @@ def from_preset(name: str, method: str = "grpo", **overrides) -> Config:
     base = preset_config(name)
     _known("method", method, METHODS)
     _reject_unknown(overrides)
+    if overrides.get("task", "arithmetic") != "arithmetic" and "sft_control" not in overrides:
+        overrides["sft_control"] = False  # the SFT control is defined for the embedded task only
     return base.replace(**{**METHODS[method], **overrides})
 
 

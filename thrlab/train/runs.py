@@ -3,7 +3,7 @@
 Layout of `runs/<run_id>/`:
   config.json        resolved Config
   env.json           package versions, git sha, device, thread count
-  metrics.jsonl      one JSON object per training step (namespaced keys, see README glossary)
+  metrics.jsonl      one JSON object per training step (namespaced keys, docs/metrics.md)
   eval_<phase>.json  evaluation results (per set and averaged)
   checkpoint/        LoRA adapter + optimizer + RNG state of the latest saved step
   adapter/           final LoRA adapter (never the base model)

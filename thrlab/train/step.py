@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -60,7 +60,6 @@ class UpdateMetrics:
     cov_selected: float = 0.0  # tokens KL-Cov / Clip-Cov selected
     fork_selected: float = 0.0  # tokens the forking-token selection kept
     opt_steps: int = 0  # optimizer steps taken
-    thr: dict = field(default_factory=dict)  # thr/* stats of the update's THR calls
 
     def add_micro(self, loss: float, mask: torch.Tensor, st: dict, entropy: torch.Tensor) -> None:
         mf = mask.float()
@@ -72,20 +71,9 @@ class UpdateMetrics:
         if "cov_selected" in st:
             self.cov_selected += float(st["cov_selected"].sum())
 
-    def merge_thr(self, new: dict) -> None:
-        """Per-micro-batch THR stats: times and masses add, the rest average (equal sizes)."""
-        n = self.thr.get("_n", 0)
-        for k, v in new.items():
-            if k.startswith("time/") or "mass" in k:
-                self.thr[k] = self.thr.get(k, 0.0) + v
-            else:
-                self.thr[k] = (self.thr.get(k, 0.0) * n + v) / (n + 1)
-        self.thr["_n"] = n + 1
-
     def metrics(self, epochs: int) -> dict:
         n_opt, ntok = max(self.opt_steps, 1), max(self.tokens, 1.0)
-        thr = {k: v for k, v in self.thr.items() if k != "_n"}
-        return {**thr, "train/loss": self.loss / n_opt, "train/clip_frac": self.clipped / ntok,
+        return {"train/loss": self.loss / n_opt, "train/clip_frac": self.clipped / ntok,
                 "train/kl": self.kl / ntok, "train/entropy": self.entropy / ntok,
                 "train/grad_norm": self.grad_norm / n_opt,
                 "train/grad_norm_clipped": self.grad_norm_clipped / n_opt,

@@ -12,8 +12,7 @@
   (mirrored to TensorBoard or W&B by report_to, thrlab.train.tracking).
 
 Micro-batch accumulation, the OOM retry, NaN/inf checks and phase timers live in `step`; which
-variant of each stage runs is chosen once, from the config, by the registries of `loss` and
-`reweight`.
+variant of each stage runs is chosen by name, from the config, in thrlab.core.variants.
 Shapes: B rows (whole groups, group-major), T completion tokens, H hidden, b rows of a mini-batch.
 """
 from __future__ import annotations
@@ -31,7 +30,8 @@ from thrlab.core.loss import aggregate, policy_loss, response_advantages, top_to
 from thrlab.core.reweight import thr_token_advantages
 from thrlab.core.seeds import prompt_order_seed, step_seed
 from thrlab.tasks.benchmarks import format_prompt
-from thrlab.tasks.chains import STRATEGIES, strategy_entropy, strategy_of
+from thrlab.tasks.chains import strategy_entropy
+from thrlab.tasks.task import task_of
 
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .config import Config
@@ -62,6 +62,8 @@ class GRPOTrainer:
     def __init__(self, cfg: Config, model, tok, problems: list, run: RunDir, grade_fn):
         self.cfg, self.model, self.tok, self.problems, self.run = cfg, model, tok, problems, run
         self.grade_fn = grade_fn
+        self.task = task_of(cfg)  # what the samples are labelled by (strategies), if anything
+        self.steps_without_signal = 0  # consecutive steps whose groups all had equal rewards
         self.params, self.opt = make_optimizer(model, cfg)
         # the start adapter (a checkpoint, when one is loaded, restores the run's own)
         self.drift = ParamDrift({n: p for n, p in model.named_parameters() if p.requires_grad})
@@ -98,21 +100,25 @@ class GRPOTrainer:
         return stats
 
     def update(self, batch, adv: torch.Tensor, acc) -> dict:
-        """3-5: old-policy view, reference, then epochs x mini-batches of optimizer steps."""
+        """3-5: the old policy and the reference, the token advantages (GRPO's or THR's), then
+        epochs x mini-batches of optimizer steps; returns the update's metrics."""
         cfg, timers = self.cfg, Timers({"time/old_logp": 0.0, "time/ref_logp": 0.0})
         self.model.train()
         with timers("old_logp") if self.old_policy.runs_pass else contextlib.nullcontext():
             self.old_policy.prepare(batch)  # 3. pi_old of every row (B, T)
         with timers("ref_logp"):
             ref_logp = self.reference_logp(batch)  # (B, T) or None
-        self.old_policy.batch_advantages(batch, adv, acc)  # 4. THR once per batch (frozen pass)
-        t0, thr_s = time.perf_counter(), acc.thr.get("time/thr", 0.0)
+        # 4. token advantages (B, T): THR here, once per batch, from the frozen pass; when the
+        # update pass is the old policy, per micro-batch inside optimize (no extra forward)
+        self.old_policy.batch_advantages(batch, adv)
+        t0, thr_s = time.perf_counter(), self.old_policy.thr_stats.get("time/thr", 0.0)
         gen = torch.Generator().manual_seed(step_seed("mini_batches", cfg.seed, self.step))
         with torch.profiler.record_function("thrlab/update"):  # as step.Timers' phases
-            self.optimize(batch, adv, ref_logp, gen, acc)
+            self.optimize(batch, adv, ref_logp, gen, acc)  # 5.
+        thr = self.old_policy.thr_stats  # thr/* of this batch (empty when THR is off)
         self.save_token_records(batch, adv)
-        update_s = time.perf_counter() - t0 - (acc.thr.get("time/thr", 0.0) - thr_s)  # THR apart
-        return {**timers, **acc.metrics(cfg.epochs), "time/update": update_s,
+        update_s = time.perf_counter() - t0 - (thr.get("time/thr", 0.0) - thr_s)  # THR apart
+        return {**timers, **thr, **acc.metrics(cfg.epochs), "time/update": update_s,
                 "train/adv_abs_mean": float(adv.abs().mean())}
 
     def optimize(self, batch, adv: torch.Tensor, ref_logp, gen: torch.Generator, acc) -> None:
@@ -128,7 +134,7 @@ class GRPOTrainer:
                     self.model, batch.input_ids[idx], batch.attention_mask[idx], batch.prompt_len,
                     cfg.temperature, need_hidden=self.old_policy.update_needs_states,
                     need_logits=self.old_policy.update_needs_states)
-                old_logp, adv_tok = self.old_policy.micro_view(batch, adv, idx, out, acc)  # 4.
+                old_logp, adv_tok = self.old_policy.micro_view(batch, adv, idx, out)  # 4.
                 loss_tok, st = policy_loss(out["logp"], old_logp, adv_tok, batch.mask[idx], cfg,
                                            ref_logp=None if ref_logp is None else ref_logp[idx],
                                            generator=gen)  # 5. (b_micro, T)
@@ -218,8 +224,11 @@ class GRPOTrainer:
                    .float().mean()),
                "train/completion_len": float(batch.lengths.float().mean()),
                "train/truncated_frac": float(batch.truncated.float().mean())}
-        if self.cfg.task == "arithmetic" and self.cfg.arith_op == "mul_chain":
-            out.update(strategy_stats(batch.questions, batch.texts))
+        labels = self.task.labels_of(batch.questions, batch.texts)
+        if labels is not None:  # e.g. the strategies task: how diverse the ways to the answer are
+            out["train/strategy_entropy"] = strategy_entropy(labels)
+            for name in self.task.labels:
+                out[f"train/strategy_frac/{name}"] = labels.count(name) / max(len(labels), 1)
         return out
 
     def response_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
@@ -303,6 +312,22 @@ class GRPOTrainer:
         save_token_records(self.run.path, self.step + 1, record)
         self.token_record = dict(record, step=self.step + 1)  # for the tracker, after metrics
 
+    def warn_without_signal(self, row: dict) -> None:
+        """Log when a step's groups all had equal rewards (no advantage, no gradient): once at
+        the first such step and every 10th in a row; the run goes on (metrics say it too:
+        train/frac_zero_adv_groups = 1)."""
+        if row.get("train/frac_zero_adv_groups", 0.0) < 1.0:
+            self.steps_without_signal = 0
+            return
+        self.steps_without_signal += 1
+        if self.steps_without_signal % 10 == 1:
+            log.warning(
+                "step %d had no learning signal (%d in a row): in every group all %d samples got "
+                "the same reward (mean %.3f), so every advantage is 0. If this persists the model "
+                "cannot solve or cannot read the prompts, or the grader never matches: look at "
+                "the samples (thr_tokens/, or `thrlab evaluate`).", self.step,
+                self.steps_without_signal, self.cfg.group_size, row.get("train/reward_mean", 0.0))
+
     # -- skipping, the loop ------------------------------------------------------------------------
     def skip_nonfinite(self, stats: dict):
         """Context for one step: NaN/inf (update or sampling) skips it; OOM in generation is
@@ -357,6 +382,7 @@ class GRPOTrainer:
             while self.step < self.cfg.steps:
                 self.token_record = None
                 row = self.train_step()
+                self.warn_without_signal(row)
                 if on_step is not None:
                     on_step(self, row)
                 self.run.append_metrics(row)
@@ -371,17 +397,6 @@ class GRPOTrainer:
             bar.close()
             tracker.close()
         return self.run.metrics()
-
-
-def strategy_stats(questions: list[str], texts: list[str]) -> dict:
-    """train/strategy_entropy (bits) and train/strategy_frac/<label> of a strategies-task batch
-    (thrlab.tasks.chains): how diverse the ways the policy's samples reach their answers are."""
-
-    labels = [strategy_of(q, t) for q, t in zip(questions, texts)]
-    out = {"train/strategy_entropy": strategy_entropy(labels)}
-    for name in (*STRATEGIES, "direct", "other"):
-        out[f"train/strategy_frac/{name}"] = labels.count(name) / max(len(labels), 1)
-    return out
 
 
 def mini_batch_rows(perm: torch.Tensor, n: int) -> list[torch.Tensor]:
