@@ -31,7 +31,8 @@ def main() -> None:
     ap.add_argument("--arch", default="qwen2", choices=("qwen2", "llama"))
     args = ap.parse_args()
 
-    from thrlab.tasks.chains import strategy_entropy, strategy_of
+    from thrlab.core.stats import label_entropy
+    from thrlab.tasks.chains import strategy_of
     from thrlab.train.presets import from_preset
     from thrlab.train.evaluate import summarise
     from thrlab.tasks.rewards import extract_answer
@@ -72,7 +73,7 @@ def main() -> None:
                      "units_digit_acc": units, "pass@1": summ["pass@1"],
                      f"pass@{n}": summ[f"pass@{n}"], "wall_s": time.time() - t0})
         if chain:
-            rows[-1]["strategy_entropy"] = strategy_entropy(
+            rows[-1]["strategy_entropy"] = label_entropy(
                 [strategy_of(held[i // n].question, t) for i, t in enumerate(s.texts)])
         print(" ".join(f"{k}={v:.3f}" for k, v in rows[-1].items()), flush=True)
 

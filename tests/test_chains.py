@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from thrlab.tasks.chains import STRATEGIES, chain, sft_target, strategy_entropy, strategy_of
+from thrlab.core.stats import label_entropy
+from thrlab.tasks.chains import STRATEGIES, chain, sft_target, strategy_of
 from thrlab.tasks.rewards import extract_answer, grade
 from thrlab.tasks.arithmetic import arithmetic_problems
 
@@ -60,9 +61,9 @@ def test_chain_answer_style_reads_the_number_after_the_last_equals():
 
 
 def test_strategy_entropy_is_shannons_in_bits():
-    assert strategy_entropy([]) == 0.0 and strategy_entropy(["a"] * 5) == 0.0
-    assert strategy_entropy(["a", "b"]) == pytest.approx(1.0)
+    assert label_entropy([]) == 0.0 and label_entropy(["a"] * 5) == 0.0
+    assert label_entropy(["a", "b"]) == pytest.approx(1.0)
     labels = ["a"] * 2 + ["b"] * 3 + ["c"] * 5
-    assert strategy_entropy(labels) == pytest.approx(
+    assert label_entropy(labels) == pytest.approx(
         -sum(p * math.log2(p) for p in (0.2, 0.3, 0.5)))
-    assert strategy_entropy(list(STRATEGIES)) == pytest.approx(math.log2(3))
+    assert label_entropy(list(STRATEGIES)) == pytest.approx(math.log2(3))

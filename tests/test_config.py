@@ -111,3 +111,10 @@ def test_paper_presets_are_explicit():
     assert c.model == "Qwen/Qwen2.5-Math-1.5B" and c.train_levels == (3, 4, 5)
     assert c.load_in_4bit and c.grader == "math_verify" and c.template == "qwen25-math-cot"
     assert from_preset("llama-3.2-3b-instruct").template == "chat"
+
+
+def test_run_id_names_a_model_other_than_the_presets():
+    assert run_id(from_preset("tiny")).startswith("tiny-grpo-")
+    cfg = from_preset("tiny", model="/data/models/My Model/")
+    assert run_id(cfg) == f"tiny@My_Model-grpo-{cfg.config_hash()}"
+    assert run_id(from_preset("qwen2.5-math-1.5b")).startswith("qwen2.5-math-1.5b-grpo-")

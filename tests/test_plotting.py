@@ -74,6 +74,10 @@ def test_token_html_escapes_and_colours_by_sign():
     assert b > r  # THR < 0: blue
     assert "rgb(255,255,255)" in spans[2]  # THR = 0: white
     assert 'title="THR=-1"' in spans[1]
+    # each sign on its own scale: a short negative tail is as visible as the positive one
+    short = plotting.token_html(["a", "b"], [1.0, -0.01]).split("<span")[1:]
+    r, g, b = (int(x) for x in short[1].split("rgb(")[1].split(")")[0].split(","))
+    assert (r, g, b) == (0, 114, 178)  # the full blue of THR < 0
 
 
 def test_token_strip_and_group_html():

@@ -151,3 +151,21 @@ def test_readme_thr_snippet_runs():
     thr, adv_tok, logp = scope["thr"], scope["adv_tok"], scope["logp"]
     assert thr.shape == adv_tok.shape == logp.shape == scope["mask"].shape
     assert logp.grad is not None and bool((logp.grad[scope["mask"] == 0] == 0).all())
+
+
+def test_methods_page_names_every_variant():
+    """docs/methods.md documents every name thrlab.core.variants lets a config choose."""
+    from thrlab.core.variants import FAMILIES
+
+    text = (ROOT / "docs" / "methods.md").read_text()
+    missing = [f"{f.field}={n}" for f in FAMILIES for n in f.names() if f"`{n}`" not in text
+               and f"{f.field}={n}" not in text]
+    assert not missing, f"docs/methods.md does not name: {missing}"
+
+
+def test_variants_table_is_the_registry():
+    from thrlab.core.variants import FAMILIES
+
+    text = (ROOT / "docs" / "methods.md").read_text().split("## Every variant name")[1]
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| (.+?) \|$", text, re.M)
+    assert rows == [(f.field, n, f.describe(n)) for f in FAMILIES for n in f.names()]

@@ -36,6 +36,7 @@ difference itself, so it is refused: one or two seeds show mechanics, not a resu
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 from scipy import stats as _st
@@ -217,3 +218,10 @@ def matched_lr(lrs, values, target: float) -> float:
             w = (target - a) / (b - a)
             return math.exp(math.log(l0) + w * (math.log(l1) - math.log(l0)))
     raise AssertionError("unreachable")
+
+
+def label_entropy(labels) -> float:
+    """Entropy in bits of the empirical distribution of labels (0 for none or one kind)."""
+    counts = Counter(labels)
+    n = sum(counts.values())
+    return 0.0 - sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0

@@ -75,6 +75,6 @@ THR_MODES = Family("thr_mode", {
 })
 THR_TAU_MODES = Family("thr_tau_mode", {
     "min_mean": ("reweight:min_mean_tau", "beta x max(0, min over correct responses of mean THR)"),
-    "quantile": ("reweight:quantile_tau", "a quantile of |THR| in the group"),
+    "quantile": ("reweight:quantile_tau", "a quantile of abs(THR) in the group"),
 })
 FAMILIES = (ADV_ESTIMATORS, OBJECTIVES, COV_MODES, AGGREGATIONS, THR_MODES, THR_TAU_MODES)

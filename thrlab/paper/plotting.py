@@ -255,12 +255,23 @@ def _thr_rgb(value: float, scale: float) -> tuple[float, float, float]:
     return tuple(1 - abs(t) * (1 - c) for c in target)
 
 
-def token_html(tokens: list[str], thr: list[float], scale: float | None = None) -> str:
-    """An HTML snippet of the tokens, each shaded by its THR (hover shows the value)."""
-    scale = scale or max(max(map(abs, thr), default=0.0), 1e-12)
+def sign_scales(values) -> tuple[float, float]:
+    """(largest THR > 0, largest |THR < 0|) of values: the HTML shades each sign on its own scale,
+    because THR's negative tail is often an order of magnitude shorter than its positive one and
+    on one scale the exploration tokens would be near white."""
+    vals = list(values)
+    return (max((v for v in vals if v > 0), default=0.0) or 1e-12,
+            max((-v for v in vals if v < 0), default=0.0) or 1e-12)
+
+
+def token_html(tokens: list[str], thr: list[float],
+               scale: tuple[float, float] | None = None) -> str:
+    """An HTML snippet of the tokens, each shaded by its THR, red > 0, blue < 0, each sign
+    relative to its own largest magnitude (`sign_scales`; hover shows the value)."""
+    pos, neg = scale or sign_scales(thr)
     spans = []
     for t, v in zip(tokens, thr):
-        r, g, b = (int(255 * c) for c in _thr_rgb(v, scale))
+        r, g, b = (int(255 * c) for c in _thr_rgb(v, pos if v > 0 else neg))
         spans.append(f'<span title="THR={v:.4g}" style="background:rgb({r},{g},{b});'
                      f'font-family:monospace;padding:1px;white-space:pre">'
                      f"{html.escape(clean_token(t))}</span>")
@@ -268,8 +279,9 @@ def token_html(tokens: list[str], thr: list[float], scale: float | None = None) 
 
 
 def group_html(rows: list[tuple[str, list[str], list[float]]]) -> str:
-    """Several responses (title, tokens, thr) as HTML lines on one shared colour scale."""
-    scale = max((abs(v) for _, _, thr in rows for v in thr), default=0.0) or 1e-12
+    """Several responses (title, tokens, thr) as HTML lines on shared colour scales (one per
+    sign, `sign_scales` over every row)."""
+    scale = sign_scales(v for _, _, thr in rows for v in thr)
     return "<br>".join(f'<span style="font-family:monospace">{html.escape(t):<9}</span> '
                        + token_html(toks, thr, scale) for t, toks, thr in rows)
 

@@ -11,13 +11,12 @@ reads the number after a completion's last '=' (answer_style "chain"), so a chai
 step can still be right only by luck. The cold start trains on the three strategies mixed, one
 drawn per example (`sft_target`), so the policy RL starts from uses all three; `strategy_of`
 labels any completion (a strategy, "direct" for a bare number, "other" for anything else) and
-`strategy_entropy` measures the diversity of a set of labels in bits (log2 3 = 1.58 at most).
+`thrlab.core.stats.label_entropy` measures the diversity of a set of labels in bits (log2 3 =
+1.58 at most).
 """
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 
 STRATEGIES = ("split_a", "split_b", "round_b")
 _FIRST = re.compile(r"\s*(\d+)\*(\d+)([+-])")
@@ -66,10 +65,3 @@ def strategy_of(question: str, completion: str) -> str:
     if op == "-" and (x, y) == (a, b // 10 * 10 + 10):
         return "round_b"
     return "other"
-
-
-def strategy_entropy(labels) -> float:
-    """Entropy in bits of the empirical distribution of labels (0 for none or one kind)."""
-    counts = Counter(labels)
-    n = sum(counts.values())
-    return 0.0 - sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0

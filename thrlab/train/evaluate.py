@@ -9,7 +9,7 @@ import numpy as np
 
 from thrlab.core.passk import summarise
 from thrlab.tasks.benchmarks import format_prompt
-from thrlab.tasks.chains import strategy_entropy
+from thrlab.core.stats import label_entropy
 from thrlab.tasks.task import eval_task
 
 from .memory import check
@@ -56,7 +56,7 @@ def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool
         labels = eval_task(name, cfg).labels_of([problems[i // n].question
                                                  for i in range(len(sampled.texts))], sampled.texts)
         if labels is not None:  # e.g. the strategies task
-            sets[name]["strategy_entropy"] = strategy_entropy(labels)
+            sets[name]["strategy_entropy"] = label_entropy(labels)
             sets[name]["strategy_counts"] = dict(sorted(Counter(labels).items()))
         counts = by_set[name] = {}
         for res in (g, s):

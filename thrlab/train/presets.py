@@ -6,6 +6,9 @@ says everything it ran with; `method_of` reads a config's recipe back without st
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from thrlab.core.errors import ConfigError
 
 from .config import Config, _coerce, _reject_unknown
@@ -152,5 +155,9 @@ def method_of(cfg: Config) -> str:
 
 
 def run_id(cfg: Config) -> str:
-    """`<preset>-<method_of(cfg)>-<hash>`: the method is a label, the hash tells runs apart."""
-    return f"{cfg.preset}-{method_of(cfg)}-{cfg.config_hash()}"
+    """`<preset>-<method_of(cfg)>-<hash>`: the method is a label, the hash tells runs apart. A
+    model other than the preset's is named too, `<preset>@<model>-...` (its last path part)."""
+    model = ""
+    if cfg.preset in PRESETS and cfg.model != preset_config(cfg.preset).model:
+        model = "@" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(cfg.model.rstrip("/")).name or "model")
+    return f"{cfg.preset}{model}-{method_of(cfg)}-{cfg.config_hash()}"

@@ -30,7 +30,7 @@ from thrlab.core.loss import aggregate, policy_loss, response_advantages, top_to
 from thrlab.core.reweight import thr_token_advantages
 from thrlab.core.seeds import prompt_order_seed, step_seed
 from thrlab.tasks.benchmarks import format_prompt
-from thrlab.tasks.chains import strategy_entropy
+from thrlab.core.stats import label_entropy
 from thrlab.tasks.task import task_of
 
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -226,7 +226,7 @@ class GRPOTrainer:
                "train/truncated_frac": float(batch.truncated.float().mean())}
         labels = self.task.labels_of(batch.questions, batch.texts)
         if labels is not None:  # e.g. the strategies task: how diverse the ways to the answer are
-            out["train/strategy_entropy"] = strategy_entropy(labels)
+            out["train/strategy_entropy"] = label_entropy(labels)
             for name in self.task.labels:
                 out[f"train/strategy_frac/{name}"] = labels.count(name) / max(len(labels), 1)
         return out
