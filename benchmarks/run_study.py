@@ -1,4 +1,4 @@
-"""Train the controls study of a testbed preset (thrlab.paper.study.STUDY_SEED_SETS): the frontier
+"""Train the controls study of a testbed preset (thrlab.paper.controls.STUDY_SEED_SETS): the frontier
 (GRPO and each THR variant at three learning rates, evaluated along the run), the step-size
 control (GRPO at the lr that matches THR p = 0's distance from the start), the token-choice
 mask controls and the dose-response of p. Finished runs are reused; benchmarks/testbed.py reads
@@ -16,7 +16,6 @@ at a time (`--workers`); each run's output goes to <runs-root>/.logs/<run_id>.lo
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +23,9 @@ PARTS = ("frontier", "matched", "masks", "dose")
 
 
 def main(argv=None) -> int:
-    from thrlab.paper import study
+    from thrlab.paper import controls
     from thrlab.paper.grid import _run_parallel
+    from thrlab.train.config import parse_overrides
     from thrlab.train.experiment import resolve_model_path
     from thrlab.train.presets import run_id
     from thrlab.train.runs import RunDir
@@ -35,18 +35,16 @@ def main(argv=None) -> int:
     ap.add_argument("--runs-root", default="runs")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="default: every seed set of thrlab.paper.study.STUDY_SEED_SETS")
+                    help="default: every seed set of thrlab.paper.controls.STUDY_SEED_SETS")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
-                    help="train only the runs with these labels (thrlab.paper.study.run_label)")
+                    help="train only the runs with these labels (thrlab.paper.controls.run_label)")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="config overrides for every run (e.g. a smoke test's budget)")
     args = ap.parse_args(argv)
-    from thrlab.train.config import parse_overrides
-
     overrides = parse_overrides(args.set)
-    first = list(study.STUDY_SEED_SETS[0])
-    sets = [args.seeds] if args.seeds else [list(s) for s in study.STUDY_SEED_SETS]
+    first = list(controls.STUDY_SEED_SETS[0])
+    sets = [args.seeds] if args.seeds else [list(s) for s in controls.STUDY_SEED_SETS]
     root = Path(args.runs_root)
     matched = None
     for part in args.parts:
@@ -54,16 +52,14 @@ def main(argv=None) -> int:
             if part == "dose":
                 seeds = [s for s in seeds if s in first]
             if part == "matched" and matched is None:
-                from testbed import matched_lr  # the reader's own measurement
-
-                m = matched_lr(args.preset, str(root))
+                m = controls.fixed_matched_lr(args.preset, str(root))  # the reader's own
                 if m is None:
                     raise SystemExit(f"the matched lr needs the frontier runs of seeds {first}: "
                                      f"run --parts frontier --seeds {' '.join(map(str, first))}")
                 matched = m["lr"]
                 print(f"matched lr {matched:g} (exact {m['lr_exact']:.4g}): GRPO's distance "
                       f"{m['ladder']} vs THR p = 0's {m['target']:.4f}", flush=True)
-            cells = [c for c in study.study_cells(args.preset, seeds, part, matched, overrides)
+            cells = [c for c in controls.study_cells(args.preset, seeds, part, matched, overrides)
                      if args.only is None or c[0] in args.only or part == "matched"]
             todo = [(label, seed, cfg, root / run_id(cfg)) for label, seed, cfg in cells
                     if not RunDir(root / run_id(cfg)).complete]
@@ -77,5 +73,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     raise SystemExit(main())

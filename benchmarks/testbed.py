@@ -23,82 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-# A study run has every field its preset sets (presets.PRESETS[preset]) at the preset's value;
-# others (e.g. a design measurement at another schedule or without the probe) are not the study's.
-
-def _collect(preset: str, runs_root: str, seeds: list[int]):
-    """The finished runs of `preset`'s schedule (every preset field at its value but lr) for
-    `seeds`, labelled by thrlab.paper.study.run_label; "llama:" methods are E6's Llama runs."""
-    import pandas as pd
-
-    from thrlab.paper import study
-    from thrlab.train.config import Config
-    from thrlab.train.presets import PRESETS, preset_config
-    from thrlab.train.runs import RunDir, read_json
-
-    own = preset_config(preset)
-    rows = []
-    for d in sorted(Path(runs_root).iterdir()):
-        run = RunDir(d)
-        if not (run.complete and (d / "config.json").exists()):
-            continue
-        cfg = Config.from_dict(read_json(d / "config.json"))
-        if cfg.preset != preset or cfg.seed not in seeds or any(
-                getattr(cfg, k) != getattr(own, k) for k in PRESETS[preset] if k != "lr"):
-            continue  # another preset, seed or schedule (e.g. a design measurement)
-        s = read_json(d / "summary.json")
-        arch = "" if cfg.tiny_arch == "qwen2" else f"{cfg.tiny_arch}:"
-        rows.append({"method": arch + study.run_label(cfg), "seed": cfg.seed, "lr": cfg.lr,
-                     "run_id": d.name, "run_dir": str(d), "wall_s": s["wall_s"],
-                     "train_s": s["train_wall_s"]})
-    return pd.DataFrame(rows, columns=["method", "seed", "lr", "run_id", "run_dir", "wall_s",
-                                       "train_s"])
-
-
-def study_runs(preset: str, runs_root: str, seeds: list[int]):
-    """The finished study runs of `preset` for `seeds` in runs_root: one row per run (method,
-    seed, lr, run_id, run_dir, wall_s, train_s). method is thrlab.paper.study.run_label: the recipe at
-    the preset's lr, "<method>@<f>lr" on the frontier's lr ladder, study.MATCHED for GRPO at the
-    step-size control's lr, which the first seed set's ladder fixes (study.matched_control_lr)
-    for every seed set; "llama:" methods are E6's Llama-architecture runs."""
-    import pandas as pd
-
-    from thrlab.paper import study
-
-    runs = _collect(preset, runs_root, seeds)
-    if runs.empty:
-        raise SystemExit(f"no finished {preset} runs of seeds {seeds} in {runs_root}; "
-                         f"run benchmarks/run_study.py --preset {preset} first")
-    m = matched_lr(preset, runs_root)
-    if m is not None:
-        at = (runs.lr - m["lr"]).abs().lt(1e-12)
-        ladder = runs.method.isin(study.ladder_labels())
-        runs.loc[at & ~ladder & runs.method.str.startswith("grpo@"), "method"] = study.MATCHED
-        if (at & ladder).any():  # the matched lr is on the ladder: that GRPO run is the control
-            runs = pd.concat([runs, runs[at & ladder].assign(method=study.MATCHED)],
-                             ignore_index=True)
-    dup = runs[runs.duplicated(["method", "seed"], keep=False)]
-    if len(dup):
-        raise SystemExit(f"two runs of one method and seed: {dup.run_dir.tolist()}; move one out "
-                         f"of {runs_root}")
-    return runs
-
-
-def matched_lr(preset: str, runs_root: str) -> dict | None:
-    """study.matched_control_lr on the first seed set's finished frontier ladder (GRPO at every
-    lr factor and THR p = 0, every seed of the set); None until it is complete."""
-    from thrlab.paper import study
-
-    first = list(study.STUDY_SEED_SETS[0])
-    runs = _collect(preset, runs_root, first)
-    need = {"thr_p0", *study.ladder_labels()}
-    have = runs[runs.method.isin(need)]
-    if len(have.groupby(["method", "seed"])) < len(need) * len(first):
-        return None
-    return study.matched_control_lr(have)
-
+from thrlab.core.errors import DataError
+from thrlab.core.stats import seed_difference
+from thrlab.paper import controls, frontier, grid, paired, plotting, study
+from thrlab.train.runs import read_json
 
 # A frontier target chosen after the runs (the fixed one, the start + FRONTIER_GAIN, is passed
 # by most runs before their first evaluation): printed, and marked, as exploratory.
@@ -106,16 +37,13 @@ EXPLORATORY_GAIN = 0.10
 
 
 def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
-    """Print the controls study's tables (thrlab.paper.study.STUDY_SEED_SETS) for `runs` and return
+    """Print the controls study's tables (thrlab.paper.controls.STUDY_SEED_SETS) for `runs` and return
     them as JSON: each method's mechanism metrics, the step-size control, the frontier at the
     fixed gain (and at half and 1.5x it, for sensitivity) and the dose-response of p."""
-    from thrlab.paper import study
-    from thrlab.core.stats import seed_difference
-
     out = {}
-    mech = study.mechanics_table(runs)
+    mech = controls.mechanics_table(runs)
     for metric in ("greedy_acc", f"pass@{k}"):
-        for m, x in study.problem_scores(runs, metric).items():
+        for m, x in paired.problem_scores(runs, metric).items():
             seeds = sorted(runs[runs.method == m].seed)
             for s, v in zip(seeds, x.mean(axis=1)):
                 mech.loc[(mech.method == m) & (mech.seed == s), metric] = float(v)
@@ -132,17 +60,17 @@ def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
               f"{cell(r.frac_kept, '.3f')} | {cell(r.control_overlap, '.3f')} | "
               f"{r.greedy_acc:.3f} | {r[f'pass@{k}']:.3f} |")
     out["mechanics"] = mech.to_dict("records")
-    m = matched_lr(preset, runs_root)
+    m = controls.fixed_matched_lr(preset, runs_root)
     if m is not None:
         out["matched"] = {"lr": m["lr"], "lr_exact": m["lr_exact"], "target": m["target"],
                           "ladder": {str(k_): v for k_, v in m["ladder"].items()}}
         print(f"\nstep-size control: GRPO at lr {m['lr']:g} (exact {m['lr_exact']:.4g}), where "
               f"GRPO's seed-mean distance over lrs {sorted(m['ladder'])} "
               f"({', '.join(f'{v:.3f}' for _, v in sorted(m['ladder'].items()))}) reaches THR "
-              f"p = 0's {m['target']:.3f} on seeds {list(study.STUDY_SEED_SETS[0])}")
+              f"p = 0's {m['target']:.3f} on seeds {list(controls.STUDY_SEED_SETS[0])}")
         piv = mech.pivot(index="seed", columns="method")
         for col in ("distance", "kl_start"):
-            for a, b in ((study.MATCHED, "thr_p0"), (study.MATCHED, "grpo")):
+            for a, b in ((controls.MATCHED, "thr_p0"), (controls.MATCHED, "grpo")):
                 if (col, a) in piv and (col, b) in piv:
                     d = piv[[(col, a), (col, b)]].dropna()
                     if len(d) > 1:
@@ -150,25 +78,24 @@ def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
                         out["matched"][f"{col}_{a}_minus_{b}"] = r
                         print(f"  {col}: {a} minus {b} {r['mean']:+.3f} [{r['ci_low']:+.3f}, "
                               f"{r['ci_high']:+.3f}] over {len(d)} seeds")
-    front = study.frontier_claims(runs, k)
+    front = controls.frontier_claims(runs, k)
     if not front.empty:
         out["frontier"] = {}
         target = float(front.target.iloc[0])
         print(f"\nfrontier: Pass@{k} at greedy accuracy {target:.3f} (the start's + "
-              f"{study.FRONTIER_GAIN:g}) on the first {int(front.problems.iloc[0])} problems, "
+              f"{controls.FRONTIER_GAIN:g}) on the first {int(front.problems.iloc[0])} problems, "
               "method minus GRPO at the same lr, averaged over the lrs where both reach it, "
               "paired by seed (95% t-interval over seeds); at half and 1.5x the gain too:")
         print("| gain | method | difference [95% interval] | seeds | lrs per seed |")
         print("|---|---|---|---|---|")
-        gains = [study.FRONTIER_GAIN, study.FRONTIER_GAIN / 2, study.FRONTIER_GAIN * 1.5]
+        gains = [controls.FRONTIER_GAIN, controls.FRONTIER_GAIN / 2, controls.FRONTIER_GAIN * 1.5]
         for gain in gains + [EXPLORATORY_GAIN]:
-            t = study.frontier_claims(runs, k, gain=gain)
+            t = controls.frontier_claims(runs, k, gain=gain)
             name = f"{gain:g}" if gain in gains else f"{gain:g} (exploratory)"
             out["frontier"][name] = t.to_dict("records")
             for r in t.itertuples():
                 print(f"| {name} | {r.method} | {100 * r.diff:+.1f} [{100 * r.ci_low:+.1f}, "
                       f"{100 * r.ci_high:+.1f}] | {r.seeds} | {r.lrs:.1f} |")
-        from thrlab.paper import frontier
 
         along = runs.drop_duplicates("run_dir")
         along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
@@ -180,7 +107,7 @@ def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
         print(f"{early} of {len(first)} runs are past the target at their first evaluation "
               f"(step {int(pts[pts.step > 0].step.min())}): their value is read on the line from "
               "the start to that point")
-    dose = study.dose_table(runs, ["greedy_acc", f"pass@{k}"])
+    dose = controls.dose_table(runs, ["greedy_acc", f"pass@{k}"])
     if len(dose) and dose.p.nunique() > 3:
         out["dose"] = dose.to_dict("records")
         print(f"\ndose-response of p (THR at the preset's lr minus GRPO, paired by seed and "
@@ -199,10 +126,6 @@ def figures(runs, k: int, out_dir: str) -> list[str]:
     of the ladder, and greedy accuracy and Pass@K against the KL from the start at the
     preset's lr; thrlab.paper.plotting.frontier) and dose_response.png (greedy and Pass@K minus GRPO
     against p; plotting.dose_response). Only what the runs hold is drawn."""
-    from thrlab.paper import frontier
-    from thrlab.paper import plotting
-    from thrlab.paper import study
-
     paths = []
     along = runs.drop_duplicates("run_dir")  # the control's copy of a ladder run: drawn once
     along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
@@ -212,7 +135,7 @@ def figures(runs, k: int, out_dir: str) -> list[str]:
         pts = pts.assign(base=pts.method.map(lambda m: split[m][0]),
                          factor=pts.method.map(lambda m: split[m][1]))
         fig, ax = plotting.figure(ncols=3, nrows=2, width=plotting.DOUBLE, height=2.6)
-        for i, f in enumerate(study.LR_FACTORS):
+        for i, f in enumerate(controls.LR_FACTORS):
             d = pts[pts.factor == f].assign(method=lambda x: x.base)
             plotting.frontier(ax[i], d, k)
             ax[i].set_title(f"lr x {f:g}")
@@ -227,7 +150,7 @@ def figures(runs, k: int, out_dir: str) -> list[str]:
             a.set_xlabel(a.get_xlabel().split("\n", 1)[0])
         fig.suptitle(note, fontsize=7)
         paths += plotting.save_figure(fig, out_dir, "frontier")
-    dose = study.dose_table(runs, ["greedy_acc", f"pass@{k}"])
+    dose = controls.dose_table(runs, ["greedy_acc", f"pass@{k}"])
     if len(dose) and dose.p.nunique() > 3:
         fig, ax = plotting.figure(ncols=2, width=plotting.DOUBLE)
         plotting.dose_response(ax[0], dose, "greedy_acc")
@@ -261,7 +184,7 @@ def main() -> None:
     ap.add_argument("--preset", default="narrowing")
     ap.add_argument("--runs-root", default="runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="default: the first seed set of thrlab.paper.study.STUDY_SEED_SETS")
+                    help="default: the first seed set of thrlab.paper.controls.STUDY_SEED_SETS")
     ap.add_argument("--replicate", type=int, nargs="+", default=None, metavar="SEED",
                     help="a second seed set of the same study: claims on both and pooled")
     ap.add_argument("--figures", default=None, metavar="DIR",
@@ -269,20 +192,17 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = ap.parse_args()
 
-    from thrlab.paper import grid as paper
-    from thrlab.paper import study
-    from thrlab.train.runs import read_json
 
-    own = paper.preset_config(args.preset)
-    seeds = args.seeds or list(study.STUDY_SEED_SETS[0])
-    runs = study_runs(args.preset, args.runs_root, seeds)
+    own = grid.preset_config(args.preset)
+    seeds = args.seeds or list(controls.STUDY_SEED_SETS[0])
+    runs = controls.study_runs(args.preset, args.runs_root, seeds)
     grpo = runs[runs.method == "grpo"]
     print(f"{len(runs)} runs: " + ", ".join(f"{m} x {n}" for m, n in
                                            runs.method.value_counts(sort=False).items()))
     ks = sorted(int(k.split("@")[1]) for k in read_json(Path(grpo.run_dir.iloc[0]) /
                                                          "eval_after.json")["mean"]
                 if k.startswith("pass@"))
-    gains = study.gain_table(grpo, ["greedy_acc"] + [f"pass@{k}" for k in ks])
+    gains = paired.gain_table(grpo, ["greedy_acc"] + [f"pass@{k}" for k in ks])
     print(f"GRPO after minus start ({len(seeds)} seeds; 95% intervals over seeds and problems):")
     print(gains[["metric", "before", "after", "diff", "ci_low", "ci_high", "problems"]]
           .round(4).to_string(index=False))
@@ -295,9 +215,8 @@ def main() -> None:
     out["passk_narrows"] = bool(top["diff"] <= 0)
     narrows = out["passk_narrows"]
     if own.arith_op == "mul_chain":
-        from thrlab.core.stats import seed_difference
 
-        div = paper.strategy_table(grpo)
+        div = grid.strategy_table(grpo)
         r = seed_difference(div.entropy_before, div.entropy_after)
         out["strategy_entropy"] = {"before": float(div.entropy_before.mean()),
                                    "after": float(div.entropy_after.mean()), "diff": r["mean"],
@@ -337,8 +256,8 @@ def main() -> None:
                seeds_per_cpu_hour=3600 / per_seed, mean_run_s=float(own_runs.wall_s.mean()),
                mean_train_s=float(own_runs.train_s.mean()))
     if args.replicate:
-        again = study.claims_table(study_runs(args.preset, args.runs_root, args.replicate))
-        both = study_runs(args.preset, args.runs_root, sorted(set(seeds) | set(args.replicate)))
+        again = study.claims_table(controls.study_runs(args.preset, args.runs_root, args.replicate))
+        both = controls.study_runs(args.preset, args.runs_root, sorted(set(seeds) | set(args.replicate)))
         pooled = study.claims_table(both)
         print(f"\n== the controls study on both seed sets pooled, seeds "
               f"{sorted(set(seeds) | set(args.replicate))} ==")
@@ -371,4 +290,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as err:  # no or ambiguous study runs: say so, no traceback
+        sys.exit(f"testbed.py: {err}")

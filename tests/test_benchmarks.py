@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thrlab.train.runs import STEP_PHASES
 from tests.fixtures import limits
+from thrlab.train.runs import STEP_PHASES
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {*STEP_PHASES, "other"}
@@ -167,15 +167,15 @@ def test_run_study_and_testbed_read_back_the_controls_study(tmp_path):
     assert "matched lr" in out.stdout
     res = run_script("testbed.py", "--preset", "tiny", "--runs-root", str(tmp_path),
                      "--seeds", "0", "1", "2", "--figures", str(tmp_path / "figs"))
-    from thrlab.paper import study
+    from thrlab.paper import controls
 
     mech = {(r["method"], r["seed"]): r for r in res["mechanics"]}
-    assert {m for m, _ in mech} == {"thr_p0", study.MATCHED, *study.ladder_labels()}
+    assert {m for m, _ in mech} == {"thr_p0", controls.MATCHED, *controls.ladder_labels()}
     ladder = res["matched"]["ladder"]
     assert len(ladder) == 3 and res["matched"]["target"] == pytest.approx(
         np.mean([mech[("thr_p0", s)]["distance"] for s in range(3)]))
     lr = res["matched"]["lr"]
-    assert all(mech[(study.MATCHED, s)]["lr"] == lr for s in range(3))
+    assert all(mech[(controls.MATCHED, s)]["lr"] == lr for s in range(3))
     d = res["matched"]["distance_grpo@matched_minus_thr_p0"]
     assert abs(d["mean"]) < 0.1 * res["matched"]["target"]  # the control travels THR's distance
     assert all(0 < mech[("thr_p0", s)]["frac_kept"] < 1 for s in range(3))  # THR keeps a part

@@ -282,11 +282,11 @@ def test_thr_run_end_to_end(tmp_path, cache):
 def test_a_grid_in_parallel_processes_equals_the_grid_in_one(tmp_path, cache):
     """run_grid(workers=2) trains the cells in two `thrlab train --config` processes; results do
     not depend on it (same eval files and metrics as one process, threads 1 in both)."""
-    from thrlab.paper import grid as paper
+    from thrlab.paper import grid
 
     over = dict(SMOKE, threads=1, sft_control=False)
-    seq = paper.run_grid("tiny", ["grpo", "thr_p0"], [0], over, tmp_path / "seq")
-    par = paper.run_grid("tiny", ["grpo", "thr_p0"], [0], over, tmp_path / "par", workers=2)
+    seq = grid.run_grid("tiny", ["grpo", "thr_p0"], [0], over, tmp_path / "seq")
+    par = grid.run_grid("tiny", ["grpo", "thr_p0"], [0], over, tmp_path / "par", workers=2)
     assert seq.run_id.tolist() == par.run_id.tolist()
     for a, b in zip(seq.run_dir, par.run_dir):
         ea, eb = (json.loads((Path(x) / "eval_after.json").read_text()) for x in (a, b))

@@ -6,17 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thrlab.paper import grid as paper
+from thrlab.paper import grid
 from thrlab.train.presets import from_preset
 from thrlab.train.runs import write_json
 
 
 def test_grid_config_is_preset_then_method_then_overrides():
-    cfg = paper.grid_config("tiny", "thr_explore", 3, {"eval_limit": 7})
+    cfg = grid.grid_config("tiny", "thr_explore", 3, {"eval_limit": 7})
     assert cfg == from_preset("tiny", "thr_explore", seed=3, eval_limit=7)
     assert cfg.thr_p == -0.1 and cfg.seed == 3
     with pytest.raises(ValueError, match="unknown config key"):
-        paper.grid_config("tiny", "grpo", 0, {"nope": 1})
+        grid.grid_config("tiny", "grpo", 0, {"nope": 1})
 
 
 def test_e4_passk_average_is_table_2s_sets_on_paper_presets():
@@ -24,18 +24,18 @@ def test_e4_passk_average_is_table_2s_sets_on_paper_presets():
     from thrlab.train.presets import PRESETS
 
     for preset in set(PRESETS) - {"tiny", "narrowing", "strategies"}:
-        sets = paper.exploration_sets(preset, [])
+        sets = grid.exploration_sets(preset, [])
         assert sets == ["aime24", "aime25", "amc23"]
         assert set(sets) < set(from_preset(preset).eval_sets)  # a subset of what the runs evaluate
     for preset in ("tiny", "narrowing", "strategies"):
-        assert paper.exploration_sets(preset, []) is None  # the runs' own (arithmetic) set
-    assert paper.exploration_sets("qwen2.5-math-7b", ["math500"]) == ["math500"]
+        assert grid.exploration_sets(preset, []) is None  # the runs' own (arithmetic) set
+    assert grid.exploration_sets("qwen2.5-math-7b", ["math500"]) == ["math500"]
 
 
 def test_llama_swap():
-    assert paper.llama_swap("tiny") == ("tiny", {"tiny_arch": "llama"})
-    assert paper.llama_swap("qwen2.5-math-1.5b") == ("llama-3.2-3b-instruct", {})
-    preset, extra = paper.llama_swap("tiny")
+    assert grid.llama_swap("tiny") == ("tiny", {"tiny_arch": "llama"})
+    assert grid.llama_swap("qwen2.5-math-1.5b") == ("llama-3.2-3b-instruct", {})
+    preset, extra = grid.llama_swap("tiny")
     assert from_preset(preset, **extra).tiny_arch == "llama"
 
 
@@ -67,27 +67,27 @@ def runs(tmp_path):
 
 
 def test_eval_tables(runs):
-    long = paper.eval_table(runs)
-    assert paper.by_method(long, "greedy_acc", "a") == {"grpo": [0.4, 0.6], "thr_p0": [0.5],
+    long = grid.eval_table(runs)
+    assert grid.by_method(long, "greedy_acc", "a") == {"grpo": [0.4, 0.6], "thr_p0": [0.5],
                                                         "kl_cov": [0.5]}
-    assert paper.by_method(long, "greedy_acc")["grpo"] == [0.75 * 0.4, 0.75 * 0.6]
-    table = paper.mean_std_table(long, "greedy_acc")
+    assert grid.by_method(long, "greedy_acc")["grpo"] == [0.75 * 0.4, 0.75 * 0.6]
+    table = grid.mean_std_table(long, "greedy_acc")
     assert list(table.columns) == ["a", "b", "average"]
     assert table.loc["grpo", "a"] == f"{0.5:.3f} ± {0.1:.3f} (n=2)"
-    xs, ys, err = paper.curves_from_long(paper.passk_long(long))
+    xs, ys, err = grid.curves_from_long(grid.passk_long(long))
     assert xs["grpo"] == [1, 2] and ys["grpo"] == pytest.approx([0.4, 0.6])
     assert err["grpo"] == pytest.approx([0.1, 0.1]) and err["thr_p0"] == [0.0, 0.0]
 
 
 def test_passk_curve_sorts_by_k():
-    assert paper.passk_curve({"pass@16": 0.9, "pass@2": 0.5, "greedy_acc": 0.1,
+    assert grid.passk_curve({"pass@16": 0.9, "pass@2": 0.5, "greedy_acc": 0.1,
                               "pass@1": 0.3}) == ([1, 2, 16], [0.3, 0.5, 0.9])
 
 
 def test_runtime_table_reads_disjoint_phases(runs):
     """runs.STEP_PHASES are disjoint timers (THR is never inside time/update): each phase is its
     own mean and 'other' is the step minus their sum."""
-    t = paper.runtime_table(paper.metrics_table(runs), runs)
+    t = grid.runtime_table(grid.metrics_table(runs), runs)
     assert t.loc["thr_p0", "update"] == 3.0 and t.loc["thr_p0", "thr"] == 1.0
     assert t.loc["kl_cov", "update"] == 3.0 and t.loc["kl_cov", "old_logp"] == 1.0
     assert t.loc["grpo", "other"] == pytest.approx(10.0 - 7.0)
@@ -96,15 +96,15 @@ def test_runtime_table_reads_disjoint_phases(runs):
 
 
 def test_metrics_and_reward_curve(runs):
-    m = paper.metrics_table(runs)
+    m = grid.metrics_table(runs)
     assert len(m) == 8 and set(m.method) == {"grpo", "thr_p0", "kl_cov"}
-    xs, ys, err = paper.curve_by_method(m, "time/step")
+    xs, ys, err = grid.curve_by_method(m, "time/step")
     assert xs["grpo"] == [1, 2] and ys["grpo"] == [10.0, 10.0] and err["grpo"] == [0.0, 0.0]
 
 
 def test_write_outputs(tmp_path):
     (tmp_path / "f.png").write_bytes(b"png")
-    path = paper.write_outputs(tmp_path, figures=["f"], run_ids=["b", "a", "b"],
+    path = grid.write_outputs(tmp_path, figures=["f"], run_ids=["b", "a", "b"],
                                headline={"x": np.float64(0.5)},
                                tables={"t": pd.DataFrame({"v": [1]})})
     out = json.loads(path.read_text())
@@ -112,4 +112,4 @@ def test_write_outputs(tmp_path):
                    "tables": ["t"]}
     assert (tmp_path / "t.csv").exists()
     with pytest.raises(FileNotFoundError, match="missing"):
-        paper.write_outputs(tmp_path, figures=["missing"], run_ids=[], headline={})
+        grid.write_outputs(tmp_path, figures=["missing"], run_ids=[], headline={})

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 from scipy.stats import t as scipy_t
 
-from thrlab.paper import frontier
-from thrlab.paper import study
+from thrlab.paper import controls, frontier, paired, study
 from thrlab.train.runs import write_json
 
 
@@ -32,7 +31,7 @@ def test_paired_table_is_paired_difference_of_the_per_problem_scores(tmp_path):
     c = {m: rng.integers(0, 5, size=(3, 8)) for m in ("grpo", "thr_p0")}
     runs = pd.DataFrame([_records_run(tmp_path, m, s, g[m][s].tolist(), c[m][s].tolist())
                          for m in ("grpo", "thr_p0") for s in (2, 0, 1)])  # any order
-    t = study.paired_table(runs, ["greedy_acc", "pass@2"]).set_index("metric")
+    t = paired.paired_table(runs, ["greedy_acc", "pass@2"]).set_index("metric")
     want = paired_difference(g["grpo"], g["thr_p0"])
     assert t.loc["greedy_acc", "diff"] == pytest.approx(want["mean"])
     assert (t.loc["greedy_acc", "ci_low"], t.loc["greedy_acc", "ci_high"]) == \
@@ -49,10 +48,10 @@ def test_paired_table_refuses_runs_on_other_problems_and_one_seed_has_no_interva
     runs = pd.DataFrame([_records_run(tmp_path, "grpo", 0, [1, 0], [1, 1]),
                          _records_run(tmp_path, "thr_p0", 0, [1, 1], [2, 1], ids=["x", "y"])])
     with pytest.raises(ValueError, match="same problems"):
-        study.paired_table(runs, ["greedy_acc"])
+        paired.paired_table(runs, ["greedy_acc"])
     runs = pd.DataFrame([_records_run(tmp_path / "b", "grpo", 0, [1, 0], [1, 1]),
                          _records_run(tmp_path / "b", "thr_p0", 0, [1, 1], [2, 1])])
-    t = study.paired_table(runs, ["greedy_acc"])
+    t = paired.paired_table(runs, ["greedy_acc"])
     assert t["diff"].iloc[0] == 0.5 and np.isnan(t.ci_low.iloc[0]) and t.seeds.iloc[0] == 1
 
 
@@ -65,7 +64,7 @@ def test_gain_table_pairs_each_run_with_its_start(tmp_path):
     for s in (0, 1):
         rows.append(_records_run(tmp_path, "grpo", s, after[s].tolist(), [0] * 10))
         _records_run(tmp_path, "grpo", s, before[s].tolist(), [0] * 10, phase="eval_before")
-    t = study.gain_table(pd.DataFrame(rows), ["greedy_acc"])
+    t = paired.gain_table(pd.DataFrame(rows), ["greedy_acc"])
     assert t["diff"].iloc[0] == pytest.approx(paired_difference(before, after)["mean"])
     assert t.before.iloc[0] == pytest.approx(before.mean())
 
@@ -146,7 +145,7 @@ def test_claims_table_is_the_paired_table_of_each_claim(tmp_path):
     # pass@top is Pass@K at K = samples / 2 (from 8 samples, Pass@4), not a 0/1 Pass@8
     assert len(t) == len(claims) and set(t.metric) == {"greedy_acc", "pass@4"}
     for row in t.itertuples():
-        want = study.paired_table(runs[runs.method.isin([row.method, row.baseline])],
+        want = paired.paired_table(runs[runs.method.isin([row.method, row.baseline])],
                                   [row.metric], baseline=row.baseline).iloc[0]
         assert (row.diff, row.ci_low, row.ci_high, row.mde) == pytest.approx(
             (want["diff"], want.ci_low, want.ci_high, want.mde))
@@ -198,7 +197,7 @@ def test_paired_table_pairs_only_the_seeds_both_methods_have(tmp_path):
     g = {m: rng.integers(0, 2, size=(4, 10)) for m in ("grpo", "thr_p0")}
     rows = [_records_run(tmp_path, m, s, g[m][s].tolist(), [0] * 10)
             for m in ("grpo", "thr_p0") for s in range(4) if (m, s) != ("grpo", 2)]
-    t = study.paired_table(pd.DataFrame(rows), ["greedy_acc"]).iloc[0]
+    t = paired.paired_table(pd.DataFrame(rows), ["greedy_acc"]).iloc[0]
     keep = [0, 1, 3]  # GRPO's seed 2 is unfinished: thr_p0's seed 2 has no partner
     want = paired_difference(g["grpo"][keep], g["thr_p0"][keep])
     assert t.seeds == 3 and t["diff"] == pytest.approx(want["mean"])
@@ -295,7 +294,7 @@ def test_frontier_claims_pair_each_method_with_grpo_by_seed_and_lr(tmp_path):
                 runs.append(_frontier_run(tmp_path / label, label, seed, traj))
                 rows.append((method, f, seed, traj))
     runs = pd.DataFrame(runs)
-    t = study.frontier_claims(runs, 2, gain=0.2)
+    t = controls.frontier_claims(runs, 2, gain=0.2)
     target = np.mean(start[0][:3]) + 0.2
 
     def at(traj):  # the first step whose greedy (first 3 problems) reaches target, interpolated
@@ -325,28 +324,28 @@ def test_study_cells_and_run_labels_name_each_run_of_the_controls_study():
     from thrlab.train.presets import from_preset, run_id
 
     own = from_preset("narrowing").lr
-    front = study.study_cells("narrowing", [0, 1], "frontier")
-    assert len(front) == 2 * len(study.FRONTIER_METHODS) * len(study.LR_FACTORS)
+    front = controls.study_cells("narrowing", [0, 1], "frontier")
+    assert len(front) == 2 * len(controls.FRONTIER_METHODS) * len(controls.LR_FACTORS)
     labels = {c[0] for c in front}
-    assert labels == {m if f == 1 else f"{m}@{f:g}lr" for m in study.FRONTIER_METHODS
-                      for f in study.LR_FACTORS}
+    assert labels == {m if f == 1 else f"{m}@{f:g}lr" for m in controls.FRONTIER_METHODS
+                      for f in controls.LR_FACTORS}
     for label, seed, cfg in front:
-        assert cfg.frontier_every == study.FRONTIER["frontier_every"] and cfg.threads == 1
+        assert cfg.frontier_every == controls.FRONTIER["frontier_every"] and cfg.threads == 1
         assert cfg.lr == pytest.approx(own * (1 if "@" not in label else
                                               float(label.split("@")[1][:-2])))
-    dose = study.study_cells("narrowing", [0], "dose")
-    assert [c[0] for c in dose] == [f"thr p={p:+g}" for p in study.DOSE_P
+    dose = controls.study_cells("narrowing", [0], "dose")
+    assert [c[0] for c in dose] == [f"thr p={p:+g}" for p in controls.DOSE_P
                                     if p not in (-0.1, 0.0, 0.1)]
-    assert [c[2].thr_p for c in dose] == [p for p in study.DOSE_P if p not in (-0.1, 0.0, 0.1)]
-    masks = study.study_cells("narrowing", [0], "masks")
-    assert [c[0] for c in masks] == list(study.MASK_CONTROLS)
-    (label, _, cfg), = study.study_cells("narrowing", [3], "matched", matched_lr=4.1e-4)
-    assert label == study.MATCHED and cfg.lr == 4.1e-4 and cfg.seed == 3
-    assert study.run_label(cfg) == "grpo@0.82lr"  # without the matched lr: a ladder-style label
+    assert [c[2].thr_p for c in dose] == [p for p in controls.DOSE_P if p not in (-0.1, 0.0, 0.1)]
+    masks = controls.study_cells("narrowing", [0], "masks")
+    assert [c[0] for c in masks] == list(controls.MASK_CONTROLS)
+    (label, _, cfg), = controls.study_cells("narrowing", [3], "matched", matched_lr=4.1e-4)
+    assert label == controls.MATCHED and cfg.lr == 4.1e-4 and cfg.seed == 3
+    assert controls.run_label(cfg) == "grpo@0.82lr"  # without the matched lr: a ladder-style label
     with pytest.raises(ValueError, match="matched_lr"):
-        study.study_cells("narrowing", [0], "matched")
+        controls.study_cells("narrowing", [0], "matched")
     # every run of one seed is a distinct run
-    cells = [c for part in ("frontier", "masks", "dose") for c in study.study_cells(
+    cells = [c for part in ("frontier", "masks", "dose") for c in controls.study_cells(
         "narrowing", [0], part)]
     assert len({run_id(c[2]) for c in cells}) == len(cells)
 
@@ -377,12 +376,12 @@ def test_matched_control_lr_interpolates_grpos_distance_ladder_in_log_lr(tmp_pat
                                  [{"step": 2, "train/distance": dist}]))
     runs.append(_metrics_run(tmp_path / "m", "grpo@0.9lr", 0, 4.5e-4,
                              [{"step": 2, "train/distance": 99.0}]))
-    m = study.matched_control_lr(pd.DataFrame(runs))
+    m = controls.matched_control_lr(pd.DataFrame(runs))
     w = (1.5 - 1.1) / (2.1 - 1.1)
     want = math.exp(math.log(0.25e-3) + w * (math.log(0.5e-3) - math.log(0.25e-3)))
     assert m["lr_exact"] == pytest.approx(want) and m["lr"] == float(f"{want:.2g}")
     assert m["target"] == pytest.approx(1.5) and len(m["ladder"]) == 3
-    mech = study.mechanics_table(pd.DataFrame(runs))
+    mech = controls.mechanics_table(pd.DataFrame(runs))
     assert mech.distance.tolist()[:2] == [1.0, 1.2]  # the last value, not the first
     assert mech.kl_start.isna().all() and mech.frac_kept.isna().all()  # not logged: NaN
 
@@ -393,10 +392,10 @@ def test_dose_table_reads_p_from_each_label_and_pairs_with_grpo(tmp_path):
     runs = pd.DataFrame([_records_run(tmp_path, m, s, rng.integers(0, 2, 10).tolist(),
                                       rng.integers(0, 5, 10).tolist())
                          for m in methods for s in range(2)])
-    t = study.dose_table(runs, ["greedy_acc"])
+    t = controls.dose_table(runs, ["greedy_acc"])
     assert t.p.tolist() == [-0.1, 0.0, 0.5]
     for r in t.itertuples():
-        want = study.paired_table(runs[runs.method.isin([r.method, "grpo"])], ["greedy_acc"])
+        want = paired.paired_table(runs[runs.method.isin([r.method, "grpo"])], ["greedy_acc"])
         assert r.diff == pytest.approx(want["diff"].iloc[0])
 
 

@@ -85,7 +85,7 @@ def passk_at_greedy(points: pd.DataFrame, target: float, k: int) -> pd.DataFrame
 
 
 def split_label(label: str) -> tuple[str, float]:
-    """(method, lr factor) of a study run's label (thrlab.paper.study.run_label): ("thr_p0", 0.5) of
+    """(method, lr factor) of a study run's label (thrlab.paper.controls.run_label): ("thr_p0", 0.5) of
     "thr_p0@0.5lr"; (label, 1.0) of a run at the preset's lr."""
     m = re.fullmatch(r"(.+)@([0-9.e+-]+)lr", label)
     return (m.group(1), float(m.group(2))) if m else (label, 1.0)

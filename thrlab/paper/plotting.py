@@ -95,7 +95,7 @@ def method_bars(ax, values: dict[str, list[float]], ylabel: str):
 
 def diff_bars(ax, table, metric: str, baseline: str = "GRPO"):
     """The paired difference of each method to the baseline on one metric (rows of
-    study.paired_table): a dot at the mean, whiskers = the 95% interval over seeds and problems
+    paired.paired_table): a dot at the mean, whiskers = the 95% interval over seeds and problems
     (none with one seed), a line at 0; the seeds and problems are named under the axis."""
     rows = table[table.metric == metric]
     if rows.empty:
@@ -114,7 +114,7 @@ def diff_bars(ax, table, metric: str, baseline: str = "GRPO"):
 
 
 def diff_curves(ax, table, ks: list[int], ylabel: str):
-    """Paired differences over K (rows of study.paired_table / gain_table with metrics pass@k):
+    """Paired differences over K (rows of paired.paired_table / gain_table with metrics pass@k):
     one line per method, the 95% interval as a band (none with one seed), a line at 0."""
     for i, (m, d) in enumerate(table.groupby("method", sort=False)):
         d = d.set_index("metric").reindex([f"pass@{k}" for k in ks])
@@ -166,7 +166,7 @@ def frontier(ax, points, k: int, x: str = "greedy_acc", y: str | None = None):
 
 
 def dose_response(ax, table, metric: str):
-    """One metric of study.dose_table against p: THR at each p minus GRPO with its 95%
+    """One metric of controls.dose_table against p: THR at each p minus GRPO with its 95%
     interval (over seeds and problems), a line at 0 (GRPO)."""
     d = table[table.metric == metric].sort_values("p")
     ax.errorbar(d.p, d["diff"], yerr=[d["diff"] - d.ci_low, d.ci_high - d["diff"]], marker="o",

@@ -1,7 +1,7 @@
-"""Paired comparisons and the testbed studies: per-problem scores of run folders, each method's
-difference to a baseline paired by seed and problem with its 95% interval over both (thrlab.core.stats),
-the paper's claims as such comparisons with a verdict, their replication on a second seed set, and
-what each testbed study runs (STUDY_BUDGETS, read by thrlab.paper.reproduce).
+"""The testbed studies: what each runs (STUDY_BUDGETS, read by thrlab.paper.reproduce), and the
+paper's claims as paired comparisons (thrlab.paper.paired) with a verdict read by rules fixed
+before the runs (Holm over the directional claims, equivalence margins for "comparable"), and
+their replication on a second seed set. The controls study's design is thrlab.paper.controls.
 
 Reads run folders with pandas only (no torch), like thrlab.paper.grid.
 """
@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thrlab.core.passk import pass_at_k
-from thrlab.core.stats import matched_lr, minimum_detectable_effect, paired_difference
-from thrlab.paper import frontier
-from thrlab.train.presets import METHODS, from_preset, method_of, preset_config
+from thrlab.core.stats import minimum_detectable_effect
 from thrlab.train.runs import read_json
 
+from .controls import MATCHED, frontier_claims
 from .grid import seed_differences, strategy_table
+from .paired import paired_table
 
 # The study of each CPU testbed preset (docs/testbed.md): what
 # `python -m thrlab.paper.reproduce --preset NAME` gives every notebook that declares these parameters.
@@ -41,163 +40,6 @@ STUDY_BUDGETS = {
                    "skip": {"05_gspo_token": "E5 runs in the narrowing study (budget)",
                             "06_llama": "E6 runs in the narrowing study (budget)"}},
 }
-
-
-# The controls study of a testbed preset (issue 25; docs/testbed.md), fixed before its
-# runs: `benchmarks/run_study.py` trains it, `benchmarks/testbed.py` reads it. Two seed sets of 3
-# (the second confirmatory); the frontier and the step-size control on both, then the
-# token-choice masks on both, then the dose-response of p on the first set only (the budget's
-# order). Every run at the preset's schedule and one torch thread.
-#   frontier: GRPO and each THR variant at the preset lr x 0.5, 1 and 2, the policy evaluated
-#     every 40 steps on the first 100 problems (greedy and 64 samples), Pass@K read at
-#     greedy accuracy = the start's + FRONTIER_GAIN on those problems;
-#   matched: GRPO at the lr where its seed-mean distance from the start (train/distance after
-#     the last step) equals THR p = 0's, interpolated in log lr over the GRPO ladder of the
-#     first seed set (stats.matched_lr; 2 significant digits), so the confirmatory set reuses
-#     the lr fixed on the first;
-#   masks: the three mask controls of THR's size (random = the floor, lowest probability,
-#     highest entropy) at the preset lr;
-#   dose: THR at every p of DOSE_P at the preset lr (p = -0.1, 0, +0.1 are the frontier runs).
-STUDY_SEED_SETS = ((0, 1, 2), (3, 4, 5))
-LR_FACTORS = (0.5, 1.0, 2.0)
-FRONTIER_METHODS = ("grpo", "thr_p0", "thr_explore", "thr_exploit")
-FRONTIER = {"frontier_every": 40, "frontier_limit": 100}
-FRONTIER_GAIN = 0.04
-MASK_CONTROLS = ("thr_random_mask", "thr_lowprob_mask", "thr_entropy_mask")
-DOSE_P = (-0.9, -0.5, -0.2, -0.1, 0.0, 0.1, 0.2, 0.5, 0.9)
-MATCHED = "grpo@matched"  # the label of the step-size control in CLAIMS and the tables
-
-
-def run_label(cfg, matched_lr: float | None = None) -> str:
-    """The name a study run has in the tables: its METHODS recipe (thrlab.train.presets.method_of) at
-    the preset's lr, "thr p=+0.2" for a dose run, "<method>@<f>lr" at f times the preset's lr,
-    MATCHED for GRPO at the step-size control's lr. Derived from the config, never stored."""
-    import math
-
-
-    own = preset_config(cfg.preset).lr
-    at_own = cfg.replace(lr=own, frontier_every=0, frontier_limit=0)
-    m = method_of(at_own)
-    if m == "custom" and cfg.thr_mode == "thr":
-        m = f"thr p={cfg.thr_p:+g}"
-    if math.isclose(cfg.lr, own, rel_tol=1e-9):
-        return m
-    if m == "grpo" and matched_lr is not None and math.isclose(cfg.lr, matched_lr, rel_tol=1e-9):
-        return MATCHED
-    return f"{m}@{cfg.lr / own:g}lr"
-
-
-def study_cells(preset: str, seeds, part: str, matched_lr: float | None = None,
-                overrides: dict | None = None) -> list:
-    """(label, seed, config) of every run of one part of the controls study ("frontier",
-    "matched", "masks" or "dose"; see STUDY_SEED_SETS), seed-major; "matched" needs the lr
-    (matched_control_lr). overrides (e.g. a smoke test's tiny budget) apply to every run."""
-
-    def cell(method, seed, **over):
-        cfg = from_preset(preset, method, seed=seed, threads=1, **{**over, **(overrides or {})})
-        return (run_label(cfg, matched_lr), seed, cfg)
-
-    own = from_preset(preset).lr
-    cells = []
-    for seed in seeds:
-        if part == "frontier":
-            cells += [cell(m, seed, lr=own * f, **FRONTIER) for m in FRONTIER_METHODS
-                      for f in LR_FACTORS]
-        elif part == "matched":
-            if matched_lr is None:
-                raise ValueError("the matched part needs matched_lr (matched_control_lr)")
-            cells.append(cell("grpo", seed, lr=matched_lr))
-        elif part == "masks":
-            cells += [cell(m, seed) for m in MASK_CONTROLS]
-        elif part == "dose":
-            cells += [cell("thr_p0", seed, thr_p=p) for p in DOSE_P if p not in (-0.1, 0.0, 0.1)]
-        else:
-            raise ValueError(f"part {part!r}: choose frontier, matched, masks or dose")
-    return cells
-
-
-def ladder_labels(method: str = "grpo") -> list[str]:
-    """The labels of `method`'s runs on the frontier's lr ladder (LR_FACTORS; run_label)."""
-    return [method if f == 1 else f"{method}@{f:g}lr" for f in LR_FACTORS]
-
-
-def final_metric(run_dir, key: str) -> float:
-    """The last value of metric `key` in a run's metrics.jsonl (e.g. train/distance)."""
-    import json
-
-    value = float("nan")
-    with open(Path(run_dir) / "metrics.jsonl") as f:
-        for line in f:
-            row = json.loads(line)
-            if key in row:
-                value = float(row[key])
-    return value
-
-
-def mean_metric(run_dir, key: str) -> float:
-    """The mean of metric `key` over a run's metrics.jsonl rows that have it (NaN if none)."""
-    import json
-
-    values = []
-    with open(Path(run_dir) / "metrics.jsonl") as f:
-        for line in f:
-            row = json.loads(line)
-            if key in row:
-                values.append(float(row[key]))
-    return float(np.mean(values)) if values else float("nan")
-
-
-# The per-run mechanism numbers of mechanics_table: (column, metrics.jsonl key, reduction).
-MECHANICS = (("distance", "train/distance", final_metric),
-             ("kl_start", "probe/kl_start", final_metric),
-             ("frac_kept", "thr/frac_kept", mean_metric),
-             ("control_overlap", "thr/control_overlap", mean_metric))
-
-
-def mechanics_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (method, seed, lr) with its mechanism metrics (MECHANICS): the distance
-    from the start adapter and the KL from the start policy after the last step, the mean share
-    of tokens a mask keeps and a mask control's mean overlap with THR's mask (NaN where the run
-    does not log it)."""
-    rows = []
-    for r in runs.itertuples():
-        rows.append({"method": r.method, "seed": r.seed, "lr": r.lr,
-                     **{c: fn(r.run_dir, key) for c, key, fn in MECHANICS}})
-    return pd.DataFrame(rows)
-
-
-def dose_table(runs: pd.DataFrame, metrics: list[str], baseline: str = "grpo") -> pd.DataFrame:
-    """THR at every p the runs hold (labels thr_p0, thr_explore, thr_exploit and "thr p=..." at
-    the preset's lr) minus the baseline, paired by seed and problem (paired_table), with p in a
-    column: the dose-response of p."""
-
-    named = {m: METHODS[m]["thr_p"] for m in ("thr_p0", "thr_explore", "thr_exploit")}
-    p_of = {m: named.get(m, float(m[len("thr p="):]) if m.startswith("thr p=") else None)
-            for m in set(runs.method)}
-    dose = [m for m, p in p_of.items() if p is not None]
-    if not dose or baseline not in set(runs.method):
-        return pd.DataFrame()
-    t = paired_table(runs[runs.method.isin(dose + [baseline])], metrics, baseline=baseline)
-    t.insert(0, "p", t.method.map(p_of))
-    return t.sort_values(["metric", "p"]).reset_index(drop=True)
-
-
-def matched_control_lr(runs: pd.DataFrame, method: str = "thr_p0",
-                       key: str = "train/distance") -> dict:
-    """The step-size control's lr: where GRPO's seed-mean `key` after the last step, over its
-    lr ladder (labels grpo, grpo@<f>lr), equals `method`'s seed-mean (stats.matched_lr,
-    interpolated in log lr), rounded to 2 significant digits. runs: study_runs' rows (method,
-    run_dir, lr). Returns {lr, lr_exact, target, ladder: {lr: mean}, key}; raises when the
-    target is outside the ladder."""
-
-    values = {r.run_dir: final_metric(r.run_dir, key) for r in runs.itertuples()}
-    runs = runs.assign(value=runs.run_dir.map(values))
-    target = float(runs[runs.method == method].value.mean())
-    grpo = runs[runs.method.isin(ladder_labels("grpo"))]
-    ladder = {float(lr): float(d.value.mean()) for lr, d in grpo.groupby("lr")}
-    lr = matched_lr(list(ladder), list(ladder.values()), target)
-    return {"lr": float(f"{lr:.2g}"), "lr_exact": lr, "target": target, "ladder": ladder,
-            "key": key}
 
 
 # The paper's claims as paired comparisons on the testbed (docs/testbed.md;
@@ -329,32 +171,16 @@ def claims_table(runs: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
     for exp, claim, method, base, metric, direction in claims:
         if not {method, base} <= have:
             continue
-        if metric == "frontier":
-            front = frontier_claims(runs, top) if front is None else front
-            if front.empty or method not in set(front.method):
-                continue  # no frontier runs (frontier_every), or the method never got there
-        pair = runs[runs.method.isin([method, base])]
+        if metric == "frontier" and front is None:
+            front = frontier_claims(runs, top)
         margin = EQUIVALENCE_MARGINS.get(metric) if direction == 0 else None
         if direction == 0 and margin is None:
             raise ValueError(f"comparable claim {claim!r}: no equivalence margin for {metric!r} "
                              f"in EQUIVALENCE_MARGINS")
-        metric = f"pass@{top}" if metric == "pass@top" else metric
-        if metric == "frontier":
-            r = front[front.method == method].iloc[0].to_dict()
-            metric = r["metric"]
-        elif metric == "strategy_entropy":
-            first = read_json(Path(pair.run_dir.iloc[0]) / "eval_after.json")["sets"]
-            if not any("strategy_entropy" in v for v in first.values()):
-                continue  # a task without strategy labels
-            div = strategy_table(pair)
-            r = seed_differences(div, "entropy_after", baseline=base).iloc[0].to_dict()
-            d = div.pivot(index="seed", columns="method", values="entropy_after").dropna()
-            d = d[method] - d[base]
-            r["mde"] = (minimum_detectable_effect({"seed": float(d.var(ddof=1)), "problem": 0.0,
-                                                   "resid": 0.0}, len(d), 1)
-                        if len(d) > 1 else float("nan"))
-        else:
-            r = paired_table(pair, [metric], baseline=base).iloc[0].to_dict()
+        read = _claim_reading(runs, method, base, metric, top, front)
+        if read is None:
+            continue  # no frontier runs, a method that never got there, no strategy labels
+        metric, r = read
         rows.append({"experiment": exp, "claim": claim, "method": method, "baseline": base,
                      "metric": metric, "direction": direction, "diff": r["diff"],
                      "ci_low": r["ci_low"], "ci_high": r["ci_high"], "se": r["se"],
@@ -375,6 +201,32 @@ def claims_table(runs: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
     return t
 
 
+def _claim_reading(runs: pd.DataFrame, method: str, base: str, metric: str, top: int,
+                   front: pd.DataFrame | None):
+    """(the metric's name in the table, its paired difference row) for one claim's metric, or
+    None where the runs cannot answer it."""
+    if metric == "frontier":
+        if front.empty or method not in set(front.method):
+            return None
+        r = front[front.method == method].iloc[0].to_dict()
+        return r["metric"], r
+    pair = runs[runs.method.isin([method, base])]
+    if metric == "strategy_entropy":
+        first = read_json(Path(pair.run_dir.iloc[0]) / "eval_after.json")["sets"]
+        if not any("strategy_entropy" in v for v in first.values()):
+            return None  # a task without strategy labels
+        div = strategy_table(pair)
+        r = seed_differences(div, "entropy_after", baseline=base).iloc[0].to_dict()
+        d = div.pivot(index="seed", columns="method", values="entropy_after").dropna()
+        d = d[method] - d[base]
+        r["mde"] = (minimum_detectable_effect({"seed": float(d.var(ddof=1)), "problem": 0.0,
+                                               "resid": 0.0}, len(d), 1)
+                    if len(d) > 1 else float("nan"))
+        return metric, r
+    metric = f"pass@{top}" if metric == "pass@top" else metric
+    return metric, paired_table(pair, [metric], baseline=base).iloc[0].to_dict()
+
+
 def passk_top(samples: int) -> int:
     """The K of a claim's pass@top: the largest power of 2 with 2K <= the samples per problem
     (from 64 samples, Pass@32; see CLAIMS)."""
@@ -382,34 +234,6 @@ def passk_top(samples: int) -> int:
     while 4 * k <= samples:
         k *= 2
     return k
-
-
-def frontier_claims(runs: pd.DataFrame, k: int, gain: float = FRONTIER_GAIN,
-                    baseline: str = "grpo") -> pd.DataFrame:
-    """frontier.matched_frontier of the runs evaluated along their training (eval_step files)
-    at greedy accuracy = the start's (the mean of their step-0 points) + gain, with the MDE
-    of the seed-level design: one row per method (diff, ci_low, ci_high, se, df, mde, seeds,
-    problems, metric, target, lrs); empty without such runs."""
-
-    along = runs.drop_duplicates("run_dir")  # a run under two labels counts under its first
-    along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
-    if along.empty or baseline not in set(along.method):
-        return pd.DataFrame()
-    pts = frontier.frontier_points(along, k)
-    target = float(pts[pts.step == 0].greedy_acc.mean()) + gain
-    t = frontier.matched_frontier(pts, target, k, baseline)
-    if t.empty:
-        return t
-    vals = frontier.matched_values(pts, target, k, baseline)
-    mde = {}
-    for m, d in vals.groupby("method"):
-        var = float((d.value - d.baseline).var(ddof=1)) if len(d) > 1 else float("nan")
-        mde[m] = (minimum_detectable_effect({"seed": var, "problem": 0.0, "resid": 0.0}, len(d), 1)
-                  if len(d) > 1 else float("nan"))
-    t["mde"] = t.method.map(mde)
-    step = next(Path(along.run_dir.iloc[0]).glob("eval_step*.json"))
-    t["problems"] = sum(len(v["greedy"]) for v in read_json(step)["problems"].values())
-    return t
 
 
 def _tests(diff: float, se: float, df: float) -> dict:
@@ -449,106 +273,3 @@ def replication(first: pd.DataFrame, second: pd.DataFrame, pooled: pd.DataFrame)
     return out
 
 
-def problem_scores(runs: pd.DataFrame, metric: str, phase: str = "eval_after",
-                   sets: list[str] | None = None) -> dict[str, np.ndarray]:
-    """{method: (seeds, problems) array} of per-problem scores from the runs' eval files:
-    metric "greedy_acc" (0/1 per problem) or "pass@k" (the unbiased per-problem estimate from
-    its sampled answers). Rows follow the runs' seeds in increasing order; columns the problems
-    of `sets` (all sets, pooled, when None), identical for every run (checked), so two methods'
-    arrays are paired as thrlab.core.stats.paired_difference needs."""
-
-    out, ids = {}, None
-    for method, d in runs.groupby("method", sort=False):
-        rows = []
-        for r in d.sort_values("seed").itertuples():
-            recs = read_json(Path(r.run_dir) / f"{phase}.json").get("problems")
-            if not recs:
-                raise ValueError(f"{r.run_dir}/{phase}.json has no per-problem records (written "
-                                 "by thrlab since the paired statistics); re-run its evaluation")
-            names = list(sets or recs)
-            if metric == "greedy_acc":
-                got = [recs[n]["ids"] for n in names]
-                row = [x for n in names for x in recs[n]["greedy"]]
-            elif metric.startswith("pass@"):
-                k = int(metric.split("@")[1])
-                got = [recs[n]["ids"][:len(recs[n]["correct"])] for n in names]
-                row = [pass_at_k(recs[n]["samples"], c, k) for n in names
-                       for c in recs[n]["correct"]]
-            else:
-                raise ValueError(f"metric {metric!r}: use greedy_acc or pass@k")
-            if ids is None:
-                ids = got
-            elif got != ids:
-                raise ValueError(f"{r.run_dir} was evaluated on other problems than the first "
-                                 "run: paired comparisons need the same problems")
-            rows.append(row)
-        out[method] = np.asarray(rows, dtype=float)
-    return out
-
-
-def paired_table(runs: pd.DataFrame, metrics: list[str], baseline: str = "grpo",
-                 phase: str = "eval_after", sets: list[str] | None = None) -> pd.DataFrame:
-    """Every method's difference to `baseline` on each metric, paired by seed and problem, with
-    its 95% interval over training seeds and problems (thrlab.core.stats.paired_difference) and the
-    minimum detectable effect of the design at 80% power: one row per (method, metric). Each
-    pair uses the seeds both methods have (an unfinished grid compares what is finished)."""
-    if baseline not in set(runs.method):
-        raise ValueError(f"baseline {baseline!r} is not among the runs' methods "
-                         f"{sorted(set(runs.method))}")
-    seeds = {m: sorted(d.seed) for m, d in runs.groupby("method", sort=False)}  # problem_scores' rows
-    rows = []
-    for metric in metrics:
-        scores = problem_scores(runs, metric, phase, sets)  # every eval file read once per metric
-        for method in seeds:
-            both = sorted(set(seeds[baseline]) & set(seeds[method]))
-            if method == baseline or not both:
-                continue
-            base = scores[baseline][[seeds[baseline].index(s) for s in both]]
-            x = scores[method][[seeds[method].index(s) for s in both]]
-            rows.append({"method": method, "metric": metric, "value": float(x.mean()),
-                         baseline: float(base.mean()), **_paired(base, x)})
-    return pd.DataFrame(rows)
-
-
-def diff_headline(table: pd.DataFrame, name: str) -> dict:
-    """The outputs.json entries of a paired table (paired_table rows): `{metric}_{name}_{method}`
-    the difference, `..._{name}_ci_{method}` its 95% interval, `..._{name}_mde_{method}` the
-    minimum detectable effect, and the seeds and problems behind them. The one helper the
-    comparison notebooks (E2, E3, E5, E6) write their headlines with."""
-    out = {}
-    for r in table.itertuples():
-        key = f"{r.metric}_{name}"
-        out.update({f"{key}_{r.method}": r.diff, f"{key}_ci_{r.method}": [r.ci_low, r.ci_high],
-                    f"{key}_mde_{r.method}": r.mde})
-    out.update(seeds=int(table.seeds.max()), problems=int(table.problems.max()))
-    return out
-
-
-def _paired(a: np.ndarray, b: np.ndarray) -> dict:
-    """diff, ci_low, ci_high, mde, seeds, problems of b - a; one seed gives the difference with
-    no interval (NaN): it shows mechanics, not a result."""
-
-    if len(a) < 2:
-        return {"diff": float((b - a).mean()), "ci_low": float("nan"), "ci_high": float("nan"),
-                "se": float("nan"), "df": float("nan"), "mde": float("nan"), "seeds": len(a),
-                "problems": a.shape[1]}
-    r = paired_difference(a, b)
-    return {"diff": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "se": r["se"],
-            "df": r["df"],
-            "mde": minimum_detectable_effect(r["components"], r["seeds"], r["problems"]),
-            "seeds": r["seeds"], "problems": r["problems"]}
-
-
-def gain_table(runs: pd.DataFrame, metrics: list[str], sets: list[str] | None = None,
-               phases: tuple[str, str] = ("eval_before", "eval_after")) -> pd.DataFrame:
-    """Each method's change from its start model (after - before of the same runs, paired by
-    seed and problem), with its 95% interval: the before/after analogue of paired_table.
-    phases: the (start, after) eval files, e.g. exploration_evals' extra evaluations."""
-    rows = []
-    for metric in metrics:
-        before = problem_scores(runs, metric, phases[0], sets)
-        after = problem_scores(runs, metric, phases[1], sets)
-        for method, x in after.items():
-            rows.append({"method": method, "metric": metric, "before": float(before[method].mean()),
-                         "after": float(x.mean()), **_paired(before[method], x)})
-    return pd.DataFrame(rows)

@@ -9,7 +9,6 @@ the run then holds the folder's lock, so a second process refuses instead of int
 """
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
