@@ -1,6 +1,8 @@
 """The command line's contract, on the real CLI: every expected failure is one line and exit
 status 2 (--debug / THRLAB_DEBUG=1 show the traceback), nothing is written before the inputs are
-checked, --help lists every config field and `presets` every field a preset changes."""
+checked, --help names every subcommand and lists every config field under its section with its
+default, `presets` prints each preset's key values and every other field it changes, and `plan`
+states the prompt length and capacity it assumed and suggests only knobs the config can turn."""
 import dataclasses
 import os
 import re
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 from thrlab import cli
-from thrlab.train.config import Config, field_docs
+from thrlab.train.config import SECTIONS, Config, field_docs
 from thrlab.train.presets import METHODS, PRESETS, preset_config
 from thrlab.core.errors import DataError
 from tests.fixtures import limits
@@ -53,7 +55,9 @@ def test_inputs_are_checked_before_anything_is_written(tmp_path, capsys):
     run = tmp_path / "run"
     for sets, words in ((["eval_sets=math5000"], "unknown benchmark 'math5000' (did you mean "
                                                  "'math500'?)"),
-                        ([f"task={empty}", "sft_control=false"], "empty.jsonl holds no problems"),
+                        # eval_sets named: a task of its own with the default set is refused
+                        ([f"task={empty}", f"eval_sets={empty}", "sft_control=false"],
+                         "empty.jsonl holds no problems"),
                         ([f"eval_sets={empty}"], "empty.jsonl holds no problems"),
                         (["template=qwen"], "unknown prompt template 'qwen'")):
         argv = ["train", "--quiet", "--run-dir", str(run)] + [f"--set={s}" for s in sets]
@@ -78,27 +82,41 @@ def test_offline_hub_set_is_one_line_and_debug_shows_the_traceback(tmp_path):
     assert dbg.returncode == 1 and "Traceback" in dbg.stderr and "DataError" in dbg.stderr
 
 
-def test_help_lists_every_config_field_with_its_doc(capsys):
+def test_help_names_every_subcommand_and_groups_the_fields_by_section_with_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    docs = field_docs()
+    header = out[:out.index("positional arguments")]
+    for cmd in ("train", "evaluate", "presets", "plan"):  # the description shows each one's use
+        assert re.search(rf"^    thrlab {cmd}\b", header, re.M), cmd
+    docs, default = field_docs(), Config()
     assert set(docs) == {f.name for f in dataclasses.fields(Config)}
-    for k, doc in docs.items():
-        assert re.search(rf"^  {k} +{re.escape(doc)}$", out, re.M), k
+    fields = out[out.index("config fields"):]
+    blocks = re.split(r"^ (\w+):$", fields, flags=re.M)[1:]  # section name, its lines, ...
+    printed = dict(zip(blocks[::2], blocks[1::2]))
+    assert list(printed) == [s.__name__ for s in SECTIONS] + ["Config"]
+    for section in SECTIONS:
+        lines = printed[section.__name__].strip("\n").splitlines()
+        assert len(lines) == len(section.names()), section.__name__
+        for k, line in zip(section.names(), lines):
+            value = cli._value(getattr(default, k))
+            assert re.fullmatch(rf"  {k}={re.escape(value)} +{re.escape(docs[k])}", line), line
 
 
-def test_presets_prints_every_field_a_preset_changes_and_every_recipe(capsys):
+def test_presets_prints_each_presets_key_values_and_every_field_it_changes(capsys):
     rc, out, _ = _main(["presets"], capsys)
     presets, methods = out.split("\nmethods")
     blocks = re.split(r"^  (\S+) +", presets, flags=re.M)[1:]  # name, its fields, name, ...
     printed = {name: dict(t.split("=", 1) for t in text.split() if "=" in t)
                for name, text in zip(blocks[::2], blocks[1::2])}
     assert rc == 0 and list(printed) == list(PRESETS)
+    assert "steps=60" in blocks[1] and "model=tiny" in blocks[1]  # tiny = the Config defaults
     default = Config()
-    for name, pairs in printed.items():  # exactly the changed fields, and they rebuild the preset
+    for name, pairs in printed.items():  # key values, then exactly the other changed fields
+        assert set(cli.PRESET_KEYS) <= set(pairs), name
         assert Config(preset=name).replace(**pairs) == preset_config(name), name
-        assert all(getattr(preset_config(name), k) != getattr(default, k) for k in pairs), name
+        assert all(getattr(preset_config(name), k) != getattr(default, k) for k in pairs
+                   if k not in cli.PRESET_KEYS), name
     lines = dict(re.findall(r"^  (\S+) +(.*)$", methods, re.M))
     assert list(lines) == list(METHODS)
     base = preset_config("qwen2.5-math-1.5b")  # an off-policy schedule takes every recipe
@@ -108,13 +126,61 @@ def test_presets_prints_every_field_a_preset_changes_and_every_recipe(capsys):
 
 
 def test_plan_prints_each_phase_and_exits_1_naming_the_knob_when_a_phase_does_not_fit(capsys):
-    from thrlab import cli
-
     assert cli.main(["plan", "--preset", "qwen2.5-math-7b", "--method", "thr_explore",
                      "--capacity-gb", "200"]) == 0
     out = capsys.readouterr().out
     assert all(p in out for p in ("generate", "update", "evaluate", "thr"))
+    assert "200 GB, as given (--capacity-gb)" in out and "capacity 200.0" in out
     argv = ["plan", "--preset", "llama-3.2-3b-instruct", "--set", "eval_batch_size=64"]
     assert cli.main(argv) == 1
     out = capsys.readouterr().out
-    assert "WARNING: evaluate needs" in out and "eval_batch_size" in out
+    assert "WARNING: evaluate needs" in out and "eval_batch_size (now 64)" in out
+
+
+def _assumptions(out: str) -> str:
+    return " ".join(out[:out.index("memory plan")].split())  # unwrapped
+
+
+def test_plan_of_the_tiny_preset_measures_its_prompts_and_says_what_it_assumed(capsys):
+    """The tiny preset's prompts are ~13 characters of its character tokenizer, not the 1,800
+    tokens of a MATH prompt (which planned 12 GB for a 1M-parameter model); the capacity is an
+    assumption on a machine without CUDA, never "the device has"."""
+    from thrlab.train import memory
+
+    assert cli.main(["plan", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    said = _assumptions(out)
+    m = re.search(r"prompts: (\d+) tokens in training, (\d+) in evaluation: the longest", said)
+    assert m and 0 < int(m[1]) < 40 and 0 < int(m[2]) < 40, said
+    assert "measured with the tiny model's tokenizer" in said and "device has" not in out
+    if not torch.cuda.is_available():
+        assert "capacity: 80 GB, the default" in said and "no accelerator here" in said
+        assert "--capacity-gb" in said
+    assert max(memory.total(memory.plan(preset_config("tiny"),
+                                        memory.architecture_of("tiny"), int(m[1])))
+               .values()) < 1e9  # well under a GB
+    assert cli.main(["plan", "--prompt-tokens", "100", "--capacity-gb", "1"]) == 0
+    assert "prompts: 100 tokens, as given (--prompt-tokens)" in _assumptions(
+        capsys.readouterr().out)
+
+
+def test_plan_says_when_it_assumed_the_prompt_length(capsys):
+    """A paper preset's prompts come from the hub: not measured, so the plan says it assumed
+    1,800 tokens and how to change that."""
+    assert cli.main(["plan", "--preset", "qwen2.5-math-1.5b", "--capacity-gb", "1000"]) == 0
+    said = _assumptions(capsys.readouterr().out)
+    assert "prompts: assumed 1,800 tokens" in said and "would load from the hub" in said
+    assert "--prompt-tokens N" in said
+
+
+def test_plan_never_suggests_a_knob_at_the_value_the_config_has(capsys):
+    argv = ["plan", "--capacity-gb", "0.0001", "--set", "gradient_checkpointing=true",
+            "--set", "eval_batch_size=1"]
+    assert cli.main(argv) == 1
+    warnings = {w.split()[1]: w for w in capsys.readouterr().out.splitlines()
+                if w.startswith("WARNING: ")}
+    assert "lower micro_batch_size (now the whole batch)" in warnings["update"]
+    assert "gradient_checkpointing" not in warnings["update"]
+    assert "already turned" in warnings["evaluate"] and "eval_batch_size" not in \
+        warnings["evaluate"]
+    assert "set kl_coef=0.0" in warnings["ref_logp"]

@@ -110,3 +110,70 @@ def test_rehearsal_at_reduced_width_completes_within_the_plan(tmp_path):
         assert m["s"] >= 0
         if m["plan_gb"] is not None:  # the plan within 35% of the measured peak
             assert m["plan_gb"] == pytest.approx(m["tracked_gb"], rel=0.35), phase
+
+
+def test_the_tiny_architecture_comes_from_its_config_without_a_cold_start(tiny_model_dir,
+                                                                          tmp_path, monkeypatch):
+    """`thrlab plan --preset tiny` used to train the cold start (minutes) to read a shape the
+    config already gives; the meta-device build equals the saved model's and trains nothing."""
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("THRLAB_CACHE", str(tmp_path / "cache"))
+    seed_state = torch.random.get_rng_state()
+    arch = memory.architecture_of("tiny")
+    assert arch == memory.Architecture.of(AutoConfig.from_pretrained(tiny_model_dir))
+    assert not (tmp_path / "cache").exists()  # no cold start, no cache written
+    assert torch.equal(torch.random.get_rng_state(), seed_state)  # the caller's RNG untouched
+    wide = memory.architecture_of("tiny", from_preset("tiny", tiny_hidden=256, tiny_layers=2))
+    assert (wide.hidden_size, wide.num_hidden_layers) == (256, 2)
+
+
+@pytest.mark.parametrize("phase", memory.PHASES)
+def test_knobs_never_suggest_a_value_the_config_already_has(phase):
+    """Each knob is named while the config can still turn it, and dropped once it is turned:
+    no `gradient_checkpointing=true` to a config that has it, no lower count at its floor."""
+    cfg = from_preset("qwen2.5-math-1.5b", method="thr_explore", micro_batch_size=0)
+    names = [k for k, *_ in memory._KNOBS[phase]]
+    assert all(any(k in a for a in memory.knobs(phase, cfg)) for k in names
+               if not (k == "gradient_checkpointing" and cfg.gradient_checkpointing))
+    turned = {"micro_batch_size": 1, "kl_coef": 0.0, "thr_vocab": "group",
+              "gradient_checkpointing": True, "prompts_per_step": 1, "max_new_tokens": 1,
+              "eval_batch_size": 1}
+    floor = from_preset("qwen2.5-math-1.5b", **{k: v for k, v in turned.items() if k in names})
+    floor = floor.replace(thr_mode="thr") if phase == "thr" else floor
+    assert memory.knobs(phase, floor) == [], (phase, memory.knobs(phase, floor))
+    # on-policy THR needs whole groups per micro-batch: G is micro_batch_size's floor
+    on_policy = from_preset("tiny", method="thr_explore", micro_batch_size=8, group_size=8)
+    assert not any("micro_batch_size" in a for a in memory.knobs("update", on_policy))
+    p = memory.plan(floor, memory.architecture_of("Qwen/Qwen2.5-Math-1.5B"), prompt_tokens=1800)
+    for w in memory.over(p, 1.0, floor):  # 1 byte: every phase is over (kl_coef=0: no ref)
+        if w.startswith(f"{phase} "):
+            assert "already turned" in w and not any(f"{k} (now" in w or f"{k}=" in w
+                                                     for k in names)
+
+
+def test_prompt_assumption_measures_local_prompts_and_says_when_it_assumes(tiny_model_dir,
+                                                                           tmp_path):
+    """Prompts on this machine (a JSONL task, a local model folder) are measured with the
+    model's tokenizer and template; a set only the hub has is not fetched: the plan assumes
+    DEFAULT_PROMPT_TOKENS and says why; a given length is taken as given."""
+    import json
+
+    from thrlab.tasks.benchmarks import format_prompt
+    from thrlab.train.model import load_tokenizer
+
+    short, long = "2*3=?", "12*34+5678*9=?" * 4
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n"
+                            for q in (short, long, short)))
+    cfg = from_preset("tiny", model=str(tiny_model_dir), task=str(data), eval_sets=(str(data),),
+                      sft_control=False)
+    train, evals, said = memory.prompt_assumption(cfg)
+    tok = load_tokenizer(str(tiny_model_dir))
+    want = len(tok(format_prompt(long, cfg.template, tok), add_special_tokens=False).input_ids)
+    assert train == evals == want and "measured with" in said
+    hub = from_preset("qwen2.5-math-1.5b")
+    n, m, said = memory.prompt_assumption(hub)
+    assert n == m == memory.DEFAULT_PROMPT_TOKENS and said.startswith("assumed 1,800 tokens")
+    assert "would load from the hub" in said and "--prompt-tokens" in said
+    assert memory.prompt_assumption(hub, 321)[:2] == (321, 321)

@@ -146,6 +146,49 @@ def test_noise_check_sees_stderr_warnings_and_widgets(tmp_path):
     assert len(noise) == 3 and widgets == 1 and "TqdmWarning" in noise[1]
 
 
+def _executed_copy(nb: Path = NOTEBOOKS[0]) -> nbformat.NotebookNode:
+    """A paper notebook as JupyterLab holds it after "Run All": outputs, execution counts, the
+    kernel's language_info, widget state, timing and scroll metadata."""
+    v4 = nbformat.v4
+    book = nbformat.read(nb, as_version=4)
+    for i, cell in enumerate(c for c in book.cells if c.cell_type == "code"):
+        cell.execution_count = i + 1
+        cell.outputs = [v4.new_output("stream", name="stdout", text="greedy 0.30 -> 0.39"),
+                        v4.new_output("display_data", data={WIDGET: {"model_id": "m"}})]
+        cell.metadata.update(execution={"iopub.status.idle": "2026-01-01T00:00:00Z"},
+                             scrolled=True)
+    book.metadata.language_info = {"name": "python", "version": "3.11.7", "mimetype": "x"}
+    book.metadata.widgets = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    return book
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_lab_save_hook_saves_a_paper_notebook_as_committed(nb):
+    """`make lab` saves through thrlab.paper.lab.pre_save_hook: a paper notebook run in
+    JupyterLab is written back as committed (the JSON nbformat writes for the committed file;
+    nothing executing added survives), and what the user wrote (sources, tags) does."""
+    from thrlab.paper import lab
+
+    model = {"type": "notebook", "content": json.loads(nbformat.writes(_executed_copy(nb)))}
+    lab.pre_save_hook(model=model, path=nb.name, contents_manager=None)
+    saved = nbformat.from_dict(model["content"])
+    assert nbformat.writes(saved) == nbformat.writes(nbformat.read(nb, as_version=4))
+    assert any("parameters" in c.metadata.get("tags", []) for c in saved.cells)
+
+
+def test_the_lab_save_hook_leaves_other_notebooks_and_files_alone():
+    from thrlab.paper import lab
+
+    for path in ("scratch.ipynb", "my_analysis/00x.ipynb.bak"):
+        model = {"type": "notebook", "content": json.loads(nbformat.writes(_executed_copy()))}
+        lab.pre_save_hook(model=model, path=path)
+        assert any(c.get("outputs") for c in model["content"]["cells"]), path
+    text = {"type": "file", "content": "x", "format": "text"}
+    lab.pre_save_hook(model=text, path="00_notes.txt")
+    assert text["content"] == "x"
+    assert all(lab.is_paper_notebook(f"sub/{nb.name}") for nb in NOTEBOOKS)
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_thin_and_clean(nb):
     """Committed without outputs, kernelspec python3, a header, one literal parameters cell

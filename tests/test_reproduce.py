@@ -1,8 +1,10 @@
 """The reproduce command on throwaway notebooks: parameters validated before anything runs
 (unknown names, wrong types, non-literal cells), a failing notebook reported in the table with a
-non-zero exit while the others still run, finished notebooks reused, figures published with a
-MANIFEST entry."""
+non-zero exit while the others still run, each notebook's start and end printed as it goes with
+nothing from the kernel's own log, finished notebooks reused, figures published with a MANIFEST
+entry into the run folder (the committed paper_figures/ only with --update-figures)."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -20,11 +22,11 @@ x = 1
 overrides = {}
 runs_root = "runs"
 out_dir = "out"'''
-OK = '''from thrlab.paper import grid as paper; from thrlab.paper import plotting
+OK = '''from thrlab.paper import grid; from thrlab.paper import plotting
 fig, ax = plotting.figure()
 ax[0].plot(seeds, [x] * len(seeds))
 plotting.save_figure(fig, out_dir, "toy_fig")
-paper.write_outputs(out_dir, figures=["toy_fig"], run_ids=[f"{preset}-toy"],
+grid.write_outputs(out_dir, figures=["toy_fig"], run_ids=[f"{preset}-toy"],
                     headline={"x": x, "seeds": seeds})'''
 RAISES = 'raise ValueError(f"boom {x}")'
 
@@ -57,6 +59,13 @@ def _run(tmp_path, books, *args):
 def test_failure_is_tabled_others_run_and_reruns_reuse(tmp_path, books):
     out = _run(tmp_path, books, "--seeds", "2", "-p", "01_ok:x=5")
     assert out.returncode == 1, out.stdout + out.stderr
+    # progress as it goes: which notebook, when it started, how it ended and in how long
+    assert re.search(r"^\[1/2\] 01_ok: started at \d\d:\d\d:\d\d$", out.stdout, re.M)
+    assert re.search(r"^\[1/2\] 01_ok: ran in \d+ s, at ", out.stdout, re.M)
+    assert re.search(r"^\[2/2\] 02_raises: FAILED in \d+ s, at ", out.stdout, re.M)
+    # the kernel's own log stays out of the terminal (it warned about TCP without encryption
+    # for every notebook, and "KeyboardInterrupt caught in kernel" at random on shutdown)
+    assert "IPKernelApp" not in out.stderr and "Kernel is running over TCP" not in out.stderr
     table = out.stdout[out.stdout.index("notebook "):]
     assert "01_ok" in table and " ran " in table
     assert "02_raises" in table and "FAILED" in table and "ValueError: boom 1" in table
@@ -80,10 +89,33 @@ def test_failure_is_tabled_others_run_and_reruns_reuse(tmp_path, books):
     assert again.returncode == 1
     [row] = [line for line in again.stdout.splitlines() if line.startswith("01_ok ")]
     assert row.split()[1] == "reused"
+    assert "[1/2] 01_ok: reused (finished earlier with these parameters)" in again.stdout
     # different parameters: a different run folder
     ok_only = _run(tmp_path, books, "01_ok")
     assert ok_only.returncode == 0 and " ran " in ok_only.stdout
     assert len(list((tmp_path / "runs" / "notebooks").glob("01_ok-*"))) == 2
+
+
+def test_a_reproduction_leaves_the_committed_figures_alone_unless_asked(tmp_path, books):
+    """By default figures and MANIFEST.json go to <runs-root>/figures/<preset>/ (no tracked file
+    changes: the MANIFEST's date and git revision, and the figures' bytes, change every run);
+    --update-figures writes the committed paper_figures/, and conflicts with --figures-dir."""
+    cmd = [sys.executable, "-m", "thrlab.paper.reproduce", "--notebooks-dir", str(books), "01_ok"]
+    out = limits.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    own = tmp_path / "runs" / "figures" / "tiny"
+    assert (own / "MANIFEST.json").exists() and (own / "toy_fig.png").exists()
+    assert not (tmp_path / "paper_figures").exists()
+    assert "paper_figures/ is left as committed; --update-figures writes it" in out.stdout
+    assert f"figures in {Path('runs/figures/tiny')}/" in out.stdout
+    upd = limits.run(cmd + ["--update-figures"], capture_output=True, text=True, cwd=tmp_path)
+    assert upd.returncode == 0, upd.stdout + upd.stderr
+    assert "reused" in upd.stdout  # the same run folder: only the figures' destination moved
+    manifest = json.loads((tmp_path / "paper_figures" / "MANIFEST.json").read_text())
+    assert manifest["figures"]["toy_fig"]["notebook"].endswith("01_ok.ipynb")
+    both = limits.run(cmd + ["--update-figures", "--figures-dir", "x"], capture_output=True,
+                      text=True, cwd=tmp_path)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -94,6 +126,7 @@ def test_failure_is_tabled_others_run_and_reruns_reuse(tmp_path, books):
     (["-p", "03_missing:x=1"], "no selected notebook is called '03_missing'"),
     (["-p", "x"], "is not KEY=VALUE"),
     (["99_missing"], "no notebook '99_missing'"),
+    (["--preset", "tinny"], "unknown preset 'tinny' (did you mean 'tiny'?)"),
 ])
 def test_bad_parameters_stop_before_anything_runs(tmp_path, books, args, message):
     out = _run(tmp_path, books, *args)
@@ -185,14 +218,14 @@ def test_the_study_keeps_every_run_on_its_presets_schedule(preset):
     """Planned at a testbed preset, no repo notebook passes a config field that differs from the
     preset's own (e.g. notebook 09's tiny probe cadence), so every notebook's runs are the
     study's grid and are shared: a notebook that did would silently train a second grid."""
-    from thrlab.paper import grid as paper
+    from thrlab.paper import grid
     from thrlab.train.presets import preset_config
 
     own = preset_config(preset)
     nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
     for job in reproduce.plan(nbs, preset=preset, seeds=None, params=[], runs_root=Path("runs")):
         p = {**reproduce.declared_parameters(job["notebook"]), **job["params"]}
-        fields = paper.with_budget(p["budget"], p["overrides"]) if "budget" in p else {}
+        fields = grid.with_budget(p["budget"], p["overrides"]) if "budget" in p else {}
         fields.update({k: p[k] for k in ("probe_every", "probe_prompts", "mini_batches") if k in p})
         moved = {k: v for k, v in fields.items()
                  if k != "threads" and getattr(own, k) != v}  # threads is not in the run id

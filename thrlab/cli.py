@@ -1,9 +1,12 @@
-"""Command line: `python -m thrlab train|evaluate|presets`, thin wrappers over thrlab.train.experiment.
+"""Command line: `thrlab train|evaluate|presets|plan` (or `python -m thrlab ...`), thin wrappers
+over thrlab.train.experiment and thrlab.train.memory.
 
-    python -m thrlab train --preset tiny [--method thr_explore] --set steps=40 [--run-dir DIR]
-    python -m thrlab train --config runs/<id>/config.json [--run-dir DIR]  (a saved config)
-    python -m thrlab evaluate --run-dir runs/<id> [--out FILE]       (the run's own config)
-    python -m thrlab evaluate --preset tiny [--adapter runs/<id>/adapter] [--out FILE]
+    thrlab train --preset tiny [--method thr_explore] --set steps=40 [--run-dir DIR]
+    thrlab train --config runs/<id>/config.json [--run-dir DIR]    (a saved config)
+    thrlab evaluate --run-dir runs/<id> [--out FILE]                (the run's own config)
+    thrlab evaluate --preset tiny [--adapter runs/<id>/adapter] [--out FILE]
+    thrlab presets                                                  (each preset's values; methods)
+    thrlab plan --preset NAME [--capacity-gb GB] [--prompt-tokens N]  (peak GPU memory per phase)
 
 Expected failures (bad config or data, missing files, a run folder in use or of another config,
 no CUDA, a model not cached offline) print one line, `thrlab: error: ...`, and exit with status 2;
@@ -20,7 +23,7 @@ import textwrap
 from pathlib import Path
 
 from thrlab.core.errors import ConfigError, ThrlabError
-from thrlab.train.config import Config, field_docs, parse_overrides
+from thrlab.train.config import SECTIONS, Config, field_docs, parse_overrides
 from thrlab.train.presets import METHODS, PRESETS, from_preset, preset_config, run_id
 from thrlab.train.runs import RunDir, write_json
 
@@ -101,16 +104,31 @@ def _value(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
+# What `thrlab presets` prints for every preset, tiny included (whose values are the Config
+# defaults): the model, the task, the training budget and the evaluation. Other fields follow
+# where a preset changes them.
+PRESET_KEYS = ("model", "task", "steps", "prompts_per_step", "group_size", "lr", "max_new_tokens",
+               "eval_sets", "eval_limit", "eval_samples", "eval_max_new_tokens")
+
+
+def _wrap(text: str, head: str, indent: int = 27) -> str:
+    return textwrap.fill(text, 100, initial_indent=head, subsequent_indent=" " * indent,
+                         break_long_words=False, break_on_hyphens=False)
+
+
 def cmd_presets(args) -> int:
     default = Config()
-    print("presets (--preset NAME), with every field that differs from the Config defaults:")
+    print("presets (--preset NAME): each one's key values, then every other field it sets "
+          "apart from\nthe Config defaults (`thrlab --help` lists every field with its default):")
     for name in PRESETS:
         c = preset_config(name)
-        diff = [f"{f.name}={_value(getattr(c, f.name))}" for f in dataclasses.fields(Config)
-                if f.name != "preset" and getattr(c, f.name) != getattr(default, f.name)]
-        print(textwrap.fill(" ".join(diff) or "(the Config defaults)", 100,
-                            initial_indent=f"  {name:<24} ", subsequent_indent=" " * 27,
-                            break_long_words=False, break_on_hyphens=False))
+        keys = " ".join(f"{k}={_value(getattr(c, k))}" for k in PRESET_KEYS)
+        other = [f"{f.name}={_value(getattr(c, f.name))}" for f in dataclasses.fields(Config)
+                 if f.name != "preset" and f.name not in PRESET_KEYS
+                 and getattr(c, f.name) != getattr(default, f.name)]
+        print(_wrap(keys, f"  {name:<24} "))
+        print(_wrap(" ".join(other) if other else "(every other field at its Config default)",
+                    " " * 27 + ("also: " if other else "")))
     print("\nmethods (--method NAME), overrides applied on top of the preset:")
     for name, recipe in METHODS.items():
         print(f"  {name:<24} " + (" ".join(f"{k}={_value(v)}" for k, v in recipe.items())
@@ -118,23 +136,57 @@ def cmd_presets(args) -> int:
     return 0
 
 
+DEFAULT_CAPACITY_GB = 80.0  # one 80 GB A100/H100, the card the paper presets are sized for
+
+
 def cmd_plan(args) -> int:
+    """Print the plan with the assumptions it rests on: the prompt length (given, measured or
+    assumed) and the capacity (given, the visible GPU's, or the default when there is none)."""
     # imported per command: `thrlab --help` and typos answer without loading torch
-    from thrlab.train import memory
+    import torch
+
+    from thrlab.train import memory  # per command too: it imports torch
 
     cfg = _config(args)
-    p = memory.plan(cfg, memory.architecture_of(cfg.model), args.prompt_tokens)
-    capacity = args.capacity_gb * 1e9
+    train_tokens, eval_tokens, prompts = memory.prompt_assumption(cfg, args.prompt_tokens)
+    p = memory.plan(cfg, memory.architecture_of(cfg.model, cfg), train_tokens,
+                    eval_prompt_tokens=eval_tokens)
+    if args.capacity_gb is not None:
+        capacity = args.capacity_gb * 1e9
+        device = f"{args.capacity_gb:g} GB, as given (--capacity-gb)"
+    elif torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        capacity = float(props.total_memory)
+        device = (f"{capacity / 1e9:.1f} GB, the visible GPU's ({props.name}); --capacity-gb GB "
+                  "plans for another card")
+    else:
+        capacity = DEFAULT_CAPACITY_GB * 1e9
+        device = (f"{DEFAULT_CAPACITY_GB:g} GB, the default, for a CUDA card: there is no "
+                  "accelerator here (no CUDA GPU is visible), so on this machine the run goes on "
+                  "the CPU, whose RAM this plan does not bound; --capacity-gb GB plans for "
+                  "another card")
+    print("assumptions:")
+    print(_wrap(prompts, "  prompts:   ", 13))
+    print(_wrap(device, "  capacity:  ", 13))
     print(memory.format_plan(p, capacity))
-    warnings = memory.over(p, capacity)
+    warnings = memory.over(p, capacity, cfg)
     for w in warnings:
         print(f"WARNING: {w}")
     return 1 if warnings else 0
 
 
 def _fields_help() -> str:
-    return "config fields (use with --set KEY=VALUE):\n" + "\n".join(
-        f"  {k:<24} {v}" for k, v in field_docs().items())
+    """Every config field, grouped by its section (thrlab.train.config.SECTIONS), with its
+    default and its doc."""
+    docs, default = field_docs(), Config()
+    lines = ["config fields (--set KEY=VALUE), by section, with their defaults (the tiny preset):"]
+    for section in SECTIONS:
+        lines.append(f"\n {section.__name__}:")
+        lines += [f"  {f'{k}={_value(getattr(default, k))}':<32} {docs[k]}"
+                  for k in section.names()]
+    lines.append("\n Config:")
+    lines.append(f"  {'preset=' + default.preset:<32} {docs['preset']}; set by --preset")
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,16 +213,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--adapter", default=None, help="an adapter/ folder to load")
     e.add_argument("--out", default=None, help="write the results JSON here")
     e.set_defaults(fn=cmd_evaluate)
-    p = sub.add_parser("presets", help="list the presets (every non-default field) and methods")
+    p = sub.add_parser("presets", help="each preset's key values and the fields it changes; "
+                       "the methods")
     p.set_defaults(fn=cmd_presets)
     m = sub.add_parser("plan", help="peak GPU memory per phase of a config (no weights loaded); "
                        "exit 1 when a phase does not fit", formatter_class=raw,
                        epilog=_fields_help())
     _common(m)
-    m.add_argument("--capacity-gb", type=float, default=80.0, help="the card's memory (GB)")
-    m.add_argument("--prompt-tokens", type=int, default=1800,
-                   help="longest prompt a batch holds (default: MATH's longest, ~1,800 tokens "
-                        "with the rehearsal's tokenizer)")
+    m.add_argument("--capacity-gb", type=float, default=None,
+                   help="the card's memory in GB (default: the visible GPU's; without one, "
+                        f"{DEFAULT_CAPACITY_GB:g})")
+    m.add_argument("--prompt-tokens", type=int, default=None,
+                   help="longest prompt a batch holds (default: measured from the config's own "
+                        "prompts and tokenizer when both are on this machine, else "
+                        "1,800, MATH's longest with the Qwen2.5 tokenizer)")
     m.set_defaults(fn=cmd_plan)
     return ap
 

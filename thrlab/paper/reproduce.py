@@ -1,7 +1,8 @@
-"""Batch reproduction: run the paper notebooks with papermill, reuse finished ones, publish figures.
+"""Batch reproduction: run the paper notebooks with papermill, reuse finished ones, collect figures.
 
     python -m thrlab.paper.reproduce [--preset tiny|NAME] [--seeds N] [-p [NOTEBOOK:]KEY=VALUE ...]
-                               [--runs-root runs] [--figures-dir DIR] [--force] [NOTEBOOK ...]
+                               [--runs-root runs] [--update-figures | --figures-dir DIR]
+                               [--force] [NOTEBOOK ...]
 
 Every parameter is checked against the parameters cell of every selected notebook before anything
 runs (unknown names and values of the wrong type stop the command). `--preset` sets `preset`, and
@@ -14,10 +15,14 @@ literals: 3, 1e-2, [0, 1], {"steps": 3}; anything else is a string) and `-p 04_e
 of one notebook (an error if that notebook does not declare it). Each notebook runs
 in `<runs-root>/notebooks/<name>-<hash of source and parameters>/` (executed copy
 `executed.ipynb`, its figures, `outputs.json`, `COMPLETE` last), so a rerun with the same
-parameters is reused. Figures are copied to the figures folder (`paper_figures/` for tiny,
-`paper_figures/<preset>/` otherwise) and `MANIFEST.json` there maps each figure to its notebook,
-parameters, run ids, git revision and date. A table of results is printed; the exit status is
-1 if any notebook failed, 2 for bad parameters.
+parameters is reused; each one's start and end (with its seconds) are printed as it goes.
+
+Figures are copied to `<runs-root>/figures/<preset>/` by default, with a `MANIFEST.json` there
+that maps each figure to its notebook, parameters, run ids, git revision and date: a reproduction
+leaves every tracked file as it was. `--update-figures` writes the committed figures instead
+(`paper_figures/` for tiny, `paper_figures/<preset>/` otherwise; then commit them), and
+`--figures-dir DIR` any folder. A table of results is printed; the exit status is 1 if any
+notebook failed, 2 for bad parameters.
 """
 from __future__ import annotations
 
@@ -31,13 +36,22 @@ import sys
 import time
 from pathlib import Path
 
+from thrlab.core.errors import ConfigError
 from thrlab.tasks.task import task_of
 from thrlab.train.presets import preset_config
 from thrlab.train.runs import RunDir, git_sha, read_json, write_json
 
+from .lab import PAPER_NOTEBOOKS
 from .study import STUDY_BUDGETS
 
 RESERVED = ("out_dir", "runs_root")  # set by this command, never by -p
+# The kernel's own log (not the notebook's output), silenced: per notebook it printed a warning
+# that the kernel talks over TCP without encryption (a local kernel on the loopback; nothing to
+# act on) and, at random, "KeyboardInterrupt caught in kernel" (jupyter_client interrupts the
+# kernel before shutting it down, and the interrupt can land inside the kernel_info request
+# papermill sends after the last cell). Failures still show: a cell's error is in the table and
+# executed.ipynb, a dead kernel is a FAILED row, a crash's traceback is Python's, not this log's.
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,),
           "dict": (dict,), "tuple": (tuple, list)}
 
@@ -48,7 +62,7 @@ class ParameterError(ValueError):
 
 def find_notebooks(notebooks_dir: Path, names: list[str]) -> list[Path]:
     """The numbered notebooks (NN_*.ipynb) in order, or those named (by stem, number or path)."""
-    all_nbs = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    all_nbs = sorted(notebooks_dir.glob(PAPER_NOTEBOOKS))
     if not names:
         return all_nbs
     out = []
@@ -185,8 +199,10 @@ def _source(nb: Path) -> str:
     return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
 
 
-def run_job(job: dict, runs_root: Path, *, kernel: str = "python3", force: bool = False) -> dict:
-    """Execute one notebook into its run folder (or reuse it); return status, seconds, detail."""
+def run_job(job: dict, runs_root: Path, *, kernel: str = "python3", force: bool = False,
+            progress: bool = False) -> dict:
+    """Execute one notebook into its run folder (or reuse it); return status, seconds, detail.
+    progress: papermill's bar of executed cells on stderr (for a terminal)."""
     import papermill
 
     run = RunDir(job["out_dir"])
@@ -203,7 +219,8 @@ def run_job(job: dict, runs_root: Path, *, kernel: str = "python3", force: bool 
     try:
         papermill.execute_notebook(str(job["notebook"]), str(run / "executed.ipynb"),
                                    parameters=params, cwd=str(job["notebook"].parent),
-                                   kernel_name=kernel, progress_bar=False, log_output=False)
+                                   kernel_name=kernel, progress_bar=progress, log_output=False,
+                                   extra_arguments=KERNEL_ARGS)
         if not (run / "outputs.json").exists():
             raise RuntimeError("the notebook wrote no outputs.json (thrlab.paper.grid.write_outputs)")
     except Exception as err:  # noqa: BLE001 - every failure becomes a row of the table
@@ -256,6 +273,38 @@ def format_table(results: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def figures_folder(preset: str, runs_root: Path, update: bool) -> Path:
+    """Where the figures go: the committed paper_figures/ (tiny) or paper_figures/<preset>/ when
+    update, else <runs_root>/figures/<preset>/, which no commit tracks."""
+    if update:
+        return Path("paper_figures" if preset == "tiny" else f"paper_figures/{preset}")
+    return runs_root / "figures" / preset
+
+
+def _clock() -> str:
+    return dt.datetime.now().strftime("%H:%M:%S")
+
+
+def run_all(jobs: list[dict], runs_root: Path, figures_dir: Path, *, kernel: str, force: bool,
+            progress: bool) -> list[tuple[str, dict]]:
+    """Run (or reuse) each job and publish its figures, printing each notebook's start and end."""
+    results = []
+    for i, job in enumerate(jobs, 1):
+        tag = f"[{i}/{len(jobs)}] {job['notebook'].stem}"
+        print(f"{tag}: started at {_clock()}", flush=True)
+        res = run_job(job, runs_root, kernel=kernel, force=force, progress=progress)
+        if res["status"] != "FAILED":
+            try:
+                publish(job, figures_dir)
+            except (OSError, KeyError, ParameterError) as err:
+                res = dict(res, status="FAILED", detail=f"publishing figures: {err}")
+        done = ("reused (finished earlier with these parameters)" if res["status"] == "reused"
+                else f"{res['status']} in {res['seconds']:.0f} s")
+        print(f"{tag}: {done}, at {_clock()}", flush=True)
+        results.append((job["notebook"].stem, res))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m thrlab.paper.reproduce", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="set a declared notebook parameter (repeatable)")
     ap.add_argument("--notebooks-dir", default=None, help="default: ./notebooks")
     ap.add_argument("--runs-root", default="runs", help="experiment and notebook run folders")
-    ap.add_argument("--figures-dir", default=None,
-                    help="default: paper_figures (tiny) or paper_figures/<preset>")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--update-figures", action="store_true",
+                       help="write the committed figures: paper_figures/ (tiny) or "
+                            "paper_figures/<preset>/ (default: <runs-root>/figures/<preset>/)")
+    where.add_argument("--figures-dir", default=None, help="write the figures to this folder")
     ap.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     ap.add_argument("--force", action="store_true", help="re-execute finished notebooks")
     ap.add_argument("--list", action="store_true", help="list notebooks and their parameters")
@@ -284,25 +336,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{nb.stem}: " + ", ".join(f"{k}={v!r}" for k, v in
                                                    declared_parameters(nb).items()))
             return 0
+        if args.preset is not None:
+            preset_config(args.preset)  # an unknown preset stops here, not in every notebook
         jobs = plan(notebooks, preset=args.preset, seeds=args.seeds,
                     params=parse_params(args.param), runs_root=runs_root)
-    except ParameterError as err:
+    except (ParameterError, ConfigError) as err:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2
     preset = args.preset or "tiny"
-    figures_dir = Path(args.figures_dir or ("paper_figures" if preset == "tiny"
-                                             else f"paper_figures/{preset}"))
-    results, t0 = [], time.time()
-    for job in jobs:
-        print(f"== {job['notebook'].stem} ...", flush=True)
-        res = run_job(job, runs_root, kernel=args.kernel, force=args.force)
-        if res["status"] != "FAILED":
-            try:
-                publish(job, figures_dir)
-            except (OSError, KeyError, ParameterError) as err:
-                res = dict(res, status="FAILED", detail=f"publishing figures: {err}")
-        print(f"   {res['status']} in {res['seconds']:.0f} s", flush=True)
-        results.append((job["notebook"].stem, res))
+    figures_dir = Path(args.figures_dir) if args.figures_dir else \
+        figures_folder(preset, runs_root, args.update_figures)
+    print(f"reproducing {len(jobs)} notebook(s) at --preset {preset}\n"
+          f"  run folders: {runs_root}/notebooks/ (finished ones are reused)\n"
+          f"  figures:     {figures_dir}/"
+          + ("" if args.update_figures or args.figures_dir else
+             " (paper_figures/ is left as committed; --update-figures writes it)"), flush=True)
+    if preset_config(preset).model == "tiny":
+        # imported here, not at the top: it brings torch, and --list and bad parameters answer fast
+        from thrlab.train.tiny import cache_root
+
+        print(f"  tiny model:  its cold start is cached once per machine in {cache_root()} "
+              "($THRLAB_CACHE)", flush=True)
+    t0 = time.time()
+    results = run_all(jobs, runs_root, figures_dir, kernel=args.kernel, force=args.force,
+                      progress=sys.stderr.isatty())
     print(format_table(results))
     failed = [n for n, r in results if r["status"] == "FAILED"]
     print(f"{len(results) - len(failed)} of {len(results)} notebooks ok, {len(failed)} failed; "

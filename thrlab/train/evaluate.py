@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 
 from thrlab.core.passk import summarise
-from thrlab.tasks.benchmarks import format_prompt
 from thrlab.core.stats import label_entropy
+from thrlab.tasks.benchmarks import format_prompt
 from thrlab.tasks.task import eval_task
 
 from .memory import check

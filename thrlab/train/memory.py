@@ -26,27 +26,36 @@ Each term is a formula over the shapes, not a measurement; `benchmarks/rehearse.
 tracked tensor bytes of every phase at real width on CPU and prints them beside this plan (the
 error is recorded in benchmarks/RESULTS.md). `check(cfg, arch, ...)` is what `train` and
 `evaluate` print on CUDA: the plan, and a warning naming the knob to turn when a phase exceeds
-the device's memory.
+the device's memory. `prompt_assumption(cfg)` measures the prompt length a plan needs from the
+config's own prompts and tokenizer when both are on this machine (`thrlab plan` says which it did).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from thrlab.core.errors import ThrlabError
 from thrlab.core.thr import CHUNK_SIZE as _THR_CHUNK, route_flops
 from thrlab.tasks.benchmarks import format_prompt
+from thrlab.tasks.task import eval_task, task_of
 
-from .model import _LOGIT_ELEMENTS, resolve_dtype
+from .model import _LOGIT_ELEMENTS, load_tokenizer, resolve_dtype
 from .model_cards import CARDS
 from .presets import preset_config
-from .tiny import ensure_tiny_model
+from .tiny import build_model, build_tokenizer
 
 # With gradient, per (row, token, vocab) element: five fp32 tensors at the backward's peak: the
 # logits / temperature kept for it, their gradient, and logsumexp's backward temporaries
 # (logits - logsumexp, its exp, the product with the gradient); measured by the rehearsal.
 _LOGITS_GRAD_BYTES = 20
 PHASES = ("generate", "old_logp", "ref_logp", "thr", "update", "evaluate")
+# The prompt length a plan assumes when it cannot measure one: MATH's longest prompt with the
+# Qwen2.5 tokenizer (the rehearsal's, benchmarks/RESULTS.md), the paper presets' worst case.
+DEFAULT_PROMPT_TOKENS = 1800
+PROMPT_SAMPLE = 2000  # prompts measured per set (as `check` does at the start of a run)
 
 
 @dataclass(frozen=True)
@@ -93,14 +102,18 @@ class Architecture:
                 "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}
 
 
-def architecture_of(model: str) -> Architecture:
+def architecture_of(model: str, cfg=None) -> Architecture:
     """The architecture of a model id or folder: its card (thrlab.train.model_cards) when there is
-    one, else its config.json (a local folder, or the hub cache / the hub)."""
+    one; for "tiny" the shape cfg's tiny_* fields give (default the tiny preset's), built on the
+    meta device (no weights, no cold start, the global RNG untouched); else its config.json (a
+    local folder, or the hub cache / the hub)."""
 
     if model in CARDS:
         return Architecture.of(CARDS[model].config_dict())
     if model == "tiny":
-        model = str(ensure_tiny_model(preset_config("tiny"), progress=False))
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            lm = build_model(cfg or preset_config("tiny"), len(build_tokenizer()))
+        return Architecture.of(lm.config)
     from transformers import AutoConfig
 
     return Architecture.of(AutoConfig.from_pretrained(model))
@@ -226,19 +239,52 @@ def total(p: dict) -> dict[str, float]:
     return {k: sum(v.values()) for k, v in p.items()}
 
 
+# What lowers each phase's peak: (config field, the value to set, or None for "a smaller
+# number", why it helps). `over` names only those the config has not already turned.
 _KNOBS = {
-    "generate": "prompts_per_step (fewer rows in flight) or max_new_tokens",
-    "old_logp": "micro_batch_size",
-    "ref_logp": "micro_batch_size (or kl_coef=0, which skips the reference pass)",
-    "thr": "prompts_per_step or max_new_tokens (THR keeps the batch's states), or thr_vocab=group",
-    "update": "micro_batch_size (or gradient_checkpointing=true)",
-    "evaluate": "eval_batch_size (prompts per generate call; x eval_samples rows in flight)",
+    "generate": (("prompts_per_step", None, "fewer rows in flight"),
+                 ("max_new_tokens", None, "")),
+    "old_logp": (("micro_batch_size", None, ""),),
+    "ref_logp": (("micro_batch_size", None, ""), ("kl_coef", 0.0, "skips the reference pass")),
+    "thr": (("prompts_per_step", None, "THR keeps the batch's states"),
+            ("max_new_tokens", None, ""), ("thr_vocab", "group", "")),
+    "update": (("micro_batch_size", None, ""), ("gradient_checkpointing", True, "")),
+    "evaluate": (("eval_batch_size", None, "prompts per generate call; x eval_samples rows in "
+                                           "flight"),),
 }
+
+
+def _floor(cfg, field: str) -> int:
+    """The smallest valid value of a count knob: THR on-policy needs whole groups per
+    micro-batch; every other count can go down to 1."""
+    if field == "micro_batch_size" and cfg.thr_on and cfg.on_policy:
+        return cfg.group_size
+    return 1
+
+
+def knobs(phase: str, cfg=None) -> list[str]:
+    """The knobs that lower `phase`'s peak, as advice ("lower micro_batch_size (now 8)",
+    "set gradient_checkpointing=true"); with cfg, only those cfg can still turn: none already
+    at the value it would be set to, no count already at its floor (micro_batch_size=0 means the
+    whole batch, which can be lowered)."""
+    out = []
+    for field, value, why in _KNOBS[phase]:
+        note = f": {why}" if why else ""
+        if value is None:
+            now = None if cfg is None else getattr(cfg, field)
+            if now is not None and 0 < now <= _floor(cfg, field):
+                continue
+            shown = "" if now is None else f" (now {now or 'the whole batch'})"
+            out.append(f"lower {field}{shown}{note}")
+        elif cfg is None or getattr(cfg, field) != value:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            out.append(f"set {field}={shown}{note}")
+    return out
 
 
 def format_plan(p: dict, capacity: float | None = None) -> str:
     """A table, one row per phase: its peak in GB and its three largest terms."""
-    lines = [f"memory plan (GB){'' if capacity is None else f', device has {capacity / 1e9:.1f}'}"]
+    lines = [f"memory plan (GB){'' if capacity is None else f', capacity {capacity / 1e9:.1f}'}"]
     for phase, terms in p.items():
         top = sorted(terms.items(), key=lambda kv: -kv[1])[:3]
         detail = ", ".join(f"{t} {b / 1e9:.2f}" for t, b in top)
@@ -246,10 +292,19 @@ def format_plan(p: dict, capacity: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def over(p: dict, capacity: float) -> list[str]:
-    """A warning per phase whose peak exceeds capacity bytes, naming the knob to turn."""
-    return [f"{phase} needs ~{b / 1e9:.1f} GB of the device's {capacity / 1e9:.1f} GB: lower "
-            f"{_KNOBS[phase]}" for phase, b in total(p).items() if b > capacity]
+def over(p: dict, capacity: float, cfg=None) -> list[str]:
+    """A warning per phase whose peak exceeds capacity bytes, naming the knobs to turn (with
+    cfg, only those it has not already turned; see `knobs`)."""
+    out = []
+    for phase, b in total(p).items():
+        if b <= capacity:
+            continue
+        advice = knobs(phase, cfg)
+        what = ("; or ".join(advice) if advice else "every knob that lowers it is already "
+                "turned; plan for a larger card (--capacity-gb) or a smaller model")
+        out.append(f"{phase} needs ~{b / 1e9:.1f} GB of the {capacity / 1e9:.1f} GB capacity: "
+                   f"{what}")
+    return out
 
 
 def prompt_tokens(problems, tok, template: str, limit: int = 2000) -> int:
@@ -257,6 +312,60 @@ def prompt_tokens(problems, tok, template: str, limit: int = 2000) -> int:
 
     texts = [format_prompt(p.question, template, tok) for p in problems[:limit]]
     return max((len(ids) for ids in tok(texts, add_special_tokens=False).input_ids), default=0)
+
+
+def _offline_tokenizer(model: str):
+    """The model's tokenizer from this machine only: the tiny model's is built in code, a folder's
+    read from it, a hub id's from the hub cache (never downloaded)."""
+    if model == "tiny":
+        return build_tokenizer()
+    if Path(model).is_dir():
+        return load_tokenizer(model)
+    from transformers import AutoTokenizer  # the hub cache only, below
+
+    return AutoTokenizer.from_pretrained(model, local_files_only=True)
+
+
+def _offline(name: str, cfg) -> bool:
+    """Whether a task or eval set loads without the hub: the synthetic task, a JSONL path, or
+    a benchmark name read from data_dir / $THRLAB_DATA_DIR."""
+    return (name == "arithmetic" or str(name).endswith(".jsonl")
+            or bool(cfg.data_dir or os.environ.get("THRLAB_DATA_DIR")))
+
+
+def prompt_assumption(cfg, given: int | None = None) -> tuple[int, int, str]:
+    """(training prompt tokens, evaluation prompt tokens, where they come from) for cfg's plan:
+    `given` when the caller gives it; else the longest of the first PROMPT_SAMPLE prompts of
+    cfg's task and of its eval sets, measured with the model's tokenizer when both are on this
+    machine (nothing is downloaded); else DEFAULT_PROMPT_TOKENS, said to be an assumption."""
+    if given is not None:
+        return given, given, f"{given} tokens, as given (--prompt-tokens)"
+    names = [f"task={cfg.task}"] + [f"eval set {n}" for n in cfg.eval_sets]
+    remote = [n for n in (cfg.task, *cfg.eval_sets) if not _offline(n, cfg)]
+    why = None
+    if remote:
+        why = (f"{', '.join(remote)} would load from the hub (set data_dir= or $THRLAB_DATA_DIR "
+               "to a folder of their JSONL files to measure them)")
+    else:
+        what = f"the tokenizer of {cfg.model}"
+        try:
+            tok = _offline_tokenizer(cfg.model)
+            what = "the prompts"
+            train = prompt_tokens(task_of(cfg).train(cfg.seed), tok, cfg.template, PROMPT_SAMPLE)
+            evals = max(prompt_tokens(eval_task(n, cfg).heldout(cfg.eval_limit or None), tok,
+                                      cfg.template, PROMPT_SAMPLE) for n in cfg.eval_sets)
+        except (OSError, ValueError, ThrlabError) as err:  # not cached, no such file, bad rows
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            why = f"{what} could not be read on this machine ({first})"
+        else:
+            model = "the tiny model" if cfg.model == "tiny" else cfg.model
+            return train, evals, (
+                f"{train} tokens in training, {evals} in evaluation: the longest of (up to) the "
+                f"first {PROMPT_SAMPLE:,} prompts of {' and '.join(names)}, measured with "
+                f"{model}'s tokenizer and template={cfg.template}")
+    n = DEFAULT_PROMPT_TOKENS
+    return n, n, (f"assumed {n:,} tokens (MATH's longest prompt with the Qwen2.5 tokenizer), not "
+                  f"measured: {why}; --prompt-tokens N plans for another length")
 
 
 def check(cfg, model, tok, problems, *, phases=PHASES, log=print) -> dict:
@@ -269,6 +378,6 @@ def check(cfg, model, tok, problems, *, phases=PHASES, log=print) -> dict:
     p = {k: v for k, v in plan(cfg, Architecture.of(model.config),
                                prompt_tokens(problems, tok, cfg.template)).items() if k in phases}
     log(format_plan(p, capacity))
-    for warning in over(p, capacity):
+    for warning in over(p, capacity, cfg):
         log(f"WARNING: {warning}")
     return p

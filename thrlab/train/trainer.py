@@ -29,8 +29,8 @@ from thrlab.core.guards import (NonFiniteError, OutOfMemoryReport, is_nonfinite_
 from thrlab.core.loss import aggregate, policy_loss, response_advantages, top_tokens
 from thrlab.core.reweight import thr_token_advantages
 from thrlab.core.seeds import prompt_order_seed, step_seed
-from thrlab.tasks.benchmarks import format_prompt
 from thrlab.core.stats import label_entropy
+from thrlab.tasks.benchmarks import format_prompt
 from thrlab.tasks.task import task_of
 
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -47,6 +47,7 @@ from .step import MicroBatches, Timers, finite
 from .tracking import open_tracker
 
 log = logging.getLogger(__name__)
+WARN_AFTER = 5  # steps in a row without learning signal before the trainer warns
 
 
 def make_optimizer(model, cfg: Config):
@@ -313,20 +314,21 @@ class GRPOTrainer:
         self.token_record = dict(record, step=self.step + 1)  # for the tracker, after metrics
 
     def warn_without_signal(self, row: dict) -> None:
-        """Log when a step's groups all had equal rewards (no advantage, no gradient): once at
-        the first such step and every 10th in a row; the run goes on (metrics say it too:
-        train/frac_zero_adv_groups = 1)."""
+        """Log when the groups of WARN_AFTER steps in a row all had equal rewards (no advantage,
+        no gradient), and every 20 steps while it lasts; the run goes on (metrics say it too:
+        train/frac_zero_adv_groups = 1). A single such step is common with few prompts per step;
+        a streak means the model cannot solve or read the prompts, or the grader never matches."""
         if row.get("train/frac_zero_adv_groups", 0.0) < 1.0:
             self.steps_without_signal = 0
             return
         self.steps_without_signal += 1
-        if self.steps_without_signal % 10 == 1:
+        if self.steps_without_signal % 20 == WARN_AFTER % 20:
             log.warning(
-                "step %d had no learning signal (%d in a row): in every group all %d samples got "
-                "the same reward (mean %.3f), so every advantage is 0. If this persists the model "
-                "cannot solve or cannot read the prompts, or the grader never matches: look at "
-                "the samples (thr_tokens/, or `thrlab evaluate`).", self.step,
-                self.steps_without_signal, self.cfg.group_size, row.get("train/reward_mean", 0.0))
+                "no learning signal in %d steps in a row (to step %d): in every group all %d "
+                "samples got the same reward (mean %.3f now), so every advantage is 0. The model "
+                "may not solve or not read the prompts, or the grader may never match: look at "
+                "the samples (thr_tokens/, or `thrlab evaluate`).", self.steps_without_signal,
+                self.step, self.cfg.group_size, row.get("train/reward_mean", 0.0))
 
     # -- skipping, the loop ------------------------------------------------------------------------
     def skip_nonfinite(self, stats: dict):
