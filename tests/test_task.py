@@ -124,7 +124,10 @@ def _python_block(page: str) -> str:
 
 
 def test_the_adding_a_task_page_runs():
-    code = _python_block("adding-a-task.md")
+    text = (ROOT / "docs" / "adding-a-task.md").read_text()
+    diff = re.search(r"```diff\n(.*?)```", text, re.S).group(1).splitlines()
+    assert diff[:2] == ["--- /dev/null", "+++ b/my_tasks.py"]  # a new file, thrlab unchanged
+    code = "\n".join(line[1:] for line in diff[3:])
     exec(compile(code, "adding-a-task.md", "exec"), {})
     cfg = from_preset("tiny", "grpo", task="squares", eval_sets="squares")
     task = task_of(cfg)
