@@ -184,3 +184,29 @@ def test_plan_never_suggests_a_knob_at_the_value_the_config_has(capsys):
     assert "already turned" in warnings["evaluate"] and "eval_batch_size" not in \
         warnings["evaluate"]
     assert "set kl_coef=0.0" in warnings["ref_logp"]
+
+
+def test_tasks_file_registers_a_task_the_command_line_trains_on(tmp_path, capsys):
+    """--tasks runs a Python file that registers a Task (docs/adding-a-task.md's diff, as a
+    file); task= and eval_sets= then name it, and its held-out split is what is evaluated."""
+    import json
+    import re as _re
+    from pathlib import Path
+
+    from thrlab.tasks.task import _REGISTRY
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "adding-a-task.md").read_text()
+    diff = _re.search(r"```diff\n(.*?)```", text, _re.S).group(1).splitlines()
+    (tmp_path / "my_tasks.py").write_text("\n".join(line[1:] for line in diff[3:]) + "\n")
+    run_dir = tmp_path / "run"
+    rc, out, err = _main(["train", "--tasks", str(tmp_path / "my_tasks.py"), "--quiet",
+                          "--set", "task=squares", "--set", "eval_sets=squares",
+                          "--set", "steps=1", "--set", "prompts_per_step=2", "--set",
+                          "group_size=2", "--set", "eval_limit=4", "--set", "eval_samples=2",
+                          "--set", "threads=1", "--run-dir", str(run_dir)], capsys)
+    _REGISTRY.pop("squares", None)  # registered in this process by the file
+    assert rc == 0, err[-2000:]
+    after = json.loads((run_dir / "eval_after.json").read_text())
+    assert after["problems"]["squares"]["ids"] == [f"sq/{a}" for a in range(50, 54)]
+    rc, out, err = _main(["train", "--tasks", str(tmp_path / "missing.py")], capsys)
+    assert rc == 2 and "no such file" in _one_error(err)

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import runpy
 import sys
 import textwrap
 from pathlib import Path
@@ -26,6 +27,16 @@ from thrlab.core.errors import ConfigError, ThrlabError
 from thrlab.train.config import SECTIONS, Config, field_docs, parse_overrides
 from thrlab.train.presets import METHODS, PRESETS, from_preset, preset_config, run_id
 from thrlab.train.runs import RunDir, write_json
+
+
+def _load_tasks(paths) -> None:
+    """Run each Python file of --tasks, so the Tasks it registers (thrlab.tasks.task.register)
+    are names task= and eval_sets= can use in this command."""
+    for path in paths or []:
+        if not Path(path).is_file():
+            raise ConfigError(f"--tasks {path}: no such file; give a Python file that calls "
+                              "thrlab.tasks.task.register (docs/adding-a-task.md)")
+        runpy.run_path(path, run_name="__thrlab_tasks__")
 
 
 def _config(args):
@@ -50,6 +61,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "thr_explore, kl_cov)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field; repeatable (unknown keys are rejected)")
+    p.add_argument("--tasks", action="append", metavar="FILE",
+                   help="a Python file that registers Tasks (thrlab.tasks.task.register), whose "
+                        "names task= and eval_sets= may then use; repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -234,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _load_tasks(getattr(args, "tasks", None))
         return args.fn(args)
     except ThrlabError as err:
         if args.debug or os.environ.get("THRLAB_DEBUG", "0") not in ("", "0"):
