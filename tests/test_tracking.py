@@ -157,14 +157,22 @@ def test_wandb_offline_mirrors_metrics_and_token_tables_and_resumes(tiny_model_d
     assert len(files) == 2
     # run.finish() can return before W&B's service process has written a segment out (seen
     # twice on a loaded machine: a segment without its run record); wait until both hold their
-    # run and their step
+    # run and their step (a record caught half-written reads as corrupt: not yet)
+    from google.protobuf.message import DecodeError
+
+    seen = []
+
     def written():
-        got = [_wandb_history(f) for f in files]
+        try:
+            got = [_wandb_history(f) for f in files]
+        except DecodeError:  # the service is still appending a record: read again
+            return False
+        seen[:] = got  # the read that passed (a later one may catch another record half-written)
         return all(i for i, _ in got) and sorted(sorted(h) for _, h in got) == [[1], [2]]
 
     limits.wait_for(written, "W&B's service writing both offline segments", limit_s=120,
                     poll_s=0.5)
-    segments = [(*_wandb_history(f), f.parent) for f in files]
+    segments = [(*got, f.parent) for got, f in zip(seen, files)]
     assert {i for i, _, _ in segments} == {(run / "wandb_id").read_text().strip()}  # one W&B run
     assert sorted(sorted(h) for _, h, _ in segments) == [[1], [2]]
     hist = {step: (row, seg) for _, h, seg in segments for step, row in h.items()}
