@@ -78,7 +78,9 @@ def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
                         out["matched"][f"{col}_{a}_minus_{b}"] = r
                         print(f"  {col}: {a} minus {b} {r['mean']:+.3f} [{r['ci_low']:+.3f}, "
                               f"{r['ci_high']:+.3f}] over {len(d)} seeds")
-    front = controls.frontier_claims(runs, k)
+    along = controls.frontier_runs(runs)
+    pts = frontier.frontier_points(along, k) if len(along) else None  # read once, every gain
+    front = controls.frontier_claims(runs, k, points=pts)
     if not front.empty:
         out["frontier"] = {}
         target = float(front.target.iloc[0])
@@ -90,16 +92,14 @@ def controls_report(preset: str, runs_root: str, runs, k: int) -> dict:
         print("|---|---|---|---|---|")
         gains = [controls.FRONTIER_GAIN, controls.FRONTIER_GAIN / 2, controls.FRONTIER_GAIN * 1.5]
         for gain in gains + [EXPLORATORY_GAIN]:
-            t = controls.frontier_claims(runs, k, gain=gain)
+            t = front if gain == controls.FRONTIER_GAIN else controls.frontier_claims(
+                runs, k, gain=gain, points=pts)
             name = f"{gain:g}" if gain in gains else f"{gain:g} (exploratory)"
             out["frontier"][name] = t.to_dict("records")
             for r in t.itertuples():
                 print(f"| {name} | {r.method} | {100 * r.diff:+.1f} [{100 * r.ci_low:+.1f}, "
                       f"{100 * r.ci_high:+.1f}] | {r.seeds} | {r.lrs:.1f} |")
 
-        along = runs.drop_duplicates("run_dir")
-        along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
-        pts = frontier.frontier_points(along, k)
         first = pts[pts.step > 0].groupby(["method", "seed"]).apply(
             lambda d: d.sort_values("step").greedy_acc.iloc[0], include_groups=False)
         early = int((first >= target).sum())
@@ -127,8 +127,7 @@ def figures(runs, k: int, out_dir: str) -> list[str]:
     preset's lr; thrlab.paper.plotting.frontier) and dose_response.png (greedy and Pass@K minus GRPO
     against p; plotting.dose_response). Only what the runs hold is drawn."""
     paths = []
-    along = runs.drop_duplicates("run_dir")  # the control's copy of a ladder run: drawn once
-    along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
+    along = controls.frontier_runs(runs)  # the control's copy of a ladder run: drawn once
     if not along.empty:
         pts = frontier.with_kl(frontier.frontier_points(along, k), along)
         split = {m: frontier.split_label(m) for m in set(pts.method)}

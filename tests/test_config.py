@@ -115,6 +115,6 @@ def test_paper_presets_are_explicit():
 
 def test_run_id_names_a_model_other_than_the_presets():
     assert run_id(from_preset("tiny")).startswith("tiny-grpo-")
-    cfg = from_preset("tiny", model="/data/models/My Model/")
+    cfg = from_preset("tiny", model="models/My Model/")  # a local folder, with a trailing slash
     assert run_id(cfg) == f"tiny@My_Model-grpo-{cfg.config_hash()}"
     assert run_id(from_preset("qwen2.5-math-1.5b")).startswith("qwen2.5-math-1.5b-grpo-")

@@ -118,11 +118,6 @@ def test_your_own_data_trains_and_evaluates_with_its_grade_function(tmp_path):
     assert golds & set(calls) and len(calls) >= 2 * 4 * 4 + 12  # training and evaluation
 
 
-def _python_block(page: str) -> str:
-    text = (ROOT / "docs" / page).read_text()
-    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
-
-
 def test_the_adding_a_task_page_runs():
     text = (ROOT / "docs" / "adding-a-task.md").read_text()
     diff = re.search(r"```diff\n(.*?)```", text, re.S).group(1).splitlines()

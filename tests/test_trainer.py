@@ -251,7 +251,7 @@ def test_prompt_order_is_one_seeded_shuffle_per_pass_and_resumes_from_the_cursor
 
 # -- the update runs exactly the algorithm its config names ---------------------------------------
 def test_mini_batch_rows_partition_every_row():
-    from thrlab.train.trainer import mini_batch_rows
+    from thrlab.train.step import mini_batch_rows
 
     for B in range(1, 30):
         perm = torch.randperm(B)

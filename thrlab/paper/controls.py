@@ -8,7 +8,6 @@ Reads run folders with pandas only (no torch).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -100,33 +99,23 @@ def ladder_labels(method: str = "grpo") -> list[str]:
     return [method if f == 1 else f"{method}@{f:g}lr" for f in LR_FACTORS]
 
 
-def final_metric(run_dir, key: str) -> float:
-    """The last value of metric `key` in a run's metrics.jsonl (e.g. train/distance)."""
-    value = float("nan")
-    with open(Path(run_dir) / "metrics.jsonl") as f:
-        for line in f:
-            row = json.loads(line)
-            if key in row:
-                value = float(row[key])
-    return value
+def last_value(rows: list[dict], key: str) -> float:
+    """The last value of metric `key` in a run's metrics rows (e.g. train/distance; NaN if none)."""
+    values = [float(row[key]) for row in rows if key in row]
+    return values[-1] if values else float("nan")
 
 
-def mean_metric(run_dir, key: str) -> float:
-    """The mean of metric `key` over a run's metrics.jsonl rows that have it (NaN if none)."""
-    values = []
-    with open(Path(run_dir) / "metrics.jsonl") as f:
-        for line in f:
-            row = json.loads(line)
-            if key in row:
-                values.append(float(row[key]))
+def mean_value(rows: list[dict], key: str) -> float:
+    """The mean of metric `key` over a run's metrics rows that have it (NaN if none)."""
+    values = [float(row[key]) for row in rows if key in row]
     return float(np.mean(values)) if values else float("nan")
 
 
 # The per-run mechanism numbers of mechanics_table: (column, metrics.jsonl key, reduction).
-MECHANICS = (("distance", "train/distance", final_metric),
-             ("kl_start", "probe/kl_start", final_metric),
-             ("frac_kept", "thr/frac_kept", mean_metric),
-             ("control_overlap", "thr/control_overlap", mean_metric))
+MECHANICS = (("distance", "train/distance", last_value),
+             ("kl_start", "probe/kl_start", last_value),
+             ("frac_kept", "thr/frac_kept", mean_value),
+             ("control_overlap", "thr/control_overlap", mean_value))
 
 
 def mechanics_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -136,8 +125,9 @@ def mechanics_table(runs: pd.DataFrame) -> pd.DataFrame:
     does not log it)."""
     rows = []
     for r in runs.itertuples():
+        metrics = RunDir(r.run_dir).metrics()  # read once per run
         rows.append({"method": r.method, "seed": r.seed, "lr": r.lr,
-                     **{c: fn(r.run_dir, key) for c, key, fn in MECHANICS}})
+                     **{c: fn(metrics, key) for c, key, fn in MECHANICS}})
     return pd.DataFrame(rows)
 
 
@@ -165,7 +155,7 @@ def matched_control_lr(runs: pd.DataFrame, method: str = "thr_p0",
     run_dir, lr). Returns {lr, lr_exact, target, ladder: {lr: mean}, key}; raises when the
     target is outside the ladder."""
 
-    values = {r.run_dir: final_metric(r.run_dir, key) for r in runs.itertuples()}
+    values = {r.run_dir: last_value(RunDir(r.run_dir).metrics(), key) for r in runs.itertuples()}
     runs = runs.assign(value=runs.run_dir.map(values))
     target = float(runs[runs.method == method].value.mean())
     grpo = runs[runs.method.isin(ladder_labels("grpo"))]
@@ -175,18 +165,24 @@ def matched_control_lr(runs: pd.DataFrame, method: str = "thr_p0",
             "key": key}
 
 
+def frontier_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs evaluated along their training (eval_step files), each run folder once (a run
+    under two labels, e.g. the control's copy of a ladder run, counts under its first)."""
+    along = runs.drop_duplicates("run_dir")
+    return along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
+
+
 def frontier_claims(runs: pd.DataFrame, k: int, gain: float = FRONTIER_GAIN,
-                    baseline: str = "grpo") -> pd.DataFrame:
+                    baseline: str = "grpo", points: pd.DataFrame | None = None) -> pd.DataFrame:
     """frontier.matched_frontier of the runs evaluated along their training (eval_step files)
     at greedy accuracy = the start's (the mean of their step-0 points) + gain, with the MDE
     of the seed-level design: one row per method (diff, ci_low, ci_high, se, df, mde, seeds,
-    problems, metric, target, lrs); empty without such runs."""
-
-    along = runs.drop_duplicates("run_dir")  # a run under two labels counts under its first
-    along = along[[any(Path(d).glob("eval_step*.json")) for d in along.run_dir]]
+    problems, metric, target, lrs); empty without such runs. `points`: frontier.frontier_points
+    of frontier_runs(runs) at k, when the caller already has them (several gains)."""
+    along = frontier_runs(runs)
     if along.empty or baseline not in set(along.method):
         return pd.DataFrame()
-    pts = frontier.frontier_points(along, k)
+    pts = frontier.frontier_points(along, k) if points is None else points
     target = float(pts[pts.step == 0].greedy_acc.mean()) + gain
     t = frontier.matched_frontier(pts, target, k, baseline)
     if t.empty:

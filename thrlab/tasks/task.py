@@ -66,13 +66,8 @@ class Task:
         """A task from JSONL files of {"question" (or "problem"), "answer"} rows; `grade(completion,
         gold)` -> True/False (or a reward in [0, 1]); None grades with the config's grader. A
         grade function that raises counts as a grading error (logged, reward 0), never silently."""
-        def rows(path):
-            return lambda _=None: load_benchmark(path)
-
-        def limited(path):
-            return lambda limit=None: load_benchmark(path, limit=limit)
-
-        return cls(name=name, train=rows(train), heldout=limited(heldout or train),
+        return cls(name=name, train=benchmark_task(train).train,
+                   heldout=benchmark_task(heldout or train).heldout,
                    grade=None if grade is None else per_item(grade))
 
 

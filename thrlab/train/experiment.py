@@ -29,9 +29,10 @@ from .model import load_policy, load_tokenizer, resolve_device
 from .presets import method_of, run_id
 from .probes import frontier_evaluations, likelihood_probe
 from .runs import RunDir, environment_info, read_json, write_json
+from .step import make_optimizer
 from .tiny import cache_root, ensure_tiny_model, sft_loop
 from .tracking import check_tracker
-from .trainer import GRPOTrainer, make_optimizer
+from .trainer import GRPOTrainer
 
 
 def eval_seed(cfg: Config) -> int:
@@ -151,19 +152,19 @@ def check_readable(tok, problems: list, where: str, cfg: Config) -> None:
     """Refuse problems whose text the tokenizer cannot represent (it would train and score on
     <pad>s and report 0.000 everywhere): each question and gold answer must survive encode and
     decode, whitespace aside."""
-    for p in problems:
-        for text in (p.question, p.answer):
-            back = tok.decode(tok(text, add_special_tokens=False).input_ids,
-                              skip_special_tokens=True)
-            if "".join(back.split()) != "".join(text.split()):
-                lost = sorted(set("".join(text.split())) - set("".join(back.split())))[:8]
-                reads = (" (it reads only digits, spaces and + - * = ? : Q A)"
-                         if cfg.model == "tiny" else "")
-                raise DataError(
-                    f"model={cfg.model!r}'s tokenizer cannot represent {''.join(lost)!r} in "
-                    f"problem {p.id!r} of {where} ({text[:60]!r}){reads}: the run would read "
-                    "<pad>s. Use a model that reads your text (--set model=...; "
-                    "docs/your-own-data.md)")
+    texts = [text for p in problems for text in (p.question, p.answer)]
+    ids = tok(texts, add_special_tokens=False).input_ids if texts else []
+    for i, back in enumerate(tok.batch_decode(ids, skip_special_tokens=True)):
+        p, text = problems[i // 2], texts[i]
+        if "".join(back.split()) != "".join(text.split()):
+            lost = sorted(set("".join(text.split())) - set("".join(back.split())))[:8]
+            reads = (" (it reads only digits, spaces and + - * = ? : Q A)"
+                     if cfg.model == "tiny" else "")
+            raise DataError(
+                f"model={cfg.model!r}'s tokenizer cannot represent {''.join(lost)!r} in "
+                f"problem {p.id!r} of {where} ({text[:60]!r}){reads}: the run would read "
+                "<pad>s. Use a model that reads your text (--set model=...; "
+                "docs/your-own-data.md)")
 
 
 def check_folder(run: RunDir, cfg: Config, own: Path) -> None:

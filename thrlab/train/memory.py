@@ -55,7 +55,7 @@ PHASES = ("generate", "old_logp", "ref_logp", "thr", "update", "evaluate")
 # The prompt length a plan assumes when it cannot measure one: MATH's longest prompt with the
 # Qwen2.5 tokenizer (the rehearsal's, benchmarks/RESULTS.md), the paper presets' worst case.
 DEFAULT_PROMPT_TOKENS = 1800
-PROMPT_SAMPLE = 2000  # prompts measured per set (as `check` does at the start of a run)
+PROMPT_SAMPLE = 2000  # prompts measured per set (`prompt_tokens`, also at the start of a run)
 
 
 @dataclass(frozen=True)
@@ -307,9 +307,8 @@ def over(p: dict, capacity: float, cfg=None) -> list[str]:
     return out
 
 
-def prompt_tokens(problems, tok, template: str, limit: int = 2000) -> int:
+def prompt_tokens(problems, tok, template: str, limit: int = PROMPT_SAMPLE) -> int:
     """The longest templated prompt, in tokens, among the first `limit` problems."""
-
     texts = [format_prompt(p.question, template, tok) for p in problems[:limit]]
     return max((len(ids) for ids in tok(texts, add_special_tokens=False).input_ids), default=0)
 

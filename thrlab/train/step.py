@@ -1,6 +1,7 @@
 """The machinery around one GRPO update that is not the algorithm: micro-batch gradient
-accumulation with its out-of-memory policy, finiteness checks, phase timers and the update's
-running metrics. The trainer's step uses these; none of them knows the objective.
+accumulation with its out-of-memory policy, finiteness checks, phase timers, the update's
+running metrics, the optimizer over the LoRA parameters and the split of a batch into
+mini-batches. The trainer's step uses these; none of them knows the objective.
 
 The policy (guards.py has the reasons): NaN/inf in a loss or gradient raises NonFiniteError before
 any optimizer step sees it (the trainer skips the step); out of memory in the update halves the
@@ -122,3 +123,19 @@ class MicroBatches:
                 self.state.micro_batch_size = mb // 2 // self.floor * self.floor
                 log.warning("out of memory in the update: micro_batch_size %d -> %d, retrying",
                             mb, self.size)
+
+
+def make_optimizer(model, cfg):
+    """AdamW over the trainable (LoRA) parameters; returns (params, optimizer)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (expected LoRA adapters)")
+    return params, torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                     weight_decay=cfg.weight_decay)
+
+
+def mini_batch_rows(perm: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Split a permutation of the B rows into n mini-batches of sizes differing by at most one
+    (the first ones larger), dropping none: dynamic sampling can return any multiple of G rows.
+    Empty mini-batches (B < n) are left out: they would be optimizer steps without a gradient."""
+    return [rows for rows in torch.tensor_split(perm, n) if len(rows)]

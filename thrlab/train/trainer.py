@@ -43,20 +43,11 @@ from .old_policy import FrozenPass, UpdatePass, frozen_pass, update_pass_is_old_
 from .records import save_token_records, token_records
 from .rollout import Rollout, cat_rollouts, generate
 from .runs import RunDir
-from .step import MicroBatches, Timers, finite
+from .step import MicroBatches, Timers, finite, make_optimizer, mini_batch_rows
 from .tracking import open_tracker
 
 log = logging.getLogger(__name__)
 WARN_AFTER = 5  # steps in a row without learning signal before the trainer warns
-
-
-def make_optimizer(model, cfg: Config):
-    """AdamW over the trainable (LoRA) parameters; returns (params, optimizer)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters (expected LoRA adapters)")
-    return params, torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                     weight_decay=cfg.weight_decay)
 
 
 class GRPOTrainer:
@@ -399,10 +390,3 @@ class GRPOTrainer:
             bar.close()
             tracker.close()
         return self.run.metrics()
-
-
-def mini_batch_rows(perm: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """Split a permutation of the B rows into n mini-batches of sizes differing by at most one
-    (the first ones larger), dropping none: dynamic sampling can return any multiple of G rows.
-    Empty mini-batches (B < n) are left out: they would be optimizer steps without a gradient."""
-    return [rows for rows in torch.tensor_split(perm, n) if len(rows)]
