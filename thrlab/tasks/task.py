@@ -27,6 +27,7 @@ from .arithmetic import arithmetic_problems
 from .benchmarks import Problem, load_benchmark
 from .chains import STRATEGIES, strategy_of
 from .rewards import GradeResult, grade
+from .word_problems import WORD_OPS, word_problems
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ _REGISTRY: dict[str, Task] = {}
 
 def register(task: Task) -> Task:
     """Make `task` what task=<task.name> and eval_sets=<task.name> mean in this process."""
-    if task.name in ("arithmetic",):
+    if task.name in ("arithmetic", *WORD_OPS):
         raise ConfigError(f"task name {task.name!r} is built in; choose another name")
     _REGISTRY[task.name] = task
     return task
@@ -115,6 +116,14 @@ def arithmetic_task(op: str) -> Task:
                 labels=(*STRATEGIES, "direct", "other") if strategies else ())
 
 
+def word_task(op: str) -> Task:
+    """A tier of one-line word problems (thrlab.tasks.word_problems), graded strictly on the
+    integer after `####` whatever the config's grader: a completion without one is no_answer."""
+    return Task(name=op, train=lambda seed: word_problems(None, "train", seed=seed, op=op),
+                heldout=lambda limit=None: word_problems(limit, "heldout", seed=EVAL_SEED, op=op),
+                grade=functools.partial(grade, grader="exact_int", style="gsm8k"))
+
+
 def benchmark_task(name_or_path: str, *, data_dir: str | None = None,
                    levels: tuple[int, ...] | None = None) -> Task:
     """A benchmark by name or a JSONL path (thrlab.tasks.benchmarks), graded by the config."""
@@ -130,12 +139,14 @@ def eval_task(name: str, cfg) -> Task:
         return arithmetic_task(cfg.arith_op)
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name in WORD_OPS:
+        return word_task(name)
     return benchmark_task(name, data_dir=cfg.data_dir or None)
 
 
 def task_of(cfg) -> Task:
     """The Task cfg trains on (cfg.task; train_levels filter a MATH benchmark)."""
-    if cfg.task in _REGISTRY or cfg.task == "arithmetic":
+    if cfg.task in _REGISTRY or cfg.task in WORD_OPS or cfg.task == "arithmetic":
         return eval_task(cfg.task, cfg)
     return benchmark_task(cfg.task, data_dir=cfg.data_dir or None,
                           levels=tuple(cfg.train_levels) or None)

@@ -27,6 +27,7 @@ from .config import Config, LossConfig, OptimConfig, RolloutConfig, THRConfig, c
 from .evaluate import evaluate
 from .model import load_policy, load_tokenizer, resolve_device
 from .presets import method_of, run_id
+from .packaged import PACKAGED, ensure_packaged_model
 from .probes import frontier_evaluations, likelihood_probe
 from .runs import RunDir, environment_info, read_json, write_json
 from .step import make_optimizer
@@ -81,9 +82,12 @@ def run_config(run_dir: str | Path) -> Config:
 
 
 def resolve_model_path(cfg: Config, progress: bool = True) -> str:
-    """Path or hub id of the base model; builds the cached tiny model for model='tiny'."""
+    """Path or hub id of the base model; builds the cached tiny model for model='tiny' and converts
+    a packaged model (thrlab.train.packaged) once."""
     if cfg.model == "tiny":
         return str(ensure_tiny_model(cfg, progress=progress))
+    if cfg.model in PACKAGED:
+        return str(ensure_packaged_model(cfg.model, progress=progress))
     return cfg.model
 
 

