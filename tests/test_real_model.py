@@ -6,30 +6,18 @@ hidden states and its real (full-vocabulary) unembedding.
 Skipped, with the reason, where the package is not installed (`make smollm`; `make test` and CI
 install it).
 """
-import importlib.metadata as md
-import importlib.util
-
 import pytest
 import torch
 
 from thrlab.tasks.benchmarks import format_prompt
 from thrlab.tasks.task import word_task
-from thrlab.train.packaged import PACKAGED
+from thrlab.train.packaged import PACKAGED, missing
 
 SMOL = PACKAGED["smollm2-135m-instruct"]
 
 
-def _missing() -> str | None:
-    try:
-        md.distribution(SMOL.distribution)
-    except md.PackageNotFoundError:
-        return f"the {SMOL.distribution} package is not installed (make smollm)"
-    if importlib.util.find_spec("gguf") is None:
-        return "the gguf package is not installed (make smollm)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+pytestmark = pytest.mark.skipif(missing(SMOL.name) is not None,
+                                reason=f"{missing(SMOL.name)} (make smollm installs it)")
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,13 @@ def test_chat_gsm8k_template_asks_for_the_answer_after_hashes():
     text = format_prompt("Sam has 2 cards.", "chat-gsm8k", _ChatTokenizer())
     assert text.startswith("system:") and "after ####" in text
     assert text.endswith("user:Sam has 2 cards.")
+
+
+def test_a_packaged_model_that_is_not_installed_is_refused_with_the_fix():
+    from thrlab.core.errors import SetupError
+    from thrlab.train.packaged import PackagedModel, gguf_path
+
+    ghost = PackagedModel(name="ghost", distribution="thrlab-no-such-package",
+                          gguf_file="ghost.gguf", extra="ghost", source="nothing")
+    with pytest.raises(SetupError, match=r"not installed; install it with: pip install"):
+        gguf_path(ghost)

@@ -192,7 +192,16 @@ def problem_difference(a, b, *, level: float = 0.95) -> dict:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(f"a {a.shape} and b {b.shape} must be (problems,) of >= 2 problems")
-    d = b - a
+    return problem_mean(b - a, level=level)
+
+
+def problem_mean(x, *, level: float = 0.95) -> dict:
+    """Mean of one number per problem (e.g. the share of |THR| a group's top tokens carry) with
+    the t-interval over problems: it describes these samples of one model, nothing about
+    training seeds."""
+    d = np.asarray(x, dtype=float)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f"x {d.shape} must be (problems,) of >= 2 problems")
     se = float(d.std(ddof=1) / math.sqrt(len(d)))
     half = float(_st.t.ppf(0.5 + level / 2, len(d) - 1)) * se
     return {"mean": float(d.mean()), "ci_low": float(d.mean()) - half,

@@ -286,25 +286,43 @@ def group_html(rows: list[tuple[str, list[str], list[float]]]) -> str:
                        + token_html(toks, thr, scale) for t, toks, thr in rows)
 
 
+def _token_lines(rows, per_line: int) -> list[tuple[str, list[tuple[str, float, float, float]]]]:
+    """Rows (title, tokens, thr) laid out as lines of (shown text, thr, x, width): a token is as
+    wide as its text (one unit for a character), and a line holds at most per_line units."""
+    lines = []
+    for title, toks, thr in rows:
+        line, x, first = [], 0.0, len(lines)
+        for t, v in zip(toks, thr):
+            shown = (clean_token(t) if clean_token(t).strip() else "\u2423")[:12]  # visible space
+            w = max(1.0, 0.62 * len(shown))
+            if line and x + w > per_line:
+                lines.append(("" if len(lines) > first else title, line))
+                line, x = [], 0.0
+            line.append((shown, v, x, w))
+            x += w
+        lines.append(("" if len(lines) > first else title, line))
+    return lines
+
+
 def token_strip(ax, rows: list[tuple[str, list[str], list[float]]], scale: float | None = None,
                 per_line: int = 48):
     """Rows of tokens (title, tokens, thr) drawn as boxes shaded by THR, for the PNG figure;
-    a response longer than per_line tokens wraps onto further lines."""
+    a response longer than per_line units (characters) wraps onto further lines."""
     vals = [abs(v) for _, _, thr in rows for v in thr]
     scale = scale or max(max(vals, default=0.0), 1e-12)
-    lines = [(title if i == 0 else "", toks[i:i + per_line], thr[i:i + per_line])
-             for title, toks, thr in rows for i in range(0, max(len(toks), 1), per_line)]
+    lines = _token_lines(rows, per_line)
     ax.set_axis_off()
-    left, cols = 6, min(per_line, max(max(len(t) for _, t, _ in lines), 16))
-    for r, (title, toks, thr) in enumerate(lines):
+    left = 6
+    cols = min(per_line, max(max((x + w for *_, x, w in line), default=0) for _, line in lines))
+    for r, (title, line) in enumerate(lines):
         y = len(lines) - r - 1
         ax.text(0, y + 0.5, title, ha="left", va="center", fontsize=7)
-        for k, (t, v) in enumerate(zip(toks, thr)):
-            ax.add_patch(plt.Rectangle((left + k, y + 0.1), 0.95, 0.8, color=_thr_rgb(v, scale)))
-            shown = clean_token(t) if clean_token(t).strip() else "\u2423"  # visible space
-            ax.text(left + k + 0.47, y + 0.5, shown[:6], ha="center", va="center",
+        for shown, v, x, w in line:
+            ax.add_patch(plt.Rectangle((left + x, y + 0.1), w - 0.05, 0.8,
+                                       color=_thr_rgb(v, scale)))
+            ax.text(left + x + w / 2 - 0.03, y + 0.5, shown, ha="center", va="center",
                     fontsize=6, family="monospace")
-    ax.set_xlim(0, left + cols)
+    ax.set_xlim(0, left + max(cols, 16))
     ax.set_ylim(0, len(lines))
     ax.set_title(f"tokens shaded by THR (red > 0 exploit, blue < 0 explore; |max| = {scale:.3g})",
                  fontsize=7, fontweight="normal")
@@ -313,7 +331,7 @@ def token_strip(ax, rows: list[tuple[str, list[str], list[float]]], scale: float
 
 def token_figure(rows: list[tuple[str, list[str], list[float]]], per_line: int = 48):
     """A double-column figure of token_strip, its height fitted to the wrapped lines."""
-    n = sum(max(1, -(-len(toks) // per_line)) for _, toks, _ in rows)
+    n = len(_token_lines(rows, per_line))
     fig, ax = figure(width=DOUBLE, height=0.22 * n + 0.4)
     token_strip(ax[0], rows, per_line=per_line)
     return fig, ax

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from thrlab.core.errors import ConfigError
 from thrlab.tasks.task import task_of
+from thrlab.train import packaged
 from thrlab.train.presets import preset_config
 from thrlab.train.runs import RunDir, git_sha, read_json, write_json
 
@@ -138,6 +139,10 @@ def plan(notebooks: list[Path], *, preset: str | None, seeds: int | None, params
         declared = declared_by[nb] = declared_parameters(nb)
         if declared.get("needs_strategies") and not has_strategies(preset or declared["preset"]):
             continue  # e.g. the strategy-diversity notebook on a task without strategy labels
+        why = packaged.missing(preset_config(preset or declared.get("preset", "tiny")).model)
+        if why:
+            print(f"skipping {nb.stem}: {why}")
+            continue
         if nb.stem in budget.get("skip", {}):
             print(f"skipping {nb.stem} at --preset {preset}: {budget['skip'][nb.stem]}")
             continue

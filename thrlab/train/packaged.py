@@ -63,6 +63,22 @@ def gguf_path(model: PackagedModel) -> Path:
     return path
 
 
+def missing(name: str) -> str | None:
+    """Why packaged model `name` cannot be loaded here (its package or gguf is not installed), or
+    None when it can (or when `name` is not a packaged model)."""
+    import importlib.util
+
+    if name not in PACKAGED:
+        return None
+    try:
+        gguf_path(PACKAGED[name])
+    except SetupError as err:
+        return str(err)
+    if importlib.util.find_spec("gguf") is None:
+        return f"reading it needs the 'gguf' package: pip install \"thrlab[{PACKAGED[name].extra}]\""
+    return None
+
+
 def packaged_model_dir(model: PackagedModel) -> Path:
     """Cache folder of the converted model (one per package version)."""
     import importlib.metadata as md

@@ -7,15 +7,21 @@ snapshot are the records step 1 of a THR run would save, for as many batches as 
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+from thrlab.tasks.task import task_of
 
 from .config import Config
 from .experiment import build_trainer, resolve_model_path
 from .old_policy import FrozenPass
+from .presets import run_id
 from .records import token_records
+from .runs import write_json
 
 
 def thr_snapshot(cfg: Config, batches: int, *, heldout: bool = True, progress: bool = True,
@@ -27,7 +33,6 @@ def thr_snapshot(cfg: Config, batches: int, *, heldout: bool = True, progress: b
     order) instead of the training order. Each record holds every group of its batch and
     `stats`: the batch's rewards, grading counts, thr/* statistics and per-phase seconds.
     """
-    from thrlab.tasks.task import task_of
     from tqdm.auto import tqdm
 
     if not cfg.thr_on:
@@ -56,4 +61,22 @@ def thr_snapshot(cfg: Config, batches: int, *, heldout: bool = True, progress: b
                                 len(batch.tokens), cfg.thr_save_tokens, batch.questions)
             stats.update(frozen.thr_stats, **{"time/old_logp_thr": time.perf_counter() - t1})
             records.append(dict(rec, step=b, stats=stats))
+    return records
+
+
+def snapshot_path(cfg: Config, batches: int, folder: str | Path) -> Path:
+    """Where the snapshot of cfg's start policy is kept: `<folder>/snapshots/<run id>-b<N>.json`
+    (the run id names the preset, method and config hash, so another config is another file)."""
+    return Path(folder) / "snapshots" / f"{run_id(cfg)}-b{batches}.json"
+
+
+def cached_thr_snapshot(cfg: Config, batches: int, folder: str | Path, *,
+                        progress: bool = True) -> list[dict]:
+    """thr_snapshot, written once under folder (atomically) and read back on later calls."""
+    path = snapshot_path(cfg, batches, folder)
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))["records"]
+    t0 = time.time()
+    records = thr_snapshot(cfg, batches, progress=progress)
+    write_json(path, {"config": cfg.to_dict(), "wall_s": time.time() - t0, "records": records})
     return records
