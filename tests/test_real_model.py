@@ -114,3 +114,15 @@ def test_one_thr_step_matches_the_naive_reference_on_real_states(smol_dir, tmp_p
     moved = sum(float((p.detach() - before[n]).abs().sum())
                 for n, p in model.named_parameters() if p.requires_grad)
     assert moved > 0
+
+
+def test_the_memory_plan_reads_the_packaged_model_offline(smol_dir):
+    """`thrlab plan --preset smollm2-135m` needs no hub: the architecture and the prompts are
+    read from the converted folder and the word-problem task (65 tokens with the template)."""
+    from thrlab.train.memory import architecture_of, prompt_assumption
+    from thrlab.train.presets import preset_config
+
+    arch = architecture_of(SMOL.name)
+    assert (arch.hidden_size, arch.intermediate_size) == (576, 1536)
+    train_tokens, eval_tokens, where = prompt_assumption(preset_config("smollm2-135m"))
+    assert 40 < train_tokens == eval_tokens < 100 and "measured" in where

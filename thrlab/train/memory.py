@@ -41,9 +41,11 @@ from thrlab.core.errors import ThrlabError
 from thrlab.core.thr import CHUNK_SIZE as _THR_CHUNK, route_flops
 from thrlab.tasks.benchmarks import format_prompt
 from thrlab.tasks.task import eval_task, task_of
+from thrlab.tasks.word_problems import WORD_OPS
 
 from .model import _LOGIT_ELEMENTS, load_tokenizer, resolve_dtype
 from .model_cards import CARDS
+from .packaged import PACKAGED, ensure_packaged_model
 from .presets import preset_config
 from .tiny import build_model, build_tokenizer
 
@@ -110,6 +112,8 @@ def architecture_of(model: str, cfg=None) -> Architecture:
 
     if model in CARDS:
         return Architecture.of(CARDS[model].config_dict())
+    if model in PACKAGED:  # its converted folder (converted once, here if not yet)
+        model = str(ensure_packaged_model(model, progress=False))
     if model == "tiny":
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             lm = build_model(cfg or preset_config("tiny"), len(build_tokenizer()))
@@ -318,6 +322,8 @@ def _offline_tokenizer(model: str):
     read from it, a hub id's from the hub cache (never downloaded)."""
     if model == "tiny":
         return build_tokenizer()
+    if model in PACKAGED:
+        model = str(ensure_packaged_model(model, progress=False))
     if Path(model).is_dir():
         return load_tokenizer(model)
     from transformers import AutoTokenizer  # the hub cache only, below
@@ -326,9 +332,9 @@ def _offline_tokenizer(model: str):
 
 
 def _offline(name: str, cfg) -> bool:
-    """Whether a task or eval set loads without the hub: the synthetic task, a JSONL path, or
-    a benchmark name read from data_dir / $THRLAB_DATA_DIR."""
-    return (name == "arithmetic" or str(name).endswith(".jsonl")
+    """Whether a task or eval set loads without the hub: a synthetic task (arithmetic, the word
+    problems), a JSONL path, or a benchmark name read from data_dir / $THRLAB_DATA_DIR."""
+    return (name in ("arithmetic", *WORD_OPS) or str(name).endswith(".jsonl")
             or bool(cfg.data_dir or os.environ.get("THRLAB_DATA_DIR")))
 
 
