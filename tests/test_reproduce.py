@@ -172,7 +172,7 @@ def test_an_unscoped_parameter_goes_to_the_notebooks_that_declare_it(tmp_path, b
 def test_repo_notebooks_declare_valid_parameters():
     nbs = reproduce.find_notebooks(ROOT / "notebooks", [])
     jobs = reproduce.plan(nbs, preset="tiny", seeds=2, params=[], runs_root=Path("runs"))
-    assert len(jobs) == 10 and all(j["params"]["preset"] == "tiny" for j in jobs)
+    assert len(jobs) == 11 and all(j["params"]["preset"] == "tiny" for j in jobs)
 
 
 def test_testbed_presets_inject_their_study_budget_and_skip_what_needs_strategies(tmp_path):

