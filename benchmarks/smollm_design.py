@@ -1,8 +1,8 @@
 """How the smollm2-135m preset's task, prompt, temperature and precision were chosen: measured on
 SmolLM2-135M-Instruct (make smollm), held-out word problems, strict grading of `#### n`.
 
-    python benchmarks/smollm_design.py                      # all four measurements (~20 min, 2 cores)
-    python benchmarks/smollm_design.py --only prompts       # one of: prompts, temperature, tiers, nf4
+    python benchmarks/smollm_design.py                 # all four measurements (~20 min, 2 cores)
+    python benchmarks/smollm_design.py --only tiers    # or prompts, temperature, nf4
 
 1. prompts: four phrasings of the request for `#### n` (A: the issue's one-line user
    instruction, B: "Solve it in one line", C: a system turn = thrlab's chat-gsm8k, D: an example
@@ -44,8 +44,8 @@ PROMPTS = {  # A: the issue's; C: thrlab's chat-gsm8k
 def measure(lm, tok, task, problems, turns, *, samples=0, temperature=1.0, max_new=96) -> dict:
     """Greedy (samples=0) or `samples` draws per problem: accuracy, malformed share, lengths."""
     n = max(samples, 1)
-    texts = [tok.apply_chat_template(turns(p.question), tokenize=False,
-                                     add_generation_prompt=True) for p in problems for _ in range(n)]
+    texts = [tok.apply_chat_template(turns(p.question), tokenize=False, add_generation_prompt=True)
+             for p in problems for _ in range(n)]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)
     t0 = time.time()

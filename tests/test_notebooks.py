@@ -231,7 +231,7 @@ def test_notebook_runs_with_tiny_smoke_parameters(nb, runs_root):
     if "compare_preset" in declared:  # the real-model notebook runs its own preset beside tiny
         why = packaged.missing(preset_config(declared["preset"]).model)
         if why:
-            pytest.skip(f"{why} (make smollm installs it)")
+            pytest.skip(why)
         preset = None
     [job] = reproduce.plan([nb], preset=preset, seeds=None, params=params, runs_root=runs_root)
     res = reproduce.run_job(job, runs_root)

@@ -16,8 +16,7 @@ from thrlab.train.packaged import PACKAGED, missing
 SMOL = PACKAGED["smollm2-135m-instruct"]
 
 
-pytestmark = pytest.mark.skipif(missing(SMOL.name) is not None,
-                                reason=f"{missing(SMOL.name)} (make smollm installs it)")
+pytestmark = pytest.mark.skipif(missing(SMOL.name) is not None, reason=str(missing(SMOL.name)))
 
 
 @pytest.fixture(scope="module")

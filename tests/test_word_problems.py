@@ -71,5 +71,5 @@ def test_a_packaged_model_that_is_not_installed_is_refused_with_the_fix():
 
     ghost = PackagedModel(name="ghost", distribution="thrlab-no-such-package",
                           gguf_file="ghost.gguf", extra="ghost", source="nothing")
-    with pytest.raises(SetupError, match=r"not installed; install it with: pip install"):
+    with pytest.raises(SetupError, match=r"not installed; install it with: make ghost \(or: pip"):
         gguf_path(ghost)

