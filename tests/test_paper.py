@@ -21,9 +21,9 @@ def test_grid_config_is_preset_then_method_then_overrides():
 
 def test_e4_passk_average_is_table_2s_sets_on_paper_presets():
     """The paper's Table 2 averages Pass@K over AIME24, AIME25 and AMC23 only."""
-    from thrlab.train.presets import PRESETS
+    from thrlab.plan.rehearsal import PAPER_PRESETS
 
-    for preset in set(PRESETS) - {"tiny", "narrowing", "strategies"}:
+    for preset in PAPER_PRESETS:
         sets = grid.exploration_sets(preset, [])
         assert sets == ["aime24", "aime25", "amc23"]
         assert set(sets) < set(from_preset(preset).eval_sets)  # a subset of what the runs evaluate

@@ -307,7 +307,7 @@ def test_text_templates_are_exact():
         "What is {x}?\nPlease reason step by step, and put your final answer within \\boxed{}.\n")
     with pytest.raises(ValueError, match="unknown prompt template 'qwen'.*'plain', 'qwen25-math-cot'"):
         format_prompt(q, "qwen")
-    assert set(TEMPLATES) == {"plain", "qwen25-math-cot", "qwen-boxed", "chat", "base"}
+    assert set(TEMPLATES) == {"plain", "qwen25-math-cot", "qwen-boxed", "chat", "chat-gsm8k", "base"}
 
 
 def _local_tokenizer(chat_template):

@@ -32,13 +32,16 @@ from thrlab.train.experiment import (eval_problems as eval_sets_of, evaluate_run
                                      train_problems)
 from thrlab.train.model import load_policy
 from thrlab.train.model_cards import ModelCard, card_of
+from thrlab.train.packaged import PACKAGED
 from thrlab.train.presets import PRESETS, from_preset
 from thrlab.train.rollout import _rollout, stop_token_ids
 from thrlab.train.runs import STEP_PHASES, RunDir
 from thrlab.train.tiny import cache_root
 from thrlab.train.trainer import GRPOTrainer
 
-PAPER_PRESETS = [n for n, p in PRESETS.items() if p.get("model", "tiny") != "tiny"]
+# the presets of the paper's GPU runs: a hub model (not the embedded one, nor a packaged CPU model)
+PAPER_PRESETS = [n for n, p in PRESETS.items()
+                 if p.get("model", "tiny") != "tiny" and p.get("model") not in PACKAGED]
 
 # Chat formats in thrlab's words: system / user turns and the assistant prompt only.
 _CHAT_TEMPLATES = {

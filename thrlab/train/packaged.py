@@ -24,7 +24,6 @@ from pathlib import Path
 from thrlab.core.errors import SetupError
 
 from .runs import atomic_write_text
-from .tiny import cache_root
 
 
 @dataclass(frozen=True)
@@ -89,6 +88,9 @@ def missing(name: str) -> str | None:
 def packaged_model_dir(model: PackagedModel) -> Path:
     """Cache folder of the converted model (one per package version)."""
     import importlib.metadata as md
+
+    # function-local: tiny imports torch, and `missing` serves the torch-free reproduce command
+    from .tiny import cache_root
 
     return cache_root() / f"{model.name}-{md.version(model.distribution)}"
 
