@@ -40,7 +40,7 @@ from thrlab.core.errors import ConfigError
 from thrlab.tasks.task import task_of
 from thrlab.train import packaged
 from thrlab.train.presets import preset_config
-from thrlab.train.runs import RunDir, git_sha, read_json, write_json
+from thrlab.train.runs import RunDir, cache_root, git_sha, read_json, write_json
 
 from .lab import PAPER_NOTEBOOKS
 from .study import STUDY_BUDGETS
@@ -357,9 +357,6 @@ def main(argv: list[str] | None = None) -> int:
           + ("" if args.update_figures or args.figures_dir else
              " (paper_figures/ is left as committed; --update-figures writes it)"), flush=True)
     if preset_config(preset).model == "tiny":
-        # imported here, not at the top: it brings torch, and --list and bad parameters answer fast
-        from thrlab.train.tiny import cache_root
-
         print(f"  tiny model:  its cold start is cached once per machine in {cache_root()} "
               "($THRLAB_CACHE)", flush=True)
     t0 = time.time()

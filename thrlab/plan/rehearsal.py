@@ -35,8 +35,7 @@ from thrlab.train.model_cards import ModelCard, card_of
 from thrlab.train.packaged import PACKAGED
 from thrlab.train.presets import PRESETS, from_preset
 from thrlab.train.rollout import _rollout, stop_token_ids
-from thrlab.train.runs import STEP_PHASES, RunDir
-from thrlab.train.tiny import cache_root
+from thrlab.train.runs import STEP_PHASES, RunDir, cache_root
 from thrlab.train.trainer import GRPOTrainer
 
 # the presets of the paper's GPU runs: a hub model (not the embedded one, nor a packaged CPU model)

@@ -29,9 +29,9 @@ from .model import load_policy, load_tokenizer, resolve_device
 from .packaged import PACKAGED, ensure_packaged_model
 from .presets import method_of, run_id
 from .probes import frontier_evaluations, likelihood_probe
-from .runs import RunDir, environment_info, read_json, write_json
+from .runs import RunDir, cache_root, environment_info, read_json, write_json
 from .step import make_optimizer
-from .tiny import cache_root, ensure_tiny_model, sft_loop
+from .tiny import ensure_tiny_model, sft_loop
 from .tracking import check_tracker
 from .trainer import GRPOTrainer
 
@@ -231,7 +231,7 @@ def start_eval_cache(cfg: Config, model_path: str) -> Path:
     with the same seed (the same eval_seed) from the same model shares it, so a grid of methods
     evaluates each start once. The key hashes every field but the training-only ones, the model
     path (the tiny model's folder names its cold-start settings), the package versions and the
-    code of the evaluation modules; `thrlab.train.tiny.cache_root()/evals/`."""
+    code of the evaluation modules; `thrlab.train.runs.cache_root()/evals/`."""
     import hashlib
     from importlib import metadata
 

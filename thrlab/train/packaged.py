@@ -15,15 +15,13 @@ keeps the fp32 base.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from thrlab.core.errors import SetupError
 
-from .runs import atomic_write_text
+from .runs import atomic_write_text, cache_root, publish_folder, staging_folder
 
 
 @dataclass(frozen=True)
@@ -89,9 +87,6 @@ def packaged_model_dir(model: PackagedModel) -> Path:
     """Cache folder of the converted model (one per package version)."""
     import importlib.metadata as md
 
-    # function-local: tiny imports torch, and `missing` serves the torch-free reproduce command
-    from .tiny import cache_root
-
     return cache_root() / f"{model.name}-{md.version(model.distribution)}"
 
 
@@ -123,15 +118,9 @@ def ensure_packaged_model(name: str, progress: bool = True) -> Path:
     plain = AutoModelForCausalLM.from_config(mcfg, dtype=torch.float32)
     plain.load_state_dict(lm.state_dict())
     plain.generation_config = lm.generation_config
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = staging_folder(out)
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     atomic_write_text(tmp / "source.json", json.dumps(
         dict(source=model.source, gguf=str(path), convert_s=round(time.time() - t0, 1)), indent=2))
-    (tmp / "COMPLETE").write_text("ok\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, out)  # atomic: a concurrent converter that finished first wins
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return publish_folder(tmp, out)

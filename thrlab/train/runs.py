@@ -34,6 +34,31 @@ MARKER = "COMPLETE"
 LOCK = ".lock"
 
 
+def cache_root() -> Path:
+    """Folder for machine-wide caches ($THRLAB_CACHE, else ~/.cache/thrlab): the tiny model's
+    cold start, converted packaged models, cached start evaluations."""
+    return Path(os.environ.get("THRLAB_CACHE", Path.home() / ".cache" / "thrlab"))
+
+
+def staging_folder(out: Path) -> Path:
+    """A private folder beside `out` to build it in (publish_folder moves it into place)."""
+    return out.with_name(out.name + f".tmp{os.getpid()}")
+
+
+def publish_folder(tmp: Path, out: Path) -> Path:
+    """Mark the built folder `tmp` COMPLETE and move it to `out` atomically; a concurrent builder
+    that finished first wins (this one's copy is dropped). Returns out."""
+    import shutil
+
+    (tmp / "COMPLETE").write_text("ok\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write text so a reader never sees a partial file (write to a temp file, fsync, rename)."""
     path = Path(path)

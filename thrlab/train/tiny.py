@@ -7,7 +7,6 @@ accuracy on `a*b+c` so that about half of the groups of 8 have mixed rewards.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from thrlab.tasks.arithmetic import arithmetic_problems, sft_targets
 from thrlab.tasks.benchmarks import format_prompt
 
 from .config import Config, TinyConfig
-from .runs import atomic_write_text
+from .runs import atomic_write_text, cache_root, publish_folder, staging_folder
 
 TINY_CHARS = list("0123456789") + list(" +-*=?:QA")
 SPECIALS = ["<pad>", "<eos>"]
@@ -54,11 +53,6 @@ def build_model(cfg: Config, vocab_size: int):
     return cls(mcfg)
 
 
-def cache_root() -> Path:
-    """Folder for machine-wide caches ($THRLAB_CACHE, else ~/.cache/thrlab)."""
-    return Path(os.environ.get("THRLAB_CACHE", Path.home() / ".cache" / "thrlab"))
-
-
 def cold_start_key(cfg: Config) -> dict:
     """What the cold-started model depends on: its TinyConfig and the task it learns (arith_op)."""
     return {k: getattr(cfg, k) for k in ("arith_op", *TinyConfig.names())}
@@ -90,21 +84,13 @@ def ensure_tiny_model(cfg: Config, progress: bool = True) -> Path:
     model = build_model(cfg, len(tok))
     t0 = time.time()
     stats = cold_start(model, tok, cfg, progress=progress)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp = staging_folder(out)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     atomic_write_text(tmp / "cold_start.json",
                       json.dumps(dict(stats, wall_s=time.time() - t0,
                                       **cold_start_key(cfg)), indent=2))
-    (tmp / "COMPLETE").write_text("ok\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, out)  # atomic: a concurrent builder that finished first wins
-    except OSError:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return publish_folder(tmp, out)
 
 
 def sft_batch(tok, problems, template: str, targets: list[str] | None = None):
