@@ -35,10 +35,11 @@ EXTRA = {  # per-notebook smoke values of their own budget parameters
     # the strategies task with a 60-step cold start (a poor model, but every sample is labelled);
     # it answers nothing right, so the preset's likelihood probe (notebook 09's) has no probe set
     "10_strategy_diversity": {"overrides": dict(SMOKE, sft_steps=60, probe_every=0)},
-    # the real model (its own preset, not tiny) on 2 batches of 3 prompts x 8 samples of <= 48
-    # tokens: a minute; the tiny model beside it
-    "11_real_model_thr": {"batches": 2, "overrides": dict(SMOKE, prompts_per_step=3,
-                                                          max_new_tokens=48)},
+    # the real model (its own preset, not tiny) on 3 batches of 4 prompts x 8 samples of <= 64
+    # tokens, the tiny model beside it: 12 problems each, so that some group has mixed rewards
+    # (2 x 3 problems at <= 48 tokens once drew none for one model on one machine)
+    "11_real_model_thr": {"batches": 3, "overrides": dict(SMOKE, prompts_per_step=4,
+                                                          max_new_tokens=64)},
 }
 
 
@@ -121,7 +122,7 @@ def _check_10(h):
 
 
 def _check_11(h):
-    assert h["models"] == ["smollm2-135m", "tiny"] and h["batches"] == 2
+    assert h["models"] == ["smollm2-135m", "tiny"] and h["batches"] == 3
     for m in h["models"]:  # THR concentrates: the top 10% of tokens carry more than 10% of |THR|
         assert h[f"tokens_{m}"] > 0 and 0.1 < h[f"top_share_{m}"] <= 1
         assert _in_unit(h[f"frac_kept_{m}"]) and _in_unit(h[f"reward_mean_{m}"])
