@@ -28,7 +28,7 @@ import torch
 from thrlab.tasks.benchmarks import SYSTEM_GSM8K
 from thrlab.tasks.task import word_task
 from thrlab.train.experiment import resolve_model_path
-from thrlab.train.model import dequantized_4bit_cpu, load_base, load_tokenizer
+from thrlab.train.model import dequantized_4bit, load_base, load_tokenizer
 from thrlab.train.presets import from_preset
 
 PROMPTS = {  # A: the issue's; C: thrlab's chat-gsm8k
@@ -49,7 +49,7 @@ def measure(lm, tok, task, problems, turns, *, samples=0, temperature=1.0, max_n
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)
     t0 = time.time()
-    with torch.no_grad(), dequantized_4bit_cpu(lm):
+    with torch.no_grad(), dequantized_4bit(lm):
         kw = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if samples else \
             dict(do_sample=False)
         out = lm.generate(**enc, max_new_tokens=max_new, pad_token_id=tok.pad_token_id, **kw)

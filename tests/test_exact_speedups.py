@@ -1,4 +1,4 @@
-"""The speed-ups are exact: the shared-prefill sampling loop reproduces transformers' generate(),
+"""The speed-ups are exact: thrlab's decode loop (sampler="exact") reproduces transformers' generate(),
 the dequantise-once context bitsandbytes' 4-bit layers (tokens, logits and the random numbers
 drawn, bit for bit), and the shared-prompt, chunked completion_forward a plain pass (values to
 the rounding of GEMMs blocked by row count, bit for bit on some CPU kinds; gradients to float
@@ -9,10 +9,10 @@ import warnings
 import pytest
 import torch
 
-from thrlab.train import rollout
+from thrlab.train import decode, rollout
 from thrlab.train.presets import from_preset
 from thrlab.train import model as thrmodel
-from thrlab.train.model import completion_forward, dequantized_4bit_cpu, lm_parts, load_policy
+from thrlab.train.model import completion_forward, dequantized_4bit, lm_parts, load_policy
 from thrlab.core.unembed import _RowwiseLinear, unembed
 
 CASES = {"sample": dict(do_sample=True, temperature=1.0, top_p=1.0),  # training rollouts
@@ -27,8 +27,16 @@ def policy(tiny_model_dir):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_shared_prefill_sampling_equals_generate(policy, case):
+def test_decode_loop_equals_generate(policy, case, monkeypatch):
+    """Prefill once per prompt, preallocated cache and mask, finished rows dropped: the same
+    tokens and random numbers as generate(), and rows were dropped on the way."""
     model, tok = policy
+    dropped = []
+    monkeypatch.setattr(decode, "COMPACT_FRACTION", 0.1)  # drop rows as soon as 2 of 12 end
+    layer = decode._preallocated_layer_class()
+    monkeypatch.setattr(decode, "_PREALLOCATED", type("Spy", (layer,), {
+        "batch_select_indices": lambda self, i: (dropped.append(len(i)),
+                                                 layer.batch_select_indices(self, i))}))
     enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
     # frequent ids as EOS, so rows of the random model end at different steps (its greedy
     # rows repeat one character, then some switch to id 15)
@@ -42,13 +50,14 @@ def test_shared_prefill_sampling_equals_generate(policy, case):
             if name == "generate":
                 toks = rollout._hf_generate(model, enc.input_ids, enc.attention_mask, 4, **kw)
             else:
-                toks = rollout._shared_prefill_sample(model.get_base_model(), enc.input_ids,
-                                                      enc.attention_mask, 4, **kw)
+                toks = decode.sample(model.get_base_model(), enc.input_ids, enc.attention_mask,
+                                     4, **kw)
         out[name] = (toks, torch.get_rng_state())
     model.train()
     assert (out["generate"][0] == tok.pad_token_id).any()  # some rows did end early
     assert torch.equal(out["generate"][0], out["shared"][0])
     assert torch.equal(out["generate"][1], out["shared"][1])  # the same random numbers drawn
+    assert dropped and min(dropped) < 12  # the batch of 12 rows did shrink
 
 
 def test_generate_equals_the_plain_transformers_path(policy, monkeypatch):
@@ -56,7 +65,7 @@ def test_generate_equals_the_plain_transformers_path(policy, monkeypatch):
     got, want = [], []
     for engine, acc in (("auto", got), ("generate", want)):
         if engine == "generate":  # what generate() did before: transformers' generate, bnb's layers
-            monkeypatch.setattr(rollout, "dequantized_4bit_cpu", contextlib.nullcontext)
+            monkeypatch.setattr(rollout, "dequantized_4bit", contextlib.nullcontext)
         torch.manual_seed(3)
         for kw in CASES.values():
             r = rollout.generate(model, tok, PROMPTS, n=4, max_new_tokens=5, batch_size=2,
@@ -72,12 +81,12 @@ def test_dequantized_4bit_layers_are_bit_identical(policy):
     ids = tok(["Q: 12*7+35=? A: 119"], return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         want = model(input_ids=ids).logits
-        with dequantized_4bit_cpu(model):
+        with dequantized_4bit(model):
             got = model(input_ids=ids).logits
             again = model(input_ids=ids).logits  # the cached weights are reused
     assert torch.equal(want, got) and torch.equal(want, again)
     assert not any("forward" in vars(m) for m in model.modules())  # nothing left patched
-    with dequantized_4bit_cpu(model):  # with grad: bnb's autograd path, gradients flow
+    with dequantized_4bit(model):  # with grad: bnb's autograd path, gradients flow
         model(input_ids=ids).logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.zero_grad(set_to_none=True)

@@ -78,7 +78,7 @@ def test_kv_cache_term_equals_a_real_cache(small_model):
 
 
 def test_over_names_the_knob_and_check_is_silent_off_cuda(small_model):
-    cfg = from_preset("qwen2.5-math-7b", eval_batch_size=64)  # the preset has 8: it fits
+    cfg = from_preset("qwen2.5-math-7b", eval_batch_size=64)  # the plan fits 15 on 80 GB
     arch = memory.Architecture.of(CARDS["Qwen/Qwen2.5-Math-7B"].config_dict())
     p = memory.plan(cfg, arch, prompt_tokens=1000)
     warnings = memory.over(p, 80e9)
@@ -90,6 +90,37 @@ def test_over_names_the_knob_and_check_is_silent_off_cuda(small_model):
     logged = []
     assert memory.check(cfg, torch.nn.Linear(2, 2), None, [], log=logged.append) == {}
     assert logged == []
+
+
+@pytest.mark.parametrize("preset", ["qwen2.5-math-1.5b", "llama-3.2-3b-instruct"])
+def test_eval_batch_size_is_the_most_prompts_the_plan_fits(preset):
+    """eval_batch_size=0 (the paper presets): the prompts per call whose growth of the
+    evaluation's plan fits 80% of the free memory, and one more would not; at least 1."""
+    cfg = from_preset(preset)
+    arch = memory.Architecture.of(CARDS[cfg.model].config_dict())
+
+    def grown(b):
+        e = memory.plan(cfg.replace(eval_batch_size=b), arch, prompt_tokens=900)["evaluate"]
+        return sum(v for k, v in e.items() if k not in ("weights", "lora"))
+
+    for free in (20e9, 75e9, 130e9):
+        b = memory.eval_batch_size(cfg, arch, 900, free)
+        assert grown(b) <= memory.EVAL_MEMORY_FRAC * free < grown(b + 1)
+    assert memory.eval_batch_size(cfg, arch, 900, 1e6) == 1  # nothing fits: one at a time
+
+
+def test_evaluation_takes_its_batch_from_the_plan_on_zero(tiny_model_dir):
+    from thrlab.tasks.arithmetic import arithmetic_problems
+    from thrlab.train import evaluate
+
+    cfg = from_preset("tiny", eval_batch_size=0)
+    model, tok = thrmodel.load_policy(cfg, str(tiny_model_dir), torch.device("cpu"))
+    problems = arithmetic_problems(8, "heldout", 0)
+    free = thrmodel.available_memory()
+    want = memory.eval_batch_size(cfg, memory.Architecture.of(model.config),
+                                  memory.prompt_tokens(problems, tok, cfg.template), free, "cpu")
+    assert abs(evaluate.batch_size(cfg, model, tok, problems) - want) <= want // 100 + 1
+    assert evaluate.batch_size(cfg.replace(eval_batch_size=3), model, tok, problems) == 3
 
 
 @pytest.mark.slow

@@ -163,8 +163,7 @@ def cmd_plan(args) -> int:
 
     cfg = _config(args)
     train_tokens, eval_tokens, prompts = memory.prompt_assumption(cfg, args.prompt_tokens)
-    p = memory.plan(cfg, memory.architecture_of(cfg.model, cfg), train_tokens,
-                    eval_prompt_tokens=eval_tokens)
+    arch = memory.architecture_of(cfg.model, cfg)
     if args.capacity_gb is not None:
         capacity = args.capacity_gb * 1e9
         device = f"{args.capacity_gb:g} GB, as given (--capacity-gb)"
@@ -179,6 +178,14 @@ def cmd_plan(args) -> int:
                   "accelerator here (no CUDA GPU is visible), so on this machine the run goes on "
                   "the CPU, whose RAM this plan does not bound; --capacity-gb GB plans for "
                   "another card")
+    if cfg.eval_batch_size == 0:  # what evaluate() will choose on a card of this capacity
+        resident = sum(memory.plan(cfg, arch, train_tokens, eval_prompt_tokens=eval_tokens)
+                       ["evaluate"][k] for k in ("weights", "lora"))
+        cfg = cfg.replace(eval_batch_size=memory.eval_batch_size(
+            cfg, arch, eval_tokens, capacity - resident))
+        prompts += (f"; eval_batch_size=0: {cfg.eval_batch_size} prompts per evaluation call, "
+                    f"what fits {memory.EVAL_MEMORY_FRAC:.0%} of the memory left by the model")
+    p = memory.plan(cfg, arch, train_tokens, eval_prompt_tokens=eval_tokens)
     print("assumptions:")
     print(_wrap(prompts, "  prompts:   ", 13))
     print(_wrap(device, "  capacity:  ", 13))

@@ -272,14 +272,16 @@ class SystemConfig(_Section):
     """Where and how fast a run goes, never what it computes: outside the run id."""
 
     threads: int = 0  # torch CPU threads (0 = torch default)
-    eval_batch_size: int = 256  # prompts per generate() call
+    eval_batch_size: int = 256  # prompts per evaluation generate() call; 0 = what the memory plan fits in the free memory
+    sampler: str = "exact"  # exact: generate()'s random numbers (its tokens bit for bit) | fast: inverse-CDF draws and a top-k nucleus, the same distribution (docs/method.md, Sampling)
     max_nonfinite_steps: int = 3  # skip NaN/inf steps; stop once more than this many were skipped
     oom_halve_micro_batch: bool = True  # on OOM in the update, halve the micro-batch and retry
     report_to: str = "none"  # mirror metrics.jsonl and THR token tables to: none | tensorboard | wandb
 
     def check(self) -> None:
         _need(self.max_nonfinite_steps >= 0, "max_nonfinite_steps must be >= 0")
-        _choose(self, report_to=("none", "tensorboard", "wandb"))
+        _choose(self, report_to=("none", "tensorboard", "wandb"), sampler=("exact", "fast"))
+        _need(self.eval_batch_size >= 0, "eval_batch_size must be >= 0 (0: from the memory plan)")
 
 
 SECTIONS = (ModelConfig, DataConfig, RolloutConfig, OptimConfig, LossConfig, THRConfig,

@@ -98,5 +98,6 @@ def kl_probe(model, tok, cfg, problems) -> float:
         sampled = generate(model, tok, [format_prompt(p.question, cfg.template, tok)
                                         for p in problems],
                            n=cfg.group_size, do_sample=True, temperature=cfg.temperature,
-                           top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+                           top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                           sampler=cfg.sampler)
         return kl_from_start(model, sampled, cfg.temperature)

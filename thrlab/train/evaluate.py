@@ -2,8 +2,10 @@
 over benchmarks."""
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
@@ -12,8 +14,24 @@ from thrlab.core.stats import label_entropy
 from thrlab.tasks.benchmarks import format_prompt
 from thrlab.tasks.task import eval_task
 
-from .memory import check
+from .memory import Architecture, check, eval_batch_size, prompt_tokens
+from .model import available_memory
 from .rollout import generate
+
+log = logging.getLogger(__name__)
+
+
+def batch_size(cfg, model, tok, problems) -> int:
+    """cfg.eval_batch_size, or with 0 the most prompts per generate() call that the memory
+    plan fits in the memory free now (memory.eval_batch_size), at the longest prompt."""
+    if cfg.eval_batch_size:
+        return cfg.eval_batch_size
+    device = next(model.parameters()).device
+    size = eval_batch_size(cfg, Architecture.of(model.config),
+                           prompt_tokens(problems, tok, cfg.template), available_memory(device),
+                           device.type)
+    log.info("evaluation: %d prompts per generate() call (the memory plan's fit)", size)
+    return size
 
 
 def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool = True) -> dict:
@@ -32,14 +50,16 @@ def evaluate(model, tok, problems_by_set: dict, cfg, *, grade_fn, progress: bool
     """
     from tqdm.auto import tqdm
 
-    check(cfg, model, tok, [p for ps in problems_by_set.values() for p in ps],
-          phases=("evaluate",))  # on CUDA: the plan, and a warning when it does not fit
+    everything = [p for ps in problems_by_set.values() for p in ps]
+    cfg = replace(cfg, eval_batch_size=batch_size(cfg, model, tok, everything))
+    check(cfg, model, tok, everything, phases=("evaluate",))  # on CUDA: the plan, and a warning
     t0 = time.time()
     sets, by_set, records = {}, {}, {}
     for name, problems in tqdm(problems_by_set.items(), desc="evaluate", disable=not progress):
         prompts = [format_prompt(p.question, cfg.template, tok) for p in problems]
         golds = [p.answer for p in problems]
-        common = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size)
+        common = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                      sampler=cfg.sampler)
         greedy = generate(model, tok, prompts, n=1, do_sample=False, temperature=1.0, top_p=1.0,
                           **common)
         g = grade_fn(greedy.texts, golds)

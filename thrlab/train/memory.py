@@ -20,7 +20,8 @@ its config and the model's architecture alone (no weights loaded, seconds).
   thr         THR streamed from the unembedding (thr.py): the old policy's states (B, T, H) of
               the batch, an fp32 copy of W (V, H), the factorised route's M (V, H) and four
               (chunk x V) fp32 buffers
-  dequant     the largest 4-bit weight dequantised for one matmul (bitsandbytes does this per call)
+  dequant     the largest 4-bit weight dequantised for one matmul (bitsandbytes does this per call);
+              in generation every 4-bit weight, dequantised once per call (model.dequantized_4bit)
 
 Each term is a formula over the shapes, not a measurement; `benchmarks/rehearse.py` measures the
 tracked tensor bytes of every phase at real width on CPU and prints them beside this plan (the
@@ -192,8 +193,9 @@ def plan(cfg, arch: Architecture, prompt_tokens: int, *, eval_prompt_tokens: int
                   logits=3 * chunk)  # logits, and the entropy's softmax and product
     ref = dict(nograd, logits=2 * chunk)  # no entropy: logits and logsumexp's temporary
 
-    # on CPU, generation dequantises every 4-bit weight once (model.dequantized_4bit_cpu)
-    dequant_gen = n_lin * d if device == "cpu" and cfg.load_in_4bit else dequant
+    # generation dequantises every 4-bit weight once per call (model.dequantized_4bit; it stops
+    # at a quarter of the free memory and leaves the rest to bnb's per-call path)
+    dequant_gen = n_lin * d if cfg.load_in_4bit else 0
 
     def generation(prompts: int, n: int, prompt: int, new: int) -> dict:
         rows = prompts * n  # each prompt is prefilled once (rollout's shared prefill), then n rows
@@ -371,6 +373,25 @@ def prompt_assumption(cfg, given: int | None = None) -> tuple[int, int, str]:
     n = DEFAULT_PROMPT_TOKENS
     return n, n, (f"assumed {n:,} tokens (MATH's longest prompt with the Qwen2.5 tokenizer), not "
                   f"measured: {why}; --prompt-tokens N plans for another length")
+
+
+def eval_batch_size(cfg, arch: Architecture, prompt_tokens: int, free_bytes: float,
+                    device: str = "cuda") -> int:
+    """Prompts per evaluation generate() call that fit `free_bytes` (memory free now, the model
+    already loaded): the plan's evaluation terms are affine in the prompts per call (KV cache,
+    sampling buffers and prefill activations grow with it; the dequantised copy does not), so
+    this is the largest count whose growth fits EVAL_MEMORY_FRAC of what is free; at least 1."""
+    from dataclasses import replace
+
+    def grown(b: int) -> float:
+        e = plan(replace(cfg, eval_batch_size=b), arch, prompt_tokens, device=device)["evaluate"]
+        return sum(v for k, v in e.items() if k not in ("weights", "lora"))
+
+    fixed, per = grown(0), grown(1) - grown(0)
+    return max(1, int((EVAL_MEMORY_FRAC * free_bytes - fixed) // per))
+
+
+EVAL_MEMORY_FRAC = 0.8
 
 
 def check(cfg, model, tok, problems, *, phases=PHASES, log=print) -> dict:

@@ -128,18 +128,19 @@ def load_policy(cfg: Config, path: str, device: torch.device):
 
 
 @contextmanager
-def dequantized_4bit_cpu(model):
-    """Context in which CPU 4-bit layers reuse one dequantised weight instead of making it per call.
+def dequantized_4bit(model):
+    """Context in which 4-bit layers reuse one dequantised weight instead of making it per call.
 
-    bitsandbytes' CPU path dequantises each NF4 weight on every forward (dequantize + F.linear).
-    Generation runs the model once per new token, so inside this context every
-    `bitsandbytes.nn.Linear4bit` on CPU computes `F.linear(x, W, bias)` with W made once on entry
-    by the same ops and dtype as bnb's `gemm_4bit` (outputs bit-identical; tested). Only without
-    grad (bnb's autograd path is left alone), only on guarded layers (`guard_cpu_4bit`; bnb would
-    repack an unguarded one for another kernel), and only on CPU: bnb's CUDA kernels read the 4-bit
-    weight directly, which beats a dequantised copy in memory traffic. Costs an fp32 copy of the
-    4-bit weights while inside, for at most `_DEQUANT_MEM_FRAC` of the available memory (layers
-    past it keep bnb's path; the tiny model needs 4 MB, a 1.5B model 5 GB).
+    bitsandbytes dequantises each NF4 weight on every forward of more than one row (its CPU path
+    always: dequantize + F.linear; its CUDA path for batched inputs: `MatMul4Bit`). Generation
+    runs the model once per new token, so inside this context every `bitsandbytes.nn.Linear4bit`
+    computes `F.linear(x, W, bias)` with W made once on entry by bnb's own dequantisation
+    (outputs bit-identical on CPU, tested; on CUDA the same ops as `MatMul4Bit`, checked by
+    benchmarks/gpu_check.py). Only without grad (bnb's autograd path is left alone) and, on CPU,
+    only on guarded layers (`guard_cpu_4bit`; bnb would repack an unguarded one for another
+    kernel). Costs a copy of the 4-bit weights in the compute dtype while inside, for at most
+    `_DEQUANT_MEM_FRAC` of the memory free on the weights' device (`available_memory`; layers
+    past it keep bnb's per-call path; the tiny model needs 4 MB, a 1.5B model 3 GB in bf16).
     """
     try:
         import bitsandbytes as bnb
@@ -147,28 +148,34 @@ def dequantized_4bit_cpu(model):
         yield model
         return
     mods = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
-            and m.weight.device.type == "cpu"
             and not getattr(m, "support_avx512bf16_for_cpu", False)  # unguarded: bnb repacks
             and not getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
-    budget = _DEQUANT_MEM_FRAC * available_memory()  # the rest keep bnb's per-call path
-    for i, m in enumerate(mods):
-        budget -= 4 * m.weight.quant_state.shape.numel()  # fp32 copy
-        if budget < 0:
-            mods = mods[:i]
-            break
+    budget = {d: _DEQUANT_MEM_FRAC * available_memory(d)
+              for d in {m.weight.device for m in mods}}  # the rest keep bnb's per-call path
+    done = []
+    for m in mods:
+        qs = m.weight.quant_state
+        need = qs.shape.numel() * (4 if m.weight.device.type == "cpu" else qs.dtype.itemsize)
+        budget[m.weight.device] -= need
+        if budget[m.weight.device] < 0:
+            continue
         m.forward = _dequantized_forward(m)  # instance attribute shadows the class method
+        done.append(m)
     try:
         yield model
     finally:
-        for m in mods:
+        for m in done:
             del m.forward
 
 
 _DEQUANT_MEM_FRAC = 0.25
 
 
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (MemAvailable; 8 GiB if unknown)."""
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes free for new tensors: on a CUDA device the allocator's free memory, else the host's
+    MemAvailable (8 GiB if unknown)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
     try:
         with open("/proc/meminfo") as f:
             return next(int(line.split()[1]) * 1024 for line in f
@@ -185,15 +192,18 @@ def _dequantized_forward(m):
     cache: dict = {}
     qs = m.weight.quant_state
 
-    def weight(dtype):  # bnb's gemm_4bit default (CPU) implementation, step by step
+    def weight(dtype):  # bnb's dequantisation, step by step (CPU: gemm_4bit's default path)
         if dtype not in cache:
             absmax = qs.absmax
             if qs.nested:
                 absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
                     qs.absmax, qs.state2.absmax, qs.state2.code, qs.state2.blocksize,
                     torch.float32) + qs.offset
-            cache[dtype] = torch.ops.bitsandbytes.dequantize_4bit.default(
-                m.weight.view(-1, 1), absmax, qs.blocksize, qs.quant_type, qs.shape, dtype)
+            cuda = m.weight.device.type == "cuda"  # MatMul4Bit: dequantise in qs.dtype, then cast
+            w = torch.ops.bitsandbytes.dequantize_4bit.default(
+                m.weight.view(-1, 1), absmax, qs.blocksize, qs.quant_type, qs.shape,
+                qs.dtype if cuda else dtype)
+            cache[dtype] = w.to(dtype)
         return cache[dtype]
 
     def forward(x):

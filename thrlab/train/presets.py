@@ -26,8 +26,8 @@ _PAPER_COMMON = dict(
     max_new_tokens=1024, eval_max_new_tokens=3072, eval_samples=16, eval_temperature=0.6,
     eval_top_p=0.95, lora_r=64, lora_alpha=128, lr=1e-5, steps=200, epochs=1, mini_batches=2,
     micro_batch_size=8, gradient_checkpointing=True, sft_control=False, kl_coef=1e-4, clip_eps_low=0.2, clip_eps_high=0.2,
-    loss_agg="token_mean", dynamic_sampling=True, save_every=10, eval_batch_size=16,
-    device="cuda", compute_dtype="bfloat16",
+    loss_agg="token_mean", dynamic_sampling=True, save_every=10, eval_batch_size=0,
+    sampler="fast", device="cuda", compute_dtype="bfloat16",
 )
 
 # The CPU testbed (docs/testbed.md; the choices measured in benchmarks/RESULTS.md): the
@@ -68,17 +68,20 @@ PRESETS: dict[str, dict] = {
                          eval_batch_size=32, save_every=4, thr_save_every=4, sft_control=False),
     "qwen2.5-math-1.5b": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-Math-1.5B"),
     "qwen2.5-math-7b": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-Math-7B", lora_r=32, lora_alpha=64,
-                            micro_batch_size=4, eval_batch_size=8),
+                            micro_batch_size=4),
     "qwen2.5-0.5b-instruct": dict(_PAPER_COMMON, model="Qwen/Qwen2.5-0.5B-Instruct",
-                                  template="chat", micro_batch_size=8, eval_batch_size=32),
+                                  template="chat", micro_batch_size=8),
     "llama-3.2-3b-instruct": dict(_PAPER_COMMON, model="meta-llama/Llama-3.2-3B-Instruct",
-                                  template="chat", micro_batch_size=8, eval_batch_size=4),
+                                  template="chat", micro_batch_size=8),
 }
-# eval_batch_size and micro_batch_size from thrlab.train.memory's plan for an 80 GB card at the
-# longest MATH prompts (benchmarks/RESULTS.md "Rehearsals"): evaluation holds eval_batch_size x
-# eval_samples x (prompt + 3072) tokens of KV cache (64 prompts would need 149 GB at 1.5B and
-# 566 GB at Llama-3.2-3B, whose 8 KV heads of 128 cost 115 kB per token), and the update holds
-# micro-batch x 1024 x V fp32 logits with their gradient (16 rows at 0.5B: 50 GB).
+# micro_batch_size from thrlab.train.memory's plan for an 80 GB card at the longest MATH prompts
+# (benchmarks/RESULTS.md "Rehearsals"): the update holds micro-batch x 1024 x V fp32 logits with
+# their gradient (16 rows at 0.5B: 50 GB). eval_batch_size=0: evaluation takes as many prompts per
+# call as the plan fits in the card's free memory (it holds eval_batch_size x eval_samples x
+# (prompt + 3072) tokens of KV cache; Llama-3.2-3B's 8 KV heads of 128 cost 115 kB per token).
+# sampler="fast": inverse-CDF draws and a top-k nucleus instead of a sort of 150k logits per row
+# and step (benchmarks/decode_speed.py); the CPU presets keep generate()'s draws, so their
+# committed runs regenerate bit for bit.
 # Qwen2.5-Math models have a 4k context: 1024 new tokens in training keeps a step on one GPU
 # within minutes; evaluation uses the paper's 3072.
 

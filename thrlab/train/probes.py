@@ -77,7 +77,7 @@ def sample_groups(model, tok, cfg: Config, problems, grade_fn):
     prompts = [format_prompt(p.question, cfg.template, tok) for p in problems]
     batch = generate(model, tok, prompts, n=cfg.group_size, do_sample=True,
                      temperature=cfg.temperature, top_p=cfg.top_p,
-                     max_new_tokens=cfg.max_new_tokens)
+                     max_new_tokens=cfg.max_new_tokens, sampler=cfg.sampler)
     res = grade_fn(batch.texts, [problems[i].answer for i in batch.problem_index])
     batch.rewards = torch.tensor(res.rewards, dtype=torch.float32, device=batch.tokens.device)
     return batch

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from thrlab.core.unembed import unembed
-
-from .model import dequantized_4bit_cpu
+from . import decode
+from .model import dequantized_4bit
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Ten
 @torch.no_grad()  # not inference_mode: the tensors feed the autograd update later
 def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, temperature: float,
              top_p: float, max_new_tokens: int, batch_size: int = 0,
-             engine: str = "auto", dequantize: bool = True) -> Rollout:
+             engine: str = "auto", sampler: str = "exact", dequantize: bool = True) -> Rollout:
     """Sample n completions per prompt (greedy when do_sample is False).
 
     Rows are prompt-major: row i*n + g is sample g of prompt i. Generation runs in eval mode
@@ -102,14 +101,19 @@ def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, tempera
     built from these arguments only (`thrlab_generation_config`); a warning names what is
     overridden, once per model. Generation stops on the tokenizer's EOS, chat end-of-turn tokens
     and every id of the checkpoint's `generation_config.eos_token_id` (`stop_token_ids`).
-    engine="auto" prefills each prompt once, not n times (`_shared_prefill_sample`), where the
-    architecture allows; "generate" always calls transformers' generate(). Both give the same
-    tokens bit for bit (tested). CPU 4-bit weights are dequantised once per call, not per token
+    engine="auto" runs thrlab's decode loop (thrlab.train.decode: each prompt prefilled once,
+    finished rows dropped) where the architecture allows; "generate" always calls transformers'
+    generate(). With sampler="exact" both give the same tokens bit for bit (tested);
+    sampler="fast" draws from the same distribution with other random numbers (decode.py), and
+    only the decode loop has it. CPU 4-bit weights are dequantised once per call, not per token
     (`dequantize=False` keeps bitsandbytes' kernels per token: the same tokens, slower; the
     benchmarks' "before").
     """
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
+    if sampler not in decode.SAMPLERS or (engine == "generate" and sampler != "exact"):
+        raise ValueError(f"sampler={sampler!r} with engine={engine!r}: transformers' generate() "
+                         f"draws as sampler='exact'; the decode loop takes {decode.SAMPLERS}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -118,17 +122,17 @@ def generate(model, tok, prompts: list[str], *, n: int, do_sample: bool, tempera
     sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p,
                     max_new_tokens=max_new_tokens, pad_id=tok.pad_token_id, eos_ids=eos_ids)
     parts = []
-    shared = engine == "auto" and _shared_prefill_supported(lm)
+    own_loop = engine == "auto" and decode.supported(lm)
     step = batch_size or len(prompts)
     try:
-        dq = dequantized_4bit_cpu(model) if dequantize else contextlib.nullcontext()
+        dq = dequantized_4bit(model) if dequantize else contextlib.nullcontext()
         with dq, _own_generation_config(lm, **sampling):
             for s in range(0, len(prompts), step):
                 enc = tok(prompts[s:s + step], return_tensors="pt", padding=True,
                           add_special_tokens=False)
                 ids, att = enc.input_ids.to(device), enc.attention_mask.to(device)  # (b, Lp)
-                if shared:
-                    comp = _shared_prefill_sample(lm, ids, att, n, **sampling)  # (b*n, T)
+                if own_loop:
+                    comp = decode.sample(lm, ids, att, n, sampler=sampler, **sampling)  # (b*n, T)
                 else:
                     comp = _hf_generate(model, ids, att, n, **sampling)
                 parts.append(_rollout(tok, ids.repeat_interleave(n, 0),
@@ -215,147 +219,6 @@ def _warn_overridden(lm, gc) -> None:
                     "overridden (%s)", ", ".join(extra),
                     ", ".join(f"{k}={getattr(gc, k)!r}" for k in extra))
         lm._thrlab_warned_generation_config = True
-
-
-def _shared_prefill_supported(lm) -> bool:
-    """Whether `_shared_prefill_sample` runs this model: a decoder-only model with a
-    `cache`-taking forward that also accepts logits_to_keep and position_ids."""
-    import inspect
-
-    if getattr(lm.config, "is_encoder_decoder", False):
-        return False
-    params = inspect.signature(lm.forward).parameters
-    return {"cache", "logits_to_keep", "position_ids"} <= set(params)
-
-
-def _shared_prefill_sample(lm, ids, att, n: int, *, do_sample: bool, temperature: float,
-                           top_p: float, max_new_tokens: int, pad_id: int,
-                           eos_ids: list[int]) -> torch.Tensor:
-    """Sample n continuations of each prompt: generate()'s sampling loop, prefill run once.
-
-    ids, att: (b, Lp) left-padded prompts. Returns (b*n, T) tokens, rows prompt-major, pad after
-    a row's EOS, T <= max_new_tokens (the loop stops when every row has ended), exactly what
-    lm.generate(ids.repeat_interleave(n, 0), ...) returns after the prompt, and drawing the same
-    random numbers. The prefill of one prompt equals that of its n copies row for row, so it runs
-    on the b distinct prompts and its KV cache is expanded to b*n rows; the rest mirrors
-    transformers.GenerationMixin._sample: positions from the attention mask (pad positions 0), an
-    all-ones mask dropped, logits of the last position in float32, temperature then top-p warpers,
-    multinomial (or argmax), finished rows padded, stop on EOS or max_new_tokens. Runs under
-    torch.inference_mode (the KV cache and logits never leave it); the tokens are cloned out, so
-    the caller gets an ordinary tensor that later autograd passes may use.
-    """
-    with torch.inference_mode():
-        return _sample_loop(lm, ids, att, n, do_sample=do_sample, temperature=temperature,
-                            top_p=top_p, max_new_tokens=max_new_tokens, pad_id=pad_id,
-                            eos_ids=eos_ids).clone()
-
-
-def _sample_loop(lm, ids, att, n: int, *, do_sample: bool, temperature: float, top_p: float,
-                 max_new_tokens: int, pad_id: int, eos_ids: list[int]) -> torch.Tensor:
-    """The sampling loop of `_shared_prefill_sample` (same arguments and result)."""
-    from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
-
-    warpers = []
-    if do_sample and temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(temperature))
-    if do_sample and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
-    b = ids.shape[0]
-    pos = (att.long().cumsum(-1) - 1).masked_fill(att == 0, 0)  # (b, Lp)
-    mask = None if bool((att == 1).all()) else att  # generate() drops an all-ones mask
-    out = lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    rows = torch.arange(b, device=ids.device).repeat_interleave(n)  # (B,) prompt of each sample
-    cache = out.cache
-    cache.reorder_cache(rows)  # (b, ...) -> (B, ...) per layer
-    _preallocate(cache, ids.shape[1] + max_new_tokens)
-    # the last position's logits, (b, V) -> (B, V); unembed: the causal LM's own slice would copy
-    # the unembedding once per prompt in bf16
-    logits = unembed(lm.get_output_embeddings(), out.last_hidden_state[:, -1:])[:, 0].float()[rows]
-    del out
-    pos = pos[rows, -1:]  # (B, 1)
-    if mask is not None:
-        mask = mask[rows]  # (B, Lp)
-    eos = torch.tensor(eos_ids, dtype=torch.long, device=ids.device)
-    unfinished = torch.ones(len(rows), dtype=torch.long, device=ids.device)  # (B,)
-    tokens = []
-    while True:
-        scores = logits
-        for w in warpers:
-            scores = w(None, scores)  # (B, V); these warpers do not read the ids
-        if do_sample:
-            nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-        else:
-            nxt = torch.argmax(scores, dim=-1)  # (B,)
-        nxt = nxt * unfinished + pad_id * (1 - unfinished)
-        tokens.append(nxt)
-        unfinished = unfinished & ~torch.isin(nxt, eos)
-        if len(tokens) >= max_new_tokens or unfinished.max() == 0:
-            break
-        pos = pos + 1
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
-        out = lm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache,
-                 use_cache=True, logits_to_keep=1)
-        cache, logits = out.cache, out.logits[:, -1].float()  # (B, V)
-        del out
-    return torch.stack(tokens, 1)  # (B, T)
-
-
-def _preallocate(cache, capacity: int) -> None:
-    """Give every plain layer of a DynamicCache room for `capacity` positions up front.
-
-    DynamicLayer grows by torch.cat, copying the whole cache at every new token: O(T^2) copying,
-    measured at 58% of the sampling time for 3,200 rows x 28 new tokens. A layer that writes into
-    a preallocated buffer and hands attention a view of the filled positions computes exactly
-    the same attention over exactly the same keys (tokens bit-identical to generate(); tested).
-    Layers of other kinds (sliding windows, ...) keep their own update.
-    """
-    from transformers.cache_utils import DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    if layers and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
-        cache.layers = [_PreallocatedLayer(layer, capacity) for layer in layers]
-
-
-def _preallocated_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        """A DynamicLayer whose keys and values live in buffers of fixed capacity (no cat)."""
-
-        def __init__(self, layer, capacity: int):
-            super().__init__()
-            k, v = layer.keys, layer.values  # (B, heads, T, d)
-            B, H, T, D = k.shape
-            self._k = k.new_empty(B, H, max(capacity, T), D)
-            self._v = v.new_empty(B, v.shape[1], max(capacity, T), v.shape[-1])
-            self._k[:, :, :T], self._v[:, :, :T] = k, v
-            self._n, self.device, self.is_initialized = T, k.device, True
-            self.keys, self.values = self._k[:, :, :T], self._v[:, :, :T]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            n = key_states.shape[-2]
-            if self._n + n > self._k.shape[2]:  # past capacity: grow like DynamicLayer
-                self._k = torch.cat([self._k[:, :, :self._n], key_states], dim=-2)
-                self._v = torch.cat([self._v[:, :, :self._n], value_states], dim=-2)
-            else:
-                self._k[:, :, self._n:self._n + n] = key_states
-                self._v[:, :, self._n:self._n + n] = value_states
-            self._n += n
-            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
-            return self.keys, self.values
-
-    return PreallocatedLayer
-
-
-def _PreallocatedLayer(layer, capacity: int):
-    global _PREALLOCATED
-    if _PREALLOCATED is None:
-        _PREALLOCATED = _preallocated_layer_class()
-    return _PREALLOCATED(layer, capacity)
-
-
-_PREALLOCATED = None
 
 
 def stop_token_ids(tok, lm=None) -> list[int]:

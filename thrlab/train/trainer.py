@@ -171,7 +171,7 @@ class GRPOTrainer:
         return generate(self.model, self.tok,
                         [format_prompt(p.question, cfg.template, self.tok) for p in problems],
                         n=cfg.group_size, do_sample=True, temperature=cfg.temperature,
-                        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+                        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, sampler=cfg.sampler)
 
     def rollout(self):
         """Sampled, graded groups (B rows) and the rollout's metrics; with dynamic sampling only
