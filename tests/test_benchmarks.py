@@ -180,3 +180,24 @@ def test_run_study_and_testbed_read_back_the_controls_study(tmp_path):
     assert abs(d["mean"]) < 0.1 * res["matched"]["target"]  # the control travels THR's distance
     assert all(0 < mech[("thr_p0", s)]["frac_kept"] < 1 for s in range(3))  # THR keeps a part
     assert {Path(p).name for p in res["figures"]} == {"frontier.png", "frontier.pdf"}
+
+
+def test_decode_speed_quick_times_every_engine_and_exact_is_generate():
+    res = run_script("decode_speed.py", "--quick")
+    engines = res["cases"][0]["engines"]
+    assert set(engines) == {"generate", "static", "exact", "fast"}
+    assert engines["static"]["tokens_equal_generate"] and engines["exact"]["tokens_equal_generate"]
+    assert all(e["wall_s"] > 0 and e["steps"] >= 1 for e in engines.values())
+    assert res["bandwidth_gbs"] > 0 and res["cases"][0]["bounds"]["bandwidth_ms"] > 0
+
+
+def test_gpu_decode_script_runs_on_cpu_and_projects_an_evaluation():
+    """The script a lent GPU runs first must not first fail there: its CPU smoke shape (one layer
+    of a paper preset's real width, two prompts) runs every part of it."""
+    res = run_script("gpu_decode.py", "--quick")
+    (preset, out), = res["presets"].items()
+    assert {"train", "eval_sampled", "eval_greedy"} <= set(out)
+    assert out["train"]["engines"]["exact"]["tokens_equal_generate"]
+    proj = out["evaluation_projection"]
+    assert proj["calls"] == 773 and proj["fast"]["to_the_cap_h"] > proj["fast"]["mean_steps_h"]
+    assert res["dequantized_4bit"].get("bit_identical", True)
