@@ -185,36 +185,51 @@ def smollm2_case(reps: int, new: int):
                      sampling, reps), model, 32, enc.input_ids.shape[1] + new)]
 
 
-def preset_cases(preset: str, layers: int, prompt_tokens: int, new: int, reps: int,
-                 engines=ENGINES):
+def build(preset: str, layers: int, device: torch.device, **overrides):
+    """(cfg, card, peft model) of the preset's architecture at `layers` layers (0: full depth),
+    random weights in the device's compute dtype (fp32 on CPU, bf16 on CUDA) and its LoRA."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from thrlab.train import memory
     from thrlab.train.model import add_lora
     from thrlab.train.model_cards import card_of
     from thrlab.train.presets import from_preset
 
-    cfg = from_preset(preset, device="cpu", compute_dtype="float32", load_in_4bit=False,
-                      gradient_checkpointing=False)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg = from_preset(preset, gradient_checkpointing=False, device=device.type,
+                      compute_dtype=str(dtype).split(".")[1], **overrides)
     card = card_of(cfg.model)
-    d = card.config_dict(layers)
+    d = card.config_dict(layers or card.num_hidden_layers)
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(d.pop("model_type"), **d),
-                                            dtype=torch.float32)
-    model = add_lora(base, cfg)
+    with torch.device(device):
+        base = AutoModelForCausalLM.from_config(AutoConfig.for_model(d.pop("model_type"), **d),
+                                                dtype=dtype)
+    return cfg, card, add_lora(base, cfg).to(device)
+
+
+def random_prompts(card, n: int, tokens: int, device, g: torch.Generator):
+    """(ids, attention mask) of n random prompts, left-padded: lengths from half to all of
+    `tokens`."""
+    ids = torch.randint(0, card.tokenizer.regular_tokens, (n, tokens), generator=g)
+    att = torch.ones_like(ids)
+    for i in range(n):
+        att[i, :int(torch.randint(0, tokens // 2, (1,), generator=g))] = 0
+    return ids.to(device), att.to(device)
+
+
+def preset_cases(preset: str, layers: int, prompt_tokens: int, new: int, reps: int,
+                 engines=ENGINES):
+    from thrlab.train import memory
+
+    cfg, card, model = build(preset, layers, torch.device("cpu"), load_in_4bit=False)
     arch = memory.Architecture.of(card.config_dict())
-    eval_prompts = cfg.eval_batch_size or memory.eval_batch_size(
-        cfg, arch, prompt_tokens, 80e9 - sum(memory.plan(cfg, arch, prompt_tokens)["evaluate"][k]
-                                             for k in ("weights", "lora")))
+    eval_prompts = cfg.eval_batch_size or memory.eval_batch_size_on_card(
+        cfg, arch, prompt_tokens, 80e9)
     eos = list(card.tokenizer.generation_eos_ids)
     g = torch.Generator().manual_seed(0)
     for label, prompts, n, temp, top_p in (
             ("train", cfg.prompts_per_step, cfg.group_size, cfg.temperature, cfg.top_p),
             ("eval", eval_prompts, cfg.eval_samples, cfg.eval_temperature, cfg.eval_top_p)):
-        ids = torch.randint(0, card.tokenizer.regular_tokens, (prompts, prompt_tokens), generator=g)
-        att = torch.ones_like(ids)
-        for i in range(prompts):  # left padding: lengths from half to all of prompt_tokens
-            att[i, :int(torch.randint(0, prompt_tokens // 2, (1,), generator=g))] = 0
+        ids, att = random_prompts(card, prompts, prompt_tokens, "cpu", g)
         sampling = dict(do_sample=True, temperature=temp, top_p=top_p, pad_id=0, eos_ids=eos)
         res = measure(f"{preset} {label} {prompts}x{n} T={temp} top_p={top_p}", model, ids, att,
                       n, new, sampling, reps, engines)

@@ -32,37 +32,8 @@ import time
 
 import torch
 
-from decode_speed import bounds, measure
+from decode_speed import bounds, build, measure, random_prompts
 from gpu_check import card_bandwidth
-
-
-def build(preset: str, layers: int, device: torch.device):
-    """(cfg, card, peft model) of the preset at `layers` layers (0: full depth), random weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from thrlab.train.model import add_lora
-    from thrlab.train.model_cards import card_of
-    from thrlab.train.presets import from_preset
-
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = from_preset(preset, gradient_checkpointing=False, device=device.type,
-                      compute_dtype=str(dtype).split(".")[1])
-    card = card_of(cfg.model)
-    d = card.config_dict(layers or card.num_hidden_layers)
-    torch.manual_seed(0)
-    with torch.device(device):
-        base = AutoModelForCausalLM.from_config(AutoConfig.for_model(d.pop("model_type"), **d),
-                                                dtype=dtype)
-    return cfg, card, add_lora(base, cfg).to(device)
-
-
-def prompts_of(card, n: int, tokens: int, device, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, card.tokenizer.regular_tokens, (n, tokens), generator=g)
-    att = torch.ones_like(ids)
-    for i in range(n):  # left padding: lengths from half to all of `tokens`
-        att[i, :int(torch.randint(0, tokens // 2, (1,), generator=g))] = 0
-    return ids.to(device), att.to(device)
 
 
 def dequant_check(device: torch.device) -> dict:
@@ -147,7 +118,8 @@ def main() -> None:
         new = 3 if args.quick else args.new_tokens
         out = {"eval_batch_size": eval_prompts, "layers": model.config.num_hidden_layers}
         for label, (p, n, temp, top_p) in shapes.items():
-            ids, att = prompts_of(card, p, args.prompt_tokens, device)
+            ids, att = random_prompts(card, p, args.prompt_tokens, device,
+                                      torch.Generator().manual_seed(0))
             sampling = dict(do_sample=temp is not None, temperature=temp or 1.0,
                             top_p=top_p or 1.0, pad_id=0, eos_ids=eos)
             engines = [e for e in args.engines if temp is not None or e != "fast"]

@@ -179,10 +179,8 @@ def cmd_plan(args) -> int:
                   "the CPU, whose RAM this plan does not bound; --capacity-gb GB plans for "
                   "another card")
     if cfg.eval_batch_size == 0:  # what evaluate() will choose on a card of this capacity
-        resident = sum(memory.plan(cfg, arch, train_tokens, eval_prompt_tokens=eval_tokens)
-                       ["evaluate"][k] for k in ("weights", "lora"))
-        cfg = cfg.replace(eval_batch_size=memory.eval_batch_size(
-            cfg, arch, eval_tokens, capacity - resident))
+        cfg = cfg.replace(eval_batch_size=memory.eval_batch_size_on_card(
+            cfg, arch, eval_tokens, capacity))
         prompts += (f"; eval_batch_size=0: {cfg.eval_batch_size} prompts per evaluation call, "
                     f"what fits {memory.EVAL_MEMORY_FRAC:.0%} of the memory left by the model")
     p = memory.plan(cfg, arch, train_tokens, eval_prompt_tokens=eval_tokens)

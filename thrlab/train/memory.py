@@ -385,12 +385,20 @@ def eval_batch_size(cfg, arch: Architecture, prompt_tokens: int, free_bytes: flo
 
     def grown(b: int) -> float:
         e = plan(replace(cfg, eval_batch_size=b), arch, prompt_tokens, device=device)["evaluate"]
-        return sum(v for k, v in e.items() if k not in ("weights", "lora"))
+        return sum(v for k, v in e.items() if k not in _RESIDENT)
 
-    fixed, per = grown(0), grown(1) - grown(0)
-    return max(1, int((EVAL_MEMORY_FRAC * free_bytes - fixed) // per))
+    fixed = grown(0)
+    return max(1, int((EVAL_MEMORY_FRAC * free_bytes - fixed) // (grown(1) - fixed)))
 
 
+def eval_batch_size_on_card(cfg, arch: Architecture, prompt_tokens: int, capacity: float) -> int:
+    """`eval_batch_size` on a card of `capacity` bytes holding only the model (its weights and
+    adapters, as the plan counts them): what evaluation will choose there."""
+    e = plan(cfg, arch, prompt_tokens)["evaluate"]
+    return eval_batch_size(cfg, arch, prompt_tokens, capacity - sum(e[k] for k in _RESIDENT))
+
+
+_RESIDENT = ("weights", "lora")  # evaluation terms held before its first call
 EVAL_MEMORY_FRAC = 0.8
 
 
